@@ -1,0 +1,59 @@
+# moat — the two commands a newcomer needs are `make demo` and `make test`.
+# Everything else here is a step those two take.
+
+CARGO        ?= cargo
+BUILD        := build
+AGENT_TARGET := x86_64-unknown-linux-gnu
+AGENT_BIN    := target/$(AGENT_TARGET)/release/moat-agent
+export MOAT_BUILD_DIR := $(CURDIR)/$(BUILD)
+
+.PHONY: all deps kernel build agent initramfs artifacts lint test demo bench-boot clean
+
+all: artifacts
+
+## Debian packages (idempotent).
+deps:
+	scripts/install-deps.sh
+
+## Guest kernel: built once per source version + config, cached in ~/.cache/moat.
+kernel:
+	@mkdir -p $(BUILD)
+	@vmlinux=$$(kernel-config/build.sh | tail -n1) && ln -sfn "$$vmlinux" $(BUILD)/vmlinux
+	@echo "guest kernel: $$(readlink $(BUILD)/vmlinux) ($$(stat -L -c %s $(BUILD)/vmlinux) bytes)"
+
+## Host binaries (release).
+build:
+	$(CARGO) build --release --workspace --bins
+
+## The guest agent, linked statically (it is PID 1 of an otherwise empty guest).
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p moat-agent --target $(AGENT_TARGET)
+
+## Guest initramfs: the stripped agent as /init.
+initramfs: build agent
+	@mkdir -p $(BUILD)
+	strip -o $(BUILD)/moat-agent $(AGENT_BIN)
+	target/release/moat-rootfs initramfs --agent $(BUILD)/moat-agent --out $(BUILD)/initramfs.cpio
+
+artifacts: kernel initramfs
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Everything CI runs.
+test: deps artifacts lint
+	target/release/moat-node probe
+	$(CARGO) test --release --workspace
+
+## Boot a pod microVM to its agent and talk to it.
+demo: deps artifacts
+	scripts/demo.sh
+
+## Boot-time benchmark: moat-vmm against QEMU microvm, same kernel, same run.
+bench-boot: deps artifacts
+	scripts/bench-boot.sh
+
+clean:
+	rm -rf $(BUILD)
+	$(CARGO) clean

@@ -1,0 +1,104 @@
+//! PID 1 duties: the guest's base mounts and reaping orphaned processes.
+
+use anyhow::Context;
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::Mode;
+use std::path::Path;
+
+struct BaseMount {
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: Option<&'static str>,
+}
+
+/// The filesystems every guest has, in mount order.
+fn base_mounts() -> [BaseMount; 8] {
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    [
+        BaseMount {
+            target: "/proc",
+            fstype: "proc",
+            flags: nosuid_nodev_noexec,
+            data: None,
+        },
+        BaseMount {
+            target: "/sys",
+            fstype: "sysfs",
+            flags: nosuid_nodev_noexec,
+            data: None,
+        },
+        BaseMount {
+            target: "/dev",
+            fstype: "devtmpfs",
+            flags: MsFlags::MS_NOSUID,
+            data: Some("mode=0755"),
+        },
+        BaseMount {
+            target: "/dev/pts",
+            fstype: "devpts",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            data: Some("newinstance,ptmxmode=0666,mode=0620"),
+        },
+        BaseMount {
+            target: "/dev/shm",
+            fstype: "tmpfs",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            data: Some("mode=1777"),
+        },
+        BaseMount {
+            target: "/run",
+            fstype: "tmpfs",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            data: Some("mode=0755"),
+        },
+        BaseMount {
+            target: "/tmp",
+            fstype: "tmpfs",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            data: Some("mode=1777"),
+        },
+        BaseMount {
+            target: "/sys/fs/cgroup",
+            fstype: "cgroup2",
+            flags: nosuid_nodev_noexec,
+            data: None,
+        },
+    ]
+}
+
+/// Mounts /proc, /sys, /dev (+pts, shm), /run, /tmp and cgroup2.
+pub fn mount_base_filesystems() -> anyhow::Result<()> {
+    for m in base_mounts() {
+        let target = Path::new(m.target);
+        if !target.exists() {
+            nix::unistd::mkdir(target, Mode::from_bits_truncate(0o755))
+                .with_context(|| format!("creating {}", m.target))?;
+        }
+        mount(Some(m.fstype), target, Some(m.fstype), m.flags, m.data)
+            .with_context(|| format!("mounting {} on {}", m.fstype, m.target))?;
+    }
+    Ok(())
+}
+
+/// Reaps every child that exits (orphans are re-parented to PID 1).
+pub async fn reap_children() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigchld = match signal(SignalKind::child()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGCHLD, orphans will not be reaped: {e}");
+            return;
+        }
+    };
+    loop {
+        sigchld.recv().await;
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(status) => tracing::debug!(?status, "reaped"),
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! moatd's configuration file (TOML).
+//!
+//! Every key has a default; see [`Config`] for the keys and `README.md` for
+//! an example. A runtime handler maps the CRI `runtime_handler` name of a
+//! pod to the guest it boots.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration is rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The error.
+        source: toml::de::Error,
+    },
+    /// A value is out of range or inconsistent; names the key.
+    #[error("invalid config: {key}: {reason}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// moatd's whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// CRI gRPC Unix socket (default `/run/moat/moat.sock`).
+    pub socket: PathBuf,
+    /// Durable state: the embedded store, images (default `/var/lib/moat`).
+    pub state_dir: PathBuf,
+    /// Per-pod runtime files: VMM sockets, consoles (default `/run/moat/pods`).
+    pub run_dir: PathBuf,
+    /// moatd and VMM logs (default `/var/log/moat`).
+    pub log_dir: PathBuf,
+    /// Handler used when a pod's `runtime_handler` is empty (default `microvm`).
+    pub default_runtime_handler: String,
+    /// Runtime handlers by name.
+    pub runtime_handlers: BTreeMap<String, RuntimeHandler>,
+}
+
+/// One runtime handler: which guest a pod boots and how big its VM is.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeHandler {
+    /// Guest kernel (uncompressed ELF vmlinux).
+    pub kernel: PathBuf,
+    /// Guest initramfs with moat-agent as /init.
+    pub initramfs: PathBuf,
+    /// The moat-vmm binary (default: `moat-vmm` beside moatd, else on PATH).
+    pub vmm: Option<PathBuf>,
+    /// vCPUs when the pod gives no CPU limits (default 1).
+    pub default_vcpus: u32,
+    /// Guest memory in MiB when the pod gives no memory limits (default 256).
+    pub default_memory_mib: u32,
+    /// Memory added to the sum of container limits for the guest kernel and agent (default 64).
+    pub overhead_memory_mib: u32,
+    /// Largest VM a pod may get: vCPUs (default 8).
+    pub max_vcpus: u32,
+    /// Largest VM a pod may get: MiB (default 16384).
+    pub max_memory_mib: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut runtime_handlers = BTreeMap::new();
+        runtime_handlers.insert("microvm".to_string(), RuntimeHandler::default());
+        Self {
+            socket: "/run/moat/moat.sock".into(),
+            state_dir: "/var/lib/moat".into(),
+            run_dir: "/run/moat/pods".into(),
+            log_dir: "/var/log/moat".into(),
+            default_runtime_handler: "microvm".into(),
+            runtime_handlers,
+        }
+    }
+}
+
+impl Default for RuntimeHandler {
+    fn default() -> Self {
+        Self {
+            kernel: "/usr/share/moat/vmlinux".into(),
+            initramfs: "/usr/share/moat/initramfs.cpio".into(),
+            vmm: None,
+            default_vcpus: 1,
+            default_memory_mib: 256,
+            overhead_memory_mib: 64,
+            max_vcpus: 8,
+            max_memory_mib: 16384,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_string(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and cross-references.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: &str| ConfigError::Invalid {
+            key,
+            reason: reason.to_string(),
+        };
+        if !self
+            .runtime_handlers
+            .contains_key(&self.default_runtime_handler)
+        {
+            return Err(invalid(
+                "default_runtime_handler".into(),
+                &format!(
+                    "{:?} is not a configured runtime handler",
+                    self.default_runtime_handler
+                ),
+            ));
+        }
+        for (name, h) in &self.runtime_handlers {
+            let key = |k: &str| format!("runtime_handlers.{name}.{k}");
+            if name.is_empty() {
+                return Err(invalid(
+                    "runtime_handlers".into(),
+                    "handler names must not be empty",
+                ));
+            }
+            if h.default_vcpus == 0 || h.default_vcpus > h.max_vcpus {
+                return Err(invalid(
+                    key("default_vcpus"),
+                    "must be between 1 and max_vcpus",
+                ));
+            }
+            if h.max_vcpus > 254 {
+                return Err(invalid(key("max_vcpus"), "must be at most 254"));
+            }
+            if h.default_memory_mib < 64 || h.default_memory_mib > h.max_memory_mib {
+                return Err(invalid(
+                    key("default_memory_mib"),
+                    "must be between 64 and max_memory_mib",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::parse("", "t").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn handlers_are_read() {
+        let cfg = Config::parse(
+            r#"
+            default_runtime_handler = "small"
+            [runtime_handlers.small]
+            kernel = "/k"
+            initramfs = "/i"
+            default_memory_mib = 128
+            "#,
+            "t",
+        )
+        .unwrap();
+        let h = &cfg.runtime_handlers["small"];
+        assert_eq!(h.kernel, Path::new("/k"));
+        assert_eq!(h.default_memory_mib, 128);
+        assert_eq!(h.default_vcpus, 1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::parse("default_runtime_handler = \"nope\"", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("default_runtime_handler") && e.contains("nope"),
+            "{e}"
+        );
+        let e = Config::parse("[runtime_handlers.microvm]\ndefault_vcpus = 0", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runtime_handlers.microvm.default_vcpus"), "{e}");
+        let e = Config::parse("sockett = \"/x\"", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sockett"), "{e}");
+    }
+}

@@ -1,0 +1,9 @@
+//! moatd: the CRI server that turns each pod sandbox into a microVM.
+//!
+//! - [`config`]: the daemon's TOML configuration (socket, dirs, runtime handlers).
+//! - [`vsock`]: the host side of moat-vmm's hybrid vsock (Unix socket + CONNECT).
+//! - [`agent`]: a gRPC client for the guest agent over that vsock.
+
+pub mod agent;
+pub mod config;
+pub mod vsock;

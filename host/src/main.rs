@@ -1,0 +1,38 @@
+//! moatd: the moat CRI daemon.
+
+use clap::Parser;
+use moatd::config::Config;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(version, about = "moat CRI daemon: every pod in its own KVM microVM")]
+struct Cli {
+    /// Configuration file (TOML); defaults apply when absent.
+    #[arg(long, env = "MOATD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print it, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if cli.check_config {
+        println!("{config:#?}");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the CRI services are not part of this build yet; use --check-config, \
+         or moat-agentctl to talk to a VM's agent"
+    )
+}

@@ -1,0 +1,25 @@
+//! moat's wire protocols: the host<->agent API (`agent.proto`, ours) and the
+//! Kubernetes CRI v1 types and services (from the `k8s-cri` crate).
+
+/// The host<->agent API, generated from `proto/agent.proto`.
+pub mod agent {
+    tonic::include_proto!("moat.agent.v1");
+}
+
+/// Kubernetes CRI `runtime.v1` messages and service traits.
+pub use k8s_cri::v1 as cri;
+
+/// vsock port the agent serves its gRPC API on inside the guest.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Guest I/O port the agent writes [`GUEST_EXIT_POWEROFF`] to just before it
+/// reboots the guest, so the VMM can tell a clean poweroff from a reboot or a
+/// kernel panic (both of which reset the guest through the i8042).
+pub const GUEST_EXIT_PORT: u16 = 0x0510;
+
+/// Value written to [`GUEST_EXIT_PORT`]: the guest is powering off cleanly.
+pub const GUEST_EXIT_POWEROFF: u8 = 0x00;
+
+/// Kernel command-line key the agent reads to learn test-only behaviour
+/// (`moat.test=poweroff`: power off right after boot, for boot benchmarks).
+pub const CMDLINE_TEST_KEY: &str = "moat.test";

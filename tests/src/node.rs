@@ -1,0 +1,548 @@
+//! The test node: a second-level Linux booted by QEMU in software emulation
+//! (TCG, with AMD SVM emulated) where the stock KVM module works, so real
+//! microVMs boot even on hosts whose own KVM cannot run ordinary guests.
+//!
+//! The node boots Debian's `linux-image-amd64` kernel with an initramfs made
+//! here (busybox-static and the kvm/9p/virtio modules), mounts the host root
+//! read-only over 9p, and runs one command chrooted into it as root with
+//! working `/dev/kvm`, writable tmpfs on `/tmp`, `/run`, `/var/tmp`,
+//! and a writable scratch share mounted at its host path. The command's
+//! output and exit status come back; the node's console is kept.
+
+use moat_rootfs::cpio::Archive;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Kernel modules the node loads, in dependency order.
+pub const NODE_MODULES: &[&str] = &[
+    "irqbypass",
+    "kvm",
+    "ccp",
+    "kvm-amd",
+    "netfs",
+    "fscache",
+    "9pnet",
+    "9p",
+    "virtio_ring",
+    "virtio",
+    "9pnet_virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "tun",
+    "veth",
+    "overlay",
+];
+
+/// Environment variables passed from the caller into the node's command.
+const PASSED_ENV: &[&str] = &[
+    "PATH",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "CI",
+    "TERM",
+    "CARGO_TARGET_DIR",
+];
+/// Prefixes of environment variables passed into the node.
+const PASSED_ENV_PREFIXES: &[&str] = &["MOAT_"];
+
+const BEGIN_MARK: &str = "@@moat-node:begin@@";
+const END_MARK: &str = "@@moat-node:end@@";
+
+/// Why the node could not run a command.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A prerequisite (QEMU, node kernel, busybox, a module) is missing.
+    #[error("test node unavailable: {0}")]
+    Unavailable(String),
+    /// Setting up or starting the node failed.
+    #[error("test node: {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The node did not finish within the time limit; it was killed.
+    #[error("test node timed out after {secs} s and was killed; console:\n{console}")]
+    Timeout {
+        /// The limit.
+        secs: u64,
+        /// Everything the node printed.
+        console: String,
+    },
+    /// The node stopped without reporting the command's exit status.
+    #[error("test node exited ({qemu_status}) without reporting the command's status; console:\n{console}")]
+    NoStatus {
+        /// QEMU's exit status.
+        qemu_status: String,
+        /// Everything the node printed.
+        console: String,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let context = context.into();
+    move |source| NodeError::Io { context, source }
+}
+
+/// How to start the node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// The node's kernel (Debian's vmlinuz).
+    pub kernel: PathBuf,
+    /// The modules directory matching `kernel` (`/lib/modules/<release>`).
+    pub modules_dir: PathBuf,
+    /// busybox-static.
+    pub busybox: PathBuf,
+    /// Node memory in MiB.
+    pub memory_mib: u32,
+    /// Node vCPUs.
+    pub cpus: u32,
+    /// Time limit for boot plus command.
+    pub timeout: Duration,
+    /// Copy every console line to stderr as it arrives.
+    pub echo_console: bool,
+    /// Copy the command's output to stdout as it arrives.
+    pub echo_output: bool,
+}
+
+/// What a command run in the node produced.
+#[derive(Debug, Clone)]
+pub struct NodeOutput {
+    /// The command's exit status (128+N if killed by signal N).
+    pub status: i32,
+    /// The command's stdout and stderr, interleaved as printed.
+    pub output: String,
+    /// The node's whole console, including kernel messages.
+    pub console: String,
+    /// From QEMU spawn to the command starting.
+    pub boot_time: Duration,
+    /// From QEMU spawn to QEMU exit.
+    pub total_time: Duration,
+}
+
+impl NodeOutput {
+    /// True if the command exited 0.
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Orders kernel release strings like "6.1.0-56-amd64" numerically.
+fn release_key(release: &str) -> Vec<u64> {
+    release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+impl NodeConfig {
+    /// Finds QEMU, the newest `/boot/vmlinuz-*` with its modules, and
+    /// busybox. `MOAT_NODE_KERNEL`, `MOAT_NODE_MEMORY_MIB`,
+    /// `MOAT_NODE_TIMEOUT_SECS` override the defaults.
+    pub fn detect() -> Result<Self, NodeError> {
+        let qemu = which("qemu-system-x86_64").ok_or_else(|| {
+            NodeError::Unavailable(
+                "qemu-system-x86_64 not found (apt-get install qemu-system-x86)".into(),
+            )
+        })?;
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                NodeError::Unavailable("busybox not found (apt-get install busybox-static)".into())
+            })?;
+        let kernel = match std::env::var_os("MOAT_NODE_KERNEL") {
+            Some(k) => PathBuf::from(k),
+            None => {
+                let mut kernels: Vec<(Vec<u64>, PathBuf)> = std::fs::read_dir("/boot")
+                    .map_err(io_err("reading /boot"))?
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let release = name.strip_prefix("vmlinuz-")?.to_string();
+                        Path::new("/lib/modules")
+                            .join(&release)
+                            .is_dir()
+                            .then(|| (release_key(&release), e.path()))
+                    })
+                    .collect();
+                kernels.sort();
+                kernels.pop().map(|(_, p)| p).ok_or_else(|| {
+                    NodeError::Unavailable(
+                        "no /boot/vmlinuz-* with modules in /lib/modules (apt-get install linux-image-amd64)".into(),
+                    )
+                })?
+            }
+        };
+        let release = kernel
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("vmlinuz-"))
+            .ok_or_else(|| {
+                NodeError::Unavailable(format!("cannot tell the release of {}", kernel.display()))
+            })?;
+        let modules_dir = Path::new("/lib/modules").join(release);
+        let env_u64 = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        Ok(Self {
+            qemu,
+            kernel: kernel.clone(),
+            modules_dir,
+            busybox,
+            memory_mib: env_u64("MOAT_NODE_MEMORY_MIB").unwrap_or(3072) as u32,
+            cpus: 2,
+            timeout: Duration::from_secs(env_u64("MOAT_NODE_TIMEOUT_SECS").unwrap_or(600)),
+            echo_console: false,
+            echo_output: false,
+        })
+    }
+
+    /// Builds the node's initramfs: busybox, the modules, and `/init`.
+    pub fn initramfs(&self) -> Result<Vec<u8>, NodeError> {
+        let mut a = Archive::new();
+        let add = |a: &mut Archive, path: &str, mode: u32, data: Vec<u8>| {
+            a.file(path, mode, data)
+                .map(|_| ())
+                .map_err(|e| NodeError::Unavailable(format!("initramfs entry {path}: {e}")))
+        };
+        let busybox = std::fs::read(&self.busybox)
+            .map_err(io_err(format!("reading {}", self.busybox.display())))?;
+        add(&mut a, "bin/busybox", 0o755, busybox)?;
+        for m in NODE_MODULES {
+            let path = find_module(&self.modules_dir, m)?;
+            let data =
+                std::fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+            add(&mut a, &format!("modules/{m}.ko"), 0o644, data)?;
+        }
+        add(
+            &mut a,
+            "modules/order",
+            0o644,
+            NODE_MODULES.join("\n").into_bytes(),
+        )?;
+        add(&mut a, "init", 0o755, NODE_INIT.as_bytes().to_vec())?;
+        for d in ["dev", "proc", "sys", "host"] {
+            a.dir(d, 0o755)
+                .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        }
+        a.char_dev("dev/console", 0o600, 5, 1)
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        Ok(a.to_bytes())
+    }
+
+    /// Boots the node, runs `script` (POSIX sh) inside with the caller's
+    /// working directory, and returns its output and status.
+    pub fn run(&self, script: &str) -> Result<NodeOutput, NodeError> {
+        let scratch = tempfile::Builder::new()
+            .prefix("moat-node-")
+            .tempdir()
+            .map_err(io_err("creating the scratch directory"))?;
+        let sdir = scratch.path();
+        let initrd = sdir.join("node-initramfs.cpio");
+        std::fs::write(&initrd, self.initramfs()?).map_err(io_err("writing the node initramfs"))?;
+        std::fs::write(sdir.join("cmd.sh"), script).map_err(io_err("writing the command"))?;
+        let cwd = std::env::current_dir().map_err(io_err("reading the working directory"))?;
+        std::fs::write(sdir.join("env.sh"), env_script(&cwd))
+            .map_err(io_err("writing the environment"))?;
+        let append = format!(
+            "console=ttyS0 panic=-1 quiet loglevel=3 moat_scratch={}",
+            sdir.display()
+        );
+        let mut child = Command::new(&self.qemu)
+            .args([
+                "-machine",
+                "q35,accel=tcg",
+                "-cpu",
+                "max",
+                "-nodefaults",
+                "-no-user-config",
+            ])
+            .args([
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ])
+            .arg("-smp")
+            .arg(self.cpus.to_string())
+            .arg("-m")
+            .arg(self.memory_mib.to_string())
+            .arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .arg("-append")
+            .arg(&append)
+            .args([
+                "-virtfs",
+                "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            ])
+            .arg("-virtfs")
+            .arg(format!(
+                "local,path={},mount_tag=scratch,security_model=none",
+                sdir.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_err(format!("starting {}", self.qemu.display())))?;
+        let started = Instant::now();
+        let guard = KillOnDrop(&mut child);
+        let state = Arc::new(Mutex::new(ConsoleState::default()));
+        let stdout = guard.0.stdout.take();
+        let stderr = guard.0.stderr.take();
+        let reader = stdout.map(|out| {
+            let state = Arc::clone(&state);
+            let (echo_console, echo_output) = (self.echo_console, self.echo_output);
+            std::thread::spawn(move || {
+                read_console(out, &state, started, echo_console, echo_output)
+            })
+        });
+        let err_reader = stderr.map(|mut err| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = err.read_to_string(&mut s);
+                s
+            })
+        });
+        let deadline = started + self.timeout;
+        let exit = loop {
+            match guard.0.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() >= deadline => {
+                    drop(guard);
+                    if let Some(r) = reader {
+                        let _ = r.join();
+                    }
+                    let console = take_console(&state);
+                    return Err(NodeError::Timeout {
+                        secs: self.timeout.as_secs(),
+                        console,
+                    });
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(io_err("waiting for QEMU")(e)),
+            }
+        };
+        let total_time = started.elapsed();
+        drop(guard);
+        if let Some(r) = reader {
+            let _ = r.join();
+        }
+        let qemu_stderr = err_reader.and_then(|r| r.join().ok()).unwrap_or_default();
+        let (output, console, boot_time) = {
+            let s = state.lock().unwrap_or_else(|p| p.into_inner());
+            (s.output.clone(), s.console.clone(), s.begun_at)
+        };
+        let status = std::fs::read_to_string(sdir.join("rc"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        match status {
+            Some(status) => Ok(NodeOutput {
+                status,
+                output,
+                console,
+                boot_time: boot_time.unwrap_or(total_time),
+                total_time,
+            }),
+            None => Err(NodeError::NoStatus {
+                qemu_status: format!("{exit}; {}", qemu_stderr.trim()),
+                console,
+            }),
+        }
+    }
+}
+
+/// Kills and reaps QEMU if the harness returns early.
+struct KillOnDrop<'a>(&'a mut Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Default)]
+struct ConsoleState {
+    console: String,
+    output: String,
+    in_command: bool,
+    begun_at: Option<Duration>,
+}
+
+fn take_console(state: &Mutex<ConsoleState>) -> String {
+    state.lock().map(|s| s.console.clone()).unwrap_or_default()
+}
+
+fn read_console(
+    out: impl Read,
+    state: &Mutex<ConsoleState>,
+    started: Instant,
+    echo_console: bool,
+    echo_output: bool,
+) {
+    let mut reader = BufReader::new(out);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end_matches(['\n', '\r']).replace('\r', "");
+        if echo_console {
+            eprintln!("[node] {line}");
+        }
+        let Ok(mut s) = state.lock() else { break };
+        s.console.push_str(&line);
+        s.console.push('\n');
+        if line.contains(BEGIN_MARK) {
+            s.in_command = true;
+            s.begun_at = Some(started.elapsed());
+        } else if line.contains(END_MARK) {
+            s.in_command = false;
+        } else if s.in_command {
+            s.output.push_str(&line);
+            s.output.push('\n');
+            if echo_output && !echo_console {
+                let mut o = std::io::stdout().lock();
+                let _ = writeln!(o, "{line}");
+                let _ = o.flush();
+            }
+        }
+    }
+}
+
+fn find_module(dir: &Path, name: &str) -> Result<PathBuf, NodeError> {
+    let wanted = format!("{name}.ko");
+    let mut stack = vec![dir.join("kernel")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if e.file_name().to_str() == Some(wanted.as_str()) {
+                return Ok(p);
+            }
+        }
+    }
+    Err(NodeError::Unavailable(format!(
+        "module {wanted} not found under {} (compressed modules are not supported)",
+        dir.display()
+    )))
+}
+
+/// Shell-quotes `s` for POSIX sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn env_script(cwd: &Path) -> String {
+    let mut out = String::new();
+    for (k, v) in std::env::vars() {
+        let passed = PASSED_ENV.contains(&k.as_str())
+            || PASSED_ENV_PREFIXES.iter().any(|p| k.starts_with(p));
+        if passed && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            out.push_str(&format!("export {k}={}\n", sh_quote(&v)));
+        }
+    }
+    out.push_str("export MOAT_IN_TEST_NODE=1 HOME=/tmp\n");
+    out.push_str(&format!(
+        "cd {} || exit 125\n",
+        sh_quote(&cwd.to_string_lossy())
+    ));
+    out
+}
+
+/// The node's `/init` (busybox sh).
+const NODE_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+say() { echo "moat-node: $*" > /dev/console; }
+for m in $(cat /modules/order); do
+  insmod /modules/$m.ko 2>/dev/null || say "insmod $m failed"
+done
+scratch=$(sed -n 's/.*moat_scratch=\([^ ]*\).*/\1/p' /proc/cmdline)
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /host || say "mounting the host root failed"
+for d in proc sys dev tmp run var/tmp; do [ -d /host/$d ] || say "missing /host/$d"; done
+mount -t proc proc /host/proc
+mount -t sysfs sys /host/sys
+mount -t cgroup2 cgroup2 /host/sys/fs/cgroup 2>/dev/null
+mount -t devtmpfs dev /host/dev
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /host/dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
+for d in tmp var/tmp; do mount -t tmpfs -o mode=1777 tmpfs /host/$d; done
+mount -t tmpfs -o mode=0755 tmpfs /host/run
+mkdir -p /host/run/lock
+mkdir -p /host$scratch
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 scratch /host$scratch || say "mounting the scratch share failed"
+ip link set lo up 2>/dev/null
+[ -e /dev/kvm ] || say "/dev/kvm is missing"
+echo "@@moat-node:begin@@" > /dev/console
+chroot /host /bin/sh -c ". $scratch/env.sh && exec /bin/sh $scratch/cmd.sh" < /dev/null > /dev/console 2>&1
+rc=$?
+echo "$rc" > /host$scratch/rc
+sync
+echo "@@moat-node:end@@ rc=$rc" > /dev/console
+poweroff -f
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_for_sh() {
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn orders_kernel_releases() {
+        assert!(release_key("6.1.0-56-amd64") > release_key("6.1.0-9-amd64"));
+    }
+
+    #[test]
+    fn console_splits_command_output() {
+        let state = Mutex::new(ConsoleState::default());
+        let text =
+            "boot\r\n@@moat-node:begin@@\r\nhello\r\nworld\r\n@@moat-node:end@@ rc=0\r\nbye\r\n";
+        read_console(text.as_bytes(), &state, Instant::now(), false, false);
+        let s = state.lock().unwrap();
+        assert_eq!(s.output, "hello\nworld\n");
+        assert!(s.console.starts_with("boot\n"));
+        assert!(s.begun_at.is_some());
+    }
+}

@@ -1,0 +1,84 @@
+//! Runs a test's shell script where microVMs can boot: directly on a host
+//! with hardware virtualization, or inside the test node.
+
+use crate::node::{NodeConfig, NodeError};
+use crate::probe::{probe, VmSupport};
+use std::time::{Duration, Instant};
+
+/// Output of a script run in a VM-capable environment.
+#[derive(Debug, Clone)]
+pub struct VmRun {
+    /// Exit status of the script.
+    pub status: i32,
+    /// Its stdout and stderr, interleaved.
+    pub output: String,
+    /// The node's console when run in the node, else empty.
+    pub console: String,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// Runs `script` with `sh` where KVM guests can boot, failing clearly if
+/// neither the host nor the test node can run them.
+pub fn run_vm_script(script: &str, timeout: Duration) -> anyhow::Result<VmRun> {
+    match probe() {
+        VmSupport::Direct { .. } => run_direct(script, timeout),
+        VmSupport::Node { .. } => {
+            let mut cfg = NodeConfig::detect()?;
+            cfg.timeout = timeout;
+            let out = cfg.run(script).map_err(|e| match e {
+                NodeError::Timeout { .. } | NodeError::NoStatus { .. } => anyhow::anyhow!("{e}"),
+                other => other.into(),
+            })?;
+            Ok(VmRun {
+                status: out.status,
+                output: out.output,
+                console: out.console,
+                elapsed: out.total_time,
+            })
+        }
+        VmSupport::Unavailable { reason } => {
+            anyhow::bail!("no environment can boot microVMs: {reason}")
+        }
+    }
+}
+
+fn run_direct(script: &str, timeout: Duration) -> anyhow::Result<VmRun> {
+    use std::process::{Command, Stdio};
+    let started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    let out_path = dir.path().join("output");
+    let out = std::fs::File::create(&out_path)?;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()?;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+            anyhow::bail!(
+                "script timed out after {} s; output:\n{output}",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(VmRun {
+        status: code,
+        output: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        console: String::new(),
+        elapsed: started.elapsed(),
+    })
+}

@@ -1,0 +1,1 @@
+//! moat-vmm: the virtual machine monitor of one pod sandbox.

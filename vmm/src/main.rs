@@ -1,0 +1,2 @@
+//! moat-vmm binary entry point.
+fn main() {}
