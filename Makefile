@@ -7,7 +7,7 @@ AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT_BIN    := target/$(AGENT_TARGET)/release/moat-agent
 export MOAT_BUILD_DIR := $(CURDIR)/$(BUILD)
 
-.PHONY: all deps kernel build agent initramfs artifacts lint test demo bench-boot clean
+.PHONY: all deps kernel build agent initramfs images artifacts lint test demo bench-boot clean
 
 all: artifacts
 
@@ -35,7 +35,11 @@ initramfs: build agent
 	strip -o $(BUILD)/moat-agent $(AGENT_BIN)
 	target/release/moat-rootfs initramfs --agent $(BUILD)/moat-agent --out $(BUILD)/initramfs.cpio
 
-artifacts: kernel initramfs
+## The busybox test image (OCI layout), made from Debian's busybox-static.
+images:
+	scripts/build-test-image.sh $(BUILD)/images/busybox
+
+artifacts: kernel initramfs images
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -5,4 +5,5 @@
 pub mod artifacts;
 pub mod node;
 pub mod probe;
+pub mod registry;
 pub mod vm;

@@ -1,0 +1,15 @@
+//! Container images: pulled from OCI registries into a content store,
+//! unpacked once per image and turned into a read-only erofs block image that
+//! every pod using the image attaches to its VM.
+//!
+//! - [`pull`]: the registry client (manifest lists → linux/amd64, digest checks).
+//! - [`unpack`]: layers applied in order with whiteouts.
+//! - [`block`]: the erofs block image.
+//! - [`service`]: the image store behind the CRI ImageService.
+
+pub mod block;
+pub mod pull;
+pub mod service;
+pub mod unpack;
+
+pub use service::{ImageError, ImageRecord, ImageService};

@@ -1,0 +1,354 @@
+//! The image store behind the CRI ImageService: pull, list, resolve, remove.
+//!
+//! On disk under `<state_dir>/images/`: `blobs/sha256/<hex>` (layers, by
+//! digest), `blocks/<config hex>.erofs` (one block image per image, shared by
+//! every pod), `tmp/` (work in progress, emptied at start). Image records
+//! live in the state store's `images` table, keyed by image id (the config
+//! digest, as containerd's CRI uses).
+
+use super::pull::{parse_reference, PullAuth, PullError, Puller};
+use super::{block, unpack};
+use crate::store::{Store, StoreError, IMAGES};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Why an image operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The reference is malformed (CRI InvalidArgument).
+    #[error("{0}")]
+    BadReference(PullError),
+    /// The registry could not provide the image.
+    #[error("{0}")]
+    Pull(PullError),
+    /// No such image.
+    #[error("image {0:?} not found")]
+    NotFound(String),
+    /// The image was fetched but could not be prepared.
+    #[error("preparing image {image}: {reason}")]
+    Prepare {
+        /// The image.
+        image: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Local I/O failed.
+    #[error("image store: {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl From<PullError> for ImageError {
+    fn from(e: PullError) -> Self {
+        match e {
+            PullError::BadReference { .. } => ImageError::BadReference(e),
+            other => ImageError::Pull(other),
+        }
+    }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
+    let context = context.into();
+    move |source| ImageError::Io { context, source }
+}
+
+/// One image as the store knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageRecord {
+    /// Image id: the digest of its config (`sha256:…`).
+    pub id: String,
+    /// Normalized `name:tag` references pointing at it.
+    pub repo_tags: Vec<String>,
+    /// `name@sha256:…` references pointing at it.
+    pub repo_digests: Vec<String>,
+    /// Layer digests, bottom first.
+    pub layers: Vec<String>,
+    /// Bytes of the layer blobs as pulled.
+    pub size: u64,
+    /// The image config JSON, as the registry served it.
+    pub config: String,
+    /// The erofs block image pods attach.
+    pub block_image: PathBuf,
+    /// Its size in bytes.
+    pub block_size: u64,
+}
+
+impl ImageRecord {
+    /// The parsed image config (user, env, entrypoint, cmd, …).
+    pub fn config_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.config).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// The image store.
+pub struct ImageService {
+    root: PathBuf,
+    store: Store,
+    insecure_registries: Vec<String>,
+    /// Pulls are serialized: they share blobs, tags and disk bandwidth.
+    pull_lock: tokio::sync::Mutex<()>,
+}
+
+fn hex_of(digest: &str) -> Option<&str> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
+impl ImageService {
+    /// Opens the store under `<state_dir>/images`, clearing leftovers of
+    /// interrupted pulls.
+    pub fn open(
+        state_dir: &Path,
+        store: Store,
+        insecure_registries: Vec<String>,
+    ) -> Result<Self, ImageError> {
+        let root = state_dir.join("images");
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io_err("clearing images/tmp"))?;
+        }
+        for d in ["blobs/sha256", "blocks", "tmp"] {
+            std::fs::create_dir_all(root.join(d))
+                .map_err(io_err(format!("creating images/{d}")))?;
+        }
+        Ok(Self {
+            root,
+            store,
+            insecure_registries,
+            pull_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn blob_path(&self, digest: &str) -> Option<PathBuf> {
+        hex_of(digest).map(|h| self.root.join("blobs/sha256").join(h))
+    }
+
+    /// Pulls `image` (or finds it already pulled), prepares its block image
+    /// and records it. Returns the record.
+    pub async fn pull(&self, image: &str, auth: &PullAuth) -> Result<ImageRecord, ImageError> {
+        let reference = parse_reference(image)?;
+        let _guard = self.pull_lock.lock().await;
+        let whole = reference.whole();
+        tracing::info!(image = %whole, "pulling");
+        let started = std::time::Instant::now();
+        let puller = Puller::new(reference.clone(), auth, &self.insecure_registries);
+        let resolved = puller.resolve().await?;
+        let id = resolved.manifest.config.digest.clone();
+        if hex_of(&id).is_none() {
+            return Err(ImageError::Prepare {
+                image: whole,
+                reason: format!("unsupported config digest {id}"),
+            });
+        }
+        let name = format!("{}/{}", reference.registry(), reference.repository());
+        let repo_digest = format!(
+            "{name}@{}",
+            resolved
+                .index_digest
+                .as_deref()
+                .unwrap_or(&resolved.manifest_digest)
+        );
+        let repo_tag = reference.tag().map(|t| format!("{name}:{t}"));
+
+        let mut record = match self.store.get::<ImageRecord>(IMAGES, &id)? {
+            Some(r) if r.block_image.exists() => r,
+            _ => self.prepare(&puller, &resolved, &id, &whole).await?,
+        };
+        if let Some(tag) = &repo_tag {
+            self.move_tag(tag, &id)?;
+            if !record.repo_tags.contains(tag) {
+                record.repo_tags.push(tag.clone());
+            }
+        }
+        if !record.repo_digests.contains(&repo_digest) {
+            record.repo_digests.push(repo_digest);
+        }
+        self.store.put(IMAGES, &id, &record)?;
+        tracing::info!(image = %whole, %id, ms = started.elapsed().as_millis() as u64, "pulled");
+        Ok(record)
+    }
+
+    /// Removes `tag` from every image other than `keep`.
+    fn move_tag(&self, tag: &str, keep: &str) -> Result<(), ImageError> {
+        for (id, mut r) in self.store.list::<ImageRecord>(IMAGES)? {
+            if id != keep && r.repo_tags.iter().any(|t| t == tag) {
+                r.repo_tags.retain(|t| t != tag);
+                self.store.put(IMAGES, &id, &r)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn prepare(
+        &self,
+        puller: &Puller,
+        resolved: &super::pull::ResolvedImage,
+        id: &str,
+        image: &str,
+    ) -> Result<ImageRecord, ImageError> {
+        let mut layers = Vec::new();
+        let mut size = 0u64;
+        for layer in &resolved.manifest.layers {
+            let mt = layer.media_type.as_str();
+            let supported = mt.contains("tar") && !mt.contains("nondistributable") || mt.is_empty();
+            if !supported {
+                return Err(ImageError::Prepare {
+                    image: image.into(),
+                    reason: format!("unsupported layer media type {mt}"),
+                });
+            }
+            let Some(path) = self.blob_path(&layer.digest) else {
+                return Err(ImageError::Prepare {
+                    image: image.into(),
+                    reason: format!("unsupported layer digest {}", layer.digest),
+                });
+            };
+            if !path.exists() {
+                let tmp = self
+                    .root
+                    .join("tmp")
+                    .join(format!("blob-{}", hex_of(&layer.digest).unwrap_or("x")));
+                tracing::info!(image, layer = %layer.digest, bytes = layer.size, "downloading layer");
+                let fetched = puller.fetch_blob(layer, &tmp).await;
+                if let Err(e) = fetched {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.into());
+                }
+                std::fs::rename(&tmp, &path).map_err(io_err("storing a layer"))?;
+            }
+            size += std::fs::metadata(&path)
+                .map_err(io_err("reading a layer"))?
+                .len();
+            layers.push(layer.digest.clone());
+        }
+        let hex = hex_of(id).unwrap_or("invalid").to_string();
+        let block_image = self.root.join("blocks").join(format!("{hex}.erofs"));
+        let rootfs = self.root.join("tmp").join(format!("rootfs-{hex}"));
+        let blobs: Vec<(PathBuf, String)> = layers
+            .iter()
+            .filter_map(|d| self.blob_path(d).map(|p| (p, d.clone())))
+            .collect();
+        let (rootfs2, block2, image2) = (rootfs.clone(), block_image.clone(), image.to_string());
+        let built = tokio::task::spawn_blocking(move || -> Result<u64, ImageError> {
+            let prep = |reason: String| ImageError::Prepare { image: image2.clone(), reason };
+            std::fs::create_dir_all(&rootfs2).map_err(io_err("creating the unpack directory"))?;
+            for (i, (path, digest)) in blobs.iter().enumerate() {
+                tracing::info!(image = %image2, layer = %digest, n = i + 1, of = blobs.len(), "applying layer");
+                unpack::apply_layer(&rootfs2, path, digest).map_err(|e| prep(e.to_string()))?;
+            }
+            tracing::info!(image = %image2, "building erofs block image");
+            block::build_erofs(&rootfs2, &block2).map_err(|e| prep(e.to_string()))
+        })
+        .await
+        .map_err(|e| ImageError::Prepare { image: image.into(), reason: format!("unpack task: {e}") });
+        let _ = std::fs::remove_dir_all(&rootfs);
+        let block_size = built??;
+        Ok(ImageRecord {
+            id: id.to_string(),
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+            layers,
+            size,
+            config: resolved.config.clone(),
+            block_image,
+            block_size,
+        })
+    }
+
+    /// Every image.
+    pub fn list(&self) -> Result<Vec<ImageRecord>, ImageError> {
+        Ok(self
+            .store
+            .list::<ImageRecord>(IMAGES)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// Finds an image by id (`sha256:…` or bare hex), by `name:tag` (short
+    /// names normalized), or by `name@digest`.
+    pub fn resolve(&self, image: &str) -> Result<Option<ImageRecord>, ImageError> {
+        let image = image.trim();
+        if image.is_empty() {
+            return Ok(None);
+        }
+        let as_id = if image.len() == 64 {
+            format!("sha256:{image}")
+        } else {
+            image.to_string()
+        };
+        if let Some(r) = self.store.get::<ImageRecord>(IMAGES, &as_id)? {
+            return Ok(Some(r));
+        }
+        let normalized = parse_reference(image).ok().map(|r| {
+            let name = format!("{}/{}", r.registry(), r.repository());
+            match (r.digest(), r.tag()) {
+                (Some(d), _) => format!("{name}@{d}"),
+                (None, Some(t)) => format!("{name}:{t}"),
+                (None, None) => format!("{name}:latest"),
+            }
+        });
+        Ok(self.list()?.into_iter().find(|r| {
+            normalized
+                .as_ref()
+                .is_some_and(|n| r.repo_tags.contains(n) || r.repo_digests.contains(n))
+        }))
+    }
+
+    /// Removes an image and the layers no other image uses. Removing an
+    /// unknown image is not an error (returns false), as kubelet expects.
+    pub fn remove(&self, image: &str) -> Result<bool, ImageError> {
+        let Some(record) = self.resolve(image)? else {
+            return Ok(false);
+        };
+        self.store.delete(IMAGES, &record.id)?;
+        if let Err(e) = std::fs::remove_file(&record.block_image) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(io_err("removing the block image")(e));
+            }
+        }
+        let still_used: std::collections::HashSet<String> =
+            self.list()?.into_iter().flat_map(|r| r.layers).collect();
+        for layer in record.layers.iter().filter(|l| !still_used.contains(*l)) {
+            if let Some(p) = self.blob_path(layer) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        tracing::info!(id = %record.id, "removed image");
+        Ok(true)
+    }
+
+    /// Bytes and inodes the image store uses (for ImageFsInfo).
+    pub fn fs_usage(&self) -> (u64, u64) {
+        fn walk(p: &Path, acc: &mut (u64, u64)) {
+            let Ok(entries) = std::fs::read_dir(p) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let Ok(m) = e.metadata() else { continue };
+                acc.1 += 1;
+                if m.is_dir() {
+                    walk(&e.path(), acc);
+                } else {
+                    use std::os::unix::fs::MetadataExt;
+                    acc.0 += m.blocks() * 512;
+                }
+            }
+        }
+        let mut acc = (0, 0);
+        walk(&self.root, &mut acc);
+        acc
+    }
+
+    /// The directory the store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}

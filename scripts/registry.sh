@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# A real OCI registry on loopback for tests and the demo (Debian's
+# docker-registry), holding the project's own busybox image.
+#
+#   scripts/registry.sh start     start it (idempotent) and push the image
+#   scripts/registry.sh stop      stop it
+#   scripts/registry.sh status
+# Environment: MOAT_REGISTRY_ADDR (127.0.0.1:5000), MOAT_REGISTRY_DIR
+# (/tmp/moat-registry: config, storage, pid, log), MOAT_TEST_IMAGE_LAYOUT
+# (build/images/busybox, made by scripts/build-test-image.sh).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+addr=${MOAT_REGISTRY_ADDR:-127.0.0.1:5000}
+dir=${MOAT_REGISTRY_DIR:-/tmp/moat-registry}
+layout=${MOAT_TEST_IMAGE_LAYOUT:-$here/build/images/busybox}
+pidfile=$dir/registry.pid
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+answering() { curl -fsS -o /dev/null "http://$addr/v2/" 2>/dev/null; }
+
+start() {
+  if ! running; then
+    mkdir -p "$dir/storage"
+    cat > "$dir/config.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/storage
+  delete:
+    enabled: true
+http:
+  addr: $addr
+YML
+    nohup docker-registry serve "$dir/config.yml" > "$dir/registry.log" 2>&1 &
+    echo $! > "$pidfile"
+  fi
+  for _ in $(seq 1 200); do
+    answering && break
+    running || { echo "registry: failed to start:" >&2; cat "$dir/registry.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  answering || { echo "registry: not answering on $addr" >&2; exit 1; }
+  [ -f "$layout/index.json" ] || "$here/scripts/build-test-image.sh" "$layout"
+  skopeo copy -q --dest-tls-verify=false "oci:$layout:latest" "docker://$addr/moat/busybox:latest"
+  echo "registry: serving on $addr with moat/busybox:latest" >&2
+}
+
+stop() {
+  if running; then kill "$(cat "$pidfile")"; fi
+  rm -f "$pidfile"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) if running && answering; then echo "running on $addr"; else echo "stopped"; exit 1; fi ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac
