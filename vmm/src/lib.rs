@@ -15,4 +15,5 @@ pub mod config;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+pub mod runtime;
 pub mod vstate;
