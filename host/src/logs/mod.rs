@@ -1,0 +1,5 @@
+//! Container logs in the CRI format kubelet reads.
+
+pub mod cri_log;
+
+pub use cri_log::{CriLogWriter, Stream};
