@@ -1,18 +1,20 @@
 //! moat-agent: PID 1 of a pod's microVM.
 //!
 //! It mounts the guest's base filesystems, reaps orphans, and serves the
-//! host<->agent API (`proto/agent.proto`) on AF_VSOCK. The container engine
-//! lives in its own modules as the agent grows.
+//! host<->agent API (`proto/agent.proto`) on AF_VSOCK. Run as
+//! `moat-agent __moat_container_init` it is the container init stage (see
+//! `container::init`); `moat-agent --listen-unix PATH` serves on a Unix
+//! socket instead of vsock (tests, development).
 
-mod cmdline;
-mod pid1;
-mod power;
-mod server;
-mod vsock;
-
+use moat_agent::{cmdline, container, pid1, power, reaper, server, state};
+use std::path::PathBuf;
 use std::time::Instant;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(container::init::INIT_ARG) {
+        container::init::main();
+    }
     let started = Instant::now();
     let is_pid1 = std::process::id() == 1;
     if is_pid1 {
@@ -24,6 +26,26 @@ fn main() {
         }
     }
     init_logging();
+    let listen_unix = match args.get(1).map(String::as_str) {
+        Some("--listen-unix") => match args.get(2) {
+            Some(p) => Some(PathBuf::from(p)),
+            None => {
+                eprintln!("moat-agent: --listen-unix needs a path");
+                std::process::exit(2);
+            }
+        },
+        Some(other) if !is_pid1 => {
+            eprintln!("moat-agent: unknown argument {other:?} (use --listen-unix PATH)");
+            std::process::exit(2);
+        }
+        _ => None,
+    };
+    if is_pid1 {
+        pid1::enable_cgroup_controllers();
+    }
+    if let Err(e) = reaper::become_subreaper() {
+        tracing::warn!("PR_SET_CHILD_SUBREAPER: {e}");
+    }
     let cmdline = cmdline::KernelCmdline::read();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -31,11 +53,20 @@ fn main() {
         setup_us = started.elapsed().as_micros() as u64,
         "moat-agent ready"
     );
-    if cmdline.test_mode() == Some("poweroff") {
+    if is_pid1 && cmdline.test_mode() == Some("poweroff") {
         tracing::info!("moat.test=poweroff: powering off");
         power::poweroff();
     }
-    let result = run();
+    let config = state::Config {
+        run_dir: std::env::var_os("MOAT_AGENT_RUN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/run/moat")),
+        cgroup_root: PathBuf::from(moat_agent::cgroups::CGROUP_ROOT),
+        init_binary: std::fs::read_link("/proc/self/exe")
+            .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+        is_pid1,
+    };
+    let result = run(config, listen_unix);
     if let Err(e) = &result {
         tracing::error!("agent stopped: {e:#}");
     }
@@ -59,15 +90,16 @@ fn init_logging() {
         .init();
 }
 
-fn run() -> anyhow::Result<()> {
+fn run(config: state::Config, listen_unix: Option<PathBuf>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
-        if std::process::id() == 1 {
-            tokio::spawn(pid1::reap_children());
+        tokio::spawn(reaper::global().run());
+        match listen_unix {
+            Some(path) => server::serve_unix(&path, config).await,
+            None => server::serve_vsock(moat_proto::AGENT_VSOCK_PORT, config).await,
         }
-        server::serve(moat_proto::AGENT_VSOCK_PORT).await
     })
 }

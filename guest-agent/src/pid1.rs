@@ -81,24 +81,11 @@ pub fn mount_base_filesystems() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reaps every child that exits (orphans are re-parented to PID 1).
-pub async fn reap_children() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigchld = match signal(SignalKind::child()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot watch SIGCHLD, orphans will not be reaped: {e}");
-            return;
-        }
-    };
-    loop {
-        sigchld.recv().await;
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(status) => tracing::debug!(?status, "reaped"),
-            }
-        }
+/// Enables every available controller for the guest's child cgroups.
+pub fn enable_cgroup_controllers() {
+    match crate::cgroups::enable_all_controllers(std::path::Path::new(crate::cgroups::CGROUP_ROOT))
+    {
+        Ok(c) => tracing::debug!(controllers = ?c, "cgroup controllers enabled"),
+        Err(e) => tracing::warn!("cgroup controllers: {e}"),
     }
 }

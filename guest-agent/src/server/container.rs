@@ -1,0 +1,353 @@
+//! Container lifecycle: create, start, remove, list, update.
+
+use super::validate::{self, invalid};
+use super::R;
+use crate::cgroups::{Cgroup, CgroupError};
+use crate::container::launch;
+use crate::container::spec::{self, PlanPolicy};
+use crate::container::sync::InitRequest;
+use crate::devices::DeviceId;
+use crate::paths::validate_id;
+use crate::state::{Container, Process, State};
+use crate::storage::{self, Source};
+use moat_proto::agent::block_device::Id;
+use moat_proto::agent::*;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::{Response, Status};
+
+/// What container specs may refer to outside their rootfs.
+pub(super) fn policy(state: &State) -> PlanPolicy {
+    PlanPolicy {
+        bind_source_dirs: vec![
+            PathBuf::from(moat_proto::SHARED_DIR),
+            state.config.run_dir.join("sandbox"),
+        ],
+        namespace_dirs: vec![PathBuf::from(moat_proto::SANDBOX_NS_DIR)],
+    }
+}
+
+pub(super) fn cgroup_status(e: CgroupError) -> Status {
+    match e {
+        CgroupError::Resource(r) => invalid(r),
+        CgroupError::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+            Status::failed_precondition(format!(
+                "resources: {} does not exist (controller not available in the guest)",
+                path.display()
+            ))
+        }
+        e => Status::internal(e.to_string()),
+    }
+}
+
+fn rootfs_source(b: &BlockDevice) -> Result<Source, Status> {
+    Ok(match &b.id {
+        None => {
+            return Err(invalid(
+                "rootfs.id: one of serial, mmio_address, path, directory is required",
+            ))
+        }
+        Some(Id::Serial(s)) => {
+            if s.is_empty() || s.len() > 20 || s.contains(['/', '\0', '\n']) {
+                return Err(invalid(
+                    "rootfs.serial: must be 1..=20 bytes without '/' or NUL",
+                ));
+            }
+            Source::Device(DeviceId::Serial(s.clone()))
+        }
+        Some(Id::MmioAddress(a)) => {
+            if *a == 0 || a % 0x1000 != 0 {
+                return Err(invalid(
+                    "rootfs.mmio_address: must be a non-zero, 4 KiB aligned address",
+                ));
+            }
+            Source::Device(DeviceId::MmioAddress(*a))
+        }
+        Some(Id::Path(p)) => {
+            let p = PathBuf::from(p);
+            if !p.starts_with("/dev/")
+                || p.components().any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(invalid("rootfs.path: must be a device under /dev/"));
+            }
+            Source::Device(DeviceId::Path(p))
+        }
+        Some(Id::Directory(d)) => {
+            let d = PathBuf::from(d);
+            if !d.is_absolute() || d.components().any(|c| c == std::path::Component::ParentDir) {
+                return Err(invalid(
+                    "rootfs.directory: must be an absolute path without '..'",
+                ));
+            }
+            Source::Directory(d)
+        }
+    })
+}
+
+/// Releases the id reservation when creation ends, however it ends.
+struct Reservation<'a> {
+    state: &'a State,
+    id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.creating.lock() {
+            s.remove(&self.id);
+        }
+    }
+}
+
+pub(super) async fn create(
+    state: &State,
+    req: CreateContainerRequest,
+) -> R<CreateContainerResponse> {
+    validate_id("container_id", &req.container_id).map_err(invalid)?;
+    let rootfs = req
+        .rootfs
+        .as_ref()
+        .ok_or_else(|| invalid("rootfs: is required"))?;
+    let source = rootfs_source(rootfs)?;
+    if !matches!(rootfs.fstype.as_str(), "" | "erofs" | "ext4") {
+        return Err(invalid(
+            "rootfs.fstype: must be \"erofs\", \"ext4\" or empty",
+        ));
+    }
+    if rootfs.timeout_ms > 300_000 {
+        return Err(invalid("rootfs.timeout_ms: at most 300000"));
+    }
+    let spec = spec::parse_spec(&req.oci_spec).map_err(invalid)?;
+    let id = req.container_id.clone();
+    let dir = state.config.container_dir(&id);
+    let plan = spec::container_plan(&spec, &dir.join("rootfs"), &policy(state)).map_err(invalid)?;
+    let mut plan = plan;
+    plan.process = spec::with_seccomp(plan.process, &spec).map_err(invalid)?;
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
+    if let Some(r) = &resources {
+        crate::cgroups::files::resource_files(r).map_err(invalid)?;
+    }
+
+    {
+        let containers = state.containers.lock().await;
+        let mut creating = state
+            .creating
+            .lock()
+            .map_err(|_| Status::internal("creating set poisoned"))?;
+        if containers.contains_key(&id) || !creating.insert(id.clone()) {
+            return Err(Status::already_exists(format!(
+                "container_id: {id:?} already exists"
+            )));
+        }
+    }
+    let _reservation = Reservation {
+        state,
+        id: id.clone(),
+    };
+
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Status::internal(format!("creating {}: {e}", dir.display())))?;
+    let timeout = Duration::from_millis(if rootfs.timeout_ms == 0 {
+        10_000
+    } else {
+        u64::from(rootfs.timeout_ms)
+    });
+    let mounts = match storage::prepare(
+        &dir,
+        &source,
+        &rootfs.fstype,
+        timeout,
+        req.scratch_size_bytes,
+    )
+    .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(match e {
+                storage::StorageError::DeviceMissing(..) => Status::not_found(e.to_string()),
+                storage::StorageError::NotADirectory(_) => Status::not_found(e.to_string()),
+                storage::StorageError::Mount(_) => Status::failed_precondition(e.to_string()),
+            });
+        }
+    };
+    let cleanup = |cg: Option<&Cgroup>| {
+        storage::teardown(&mounts);
+        if let Some(cg) = cg {
+            let _ = cg.kill_all();
+            let _ = cg.remove(Duration::from_secs(2));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    };
+    let cgroup = match Cgroup::create(
+        &state.config.cgroup_root,
+        &state.config.pod_cgroup().join(&id),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            cleanup(None);
+            return Err(Status::internal(e.to_string()));
+        }
+    };
+    if let Some(r) = &resources {
+        if let Err(e) = cgroup.apply(r) {
+            cleanup(Some(&cgroup));
+            return Err(cgroup_status(e));
+        }
+    }
+    let (child_io, io) = match crate::stdio::create(plan.process.terminal, req.stdin) {
+        Ok(x) => x,
+        Err(e) => {
+            cleanup(Some(&cgroup));
+            return Err(Status::internal(format!("stdio: {e}")));
+        }
+    };
+    let init = state.config.init_binary.clone();
+    let cg = cgroup.clone();
+    let request = InitRequest::Create(Box::new(plan));
+    let launched = tokio::task::spawn_blocking(move || {
+        launch::launch(&init, &request, child_io, |pid| {
+            cg.add_pid(pid).map_err(|e| e.to_string())
+        })
+    })
+    .await
+    .map_err(|e| Status::internal(format!("launch task: {e}")));
+    let launched = match launched {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            cleanup(Some(&cgroup));
+            return Err(match e {
+                launch::LaunchError::Setup(m) => {
+                    Status::failed_precondition(format!("container setup failed: {m}"))
+                }
+                e => Status::internal(e.to_string()),
+            });
+        }
+        Err(e) => {
+            cleanup(Some(&cgroup));
+            return Err(e);
+        }
+    };
+    let pid = launched.pid;
+    let process = Process::new(pid, io, launched.exit, cgroup.clone());
+    let container = Arc::new(Container {
+        id: id.clone(),
+        dir: dir.clone(),
+        cgroup,
+        rootfs: mounts,
+        init: process,
+        start: Mutex::new(Some(launched.channel)),
+        execs: Mutex::new(Default::default()),
+    });
+    state.containers.lock().await.insert(id.clone(), container);
+    tracing::info!(container = %id, pid, "container created");
+    Ok(Response::new(CreateContainerResponse { pid: pid as u32 }))
+}
+
+pub(super) async fn start(state: &State, req: StartContainerRequest) -> R<StartContainerResponse> {
+    let c = validate::container(state, &req.container_id).await?;
+    let chan = c
+        .start
+        .lock()
+        .map_err(|_| Status::internal("start lock poisoned"))?
+        .take()
+        .ok_or_else(|| {
+            Status::failed_precondition(format!("container_id: {:?} was already started", c.id))
+        })?;
+    if c.init.exited().is_some() {
+        return Err(Status::failed_precondition(
+            "container_id: the container's process already exited",
+        ));
+    }
+    tokio::task::spawn_blocking(move || launch::start(&chan))
+        .await
+        .map_err(|e| Status::internal(format!("start task: {e}")))?
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    tracing::info!(container = %c.id, pid = c.init.pid, "container started");
+    Ok(Response::new(StartContainerResponse {}))
+}
+
+/// Stops and removes container `id`: SIGTERM, `timeout_ms` grace, SIGKILL
+/// to the whole cgroup, unmount, delete the cgroup and work directory.
+pub(super) async fn remove_by_id(state: &State, id: &str, timeout_ms: u32) -> Result<(), Status> {
+    let c = validate::container(state, id).await?;
+    // Unstarted: closing the channel makes the waiting process exit.
+    if let Ok(mut s) = c.start.lock() {
+        s.take();
+    }
+    if timeout_ms > 0 && c.init.exited().is_none() {
+        let _ = c.cgroup.signal_all(nix::sys::signal::Signal::SIGTERM);
+        let _ =
+            tokio::time::timeout(Duration::from_millis(u64::from(timeout_ms)), c.init.wait()).await;
+    }
+    let _ = c.cgroup.kill_all();
+    if tokio::time::timeout(Duration::from_secs(10), c.init.wait())
+        .await
+        .is_err()
+    {
+        return Err(Status::internal(format!(
+            "container {id:?}: process {} did not die",
+            c.init.pid
+        )));
+    }
+    // Wait for the cgroup to empty (execs, stragglers).
+    for _ in 0..200 {
+        match c.cgroup.pids() {
+            Ok(p) if !p.is_empty() => {
+                let _ = c.cgroup.kill_all();
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            _ => break,
+        }
+    }
+    storage::teardown(&c.rootfs);
+    c.cgroup
+        .remove(Duration::from_secs(5))
+        .map_err(|e| Status::internal(format!("removing cgroup: {e}")))?;
+    let _ = std::fs::remove_dir_all(&c.dir);
+    state.containers.lock().await.remove(id);
+    tracing::info!(container = %id, "container removed");
+    Ok(())
+}
+
+pub(super) async fn remove(
+    state: &State,
+    req: RemoveContainerRequest,
+) -> R<RemoveContainerResponse> {
+    if req.timeout_ms > 600_000 {
+        return Err(invalid("timeout_ms: at most 600000"));
+    }
+    remove_by_id(state, &req.container_id, req.timeout_ms).await?;
+    Ok(Response::new(RemoveContainerResponse {}))
+}
+
+pub(super) async fn list(state: &State) -> R<ListContainersResponse> {
+    let containers = state.containers.lock().await;
+    let mut out: Vec<ContainerInfo> = containers
+        .values()
+        .map(|c| ContainerInfo {
+            container_id: c.id.clone(),
+            state: c.state().to_string(),
+            pid: c.init.pid as u32,
+            exec_ids: c
+                .execs
+                .lock()
+                .map(|e| e.keys().cloned().collect())
+                .unwrap_or_default(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+    Ok(Response::new(ListContainersResponse { containers: out }))
+}
+
+pub(super) async fn update(
+    state: &State,
+    req: UpdateContainerRequest,
+) -> R<UpdateContainerResponse> {
+    let c = validate::container(state, &req.container_id).await?;
+    let res: oci_spec::runtime::LinuxResources = serde_json::from_slice(&req.resources)
+        .map_err(|e| invalid(format!("resources: not OCI LinuxResources JSON: {e}")))?;
+    c.cgroup.apply(&res).map_err(cgroup_status)?;
+    tracing::info!(container = %c.id, "resources updated");
+    Ok(Response::new(UpdateContainerResponse {}))
+}

@@ -1,0 +1,115 @@
+//! Processes: exec into a running container, signals, waiting.
+
+use super::validate::{self, invalid};
+use super::R;
+use crate::container::launch;
+use crate::container::spec;
+use crate::container::sync::InitRequest;
+use crate::paths::validate_id;
+use crate::reaper::Exit;
+use crate::state::{Process, State};
+use moat_proto::agent::*;
+use tonic::{Response, Status};
+
+pub(super) async fn exec(state: &State, req: ExecProcessRequest) -> R<ExecProcessResponse> {
+    validate_id("exec_id", &req.exec_id).map_err(invalid)?;
+    let c = validate::container(state, &req.container_id).await?;
+    let process: oci_spec::runtime::Process = serde_json::from_slice(&req.process)
+        .map_err(|e| invalid(format!("process: not an OCI Process JSON: {e}")))?;
+    let plan = spec::process_plan(&process, "process").map_err(invalid)?;
+    if c.state() != "running" {
+        return Err(Status::failed_precondition(format!(
+            "container_id: {:?} is {}, not running",
+            c.id,
+            c.state()
+        )));
+    }
+    {
+        let execs = c
+            .execs
+            .lock()
+            .map_err(|_| Status::internal("exec table poisoned"))?;
+        if execs.contains_key(&req.exec_id) {
+            return Err(Status::already_exists(format!(
+                "exec_id: {:?} already exists",
+                req.exec_id
+            )));
+        }
+    }
+    let (child_io, io) = crate::stdio::create(plan.terminal, req.stdin)
+        .map_err(|e| Status::internal(format!("stdio: {e}")))?;
+    let init = state.config.init_binary.clone();
+    let cg = c.cgroup.clone();
+    let request = InitRequest::Exec {
+        target_pid: c.init.pid,
+        process: Box::new(plan),
+    };
+    let launched = tokio::task::spawn_blocking(move || {
+        let l = launch::launch(&init, &request, child_io, |pid| {
+            cg.add_pid(pid).map_err(|e| e.to_string())
+        })?;
+        launch::wait_exec(&l.channel)?;
+        Ok::<_, launch::LaunchError>(l)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("exec task: {e}")))?
+    .map_err(|e| match e {
+        launch::LaunchError::Setup(m) => Status::failed_precondition(format!("exec failed: {m}")),
+        e => Status::internal(e.to_string()),
+    })?;
+    let pid = launched.pid;
+    let p = Process::new(pid, io, launched.exit, c.cgroup.clone());
+    c.execs
+        .lock()
+        .map_err(|_| Status::internal("exec table poisoned"))?
+        .insert(req.exec_id.clone(), p);
+    tracing::info!(container = %c.id, exec = %req.exec_id, pid, "exec started");
+    Ok(Response::new(ExecProcessResponse { pid: pid as u32 }))
+}
+
+pub(super) async fn signal(state: &State, req: SignalProcessRequest) -> R<SignalProcessResponse> {
+    let sig = i32::try_from(req.signal)
+        .ok()
+        .filter(|s| (1..=64).contains(s))
+        .ok_or_else(|| invalid("signal: must be 1..=64"))?;
+    let (c, p) = validate::process(state, &req.container_id, &req.exec_id).await?;
+    if req.all {
+        for pid in c
+            .cgroup
+            .pids()
+            .map_err(|e| Status::internal(e.to_string()))?
+        {
+            // SAFETY: kill(2) with a pid from the container's cgroup.
+            unsafe { libc::kill(pid, sig) };
+        }
+        return Ok(Response::new(SignalProcessResponse {}));
+    }
+    if p.exited().is_some() {
+        return Err(Status::not_found(format!(
+            "exec_id: process {} has already exited",
+            p.pid
+        )));
+    }
+    // SAFETY: kill(2); the pid is still ours (not reaped, so not reused).
+    if unsafe { libc::kill(p.pid, sig) } != 0 {
+        return Err(Status::internal(format!(
+            "kill({}, {sig}): {}",
+            p.pid,
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(Response::new(SignalProcessResponse {}))
+}
+
+pub(super) async fn wait(state: &State, req: WaitProcessRequest) -> R<WaitProcessResponse> {
+    let (_c, p) = validate::process(state, &req.container_id, &req.exec_id).await?;
+    let e = p.wait().await;
+    Ok(Response::new(WaitProcessResponse {
+        exit_code: e.exit.status(),
+        signal: match e.exit {
+            Exit::Signal(s) => s,
+            Exit::Code(_) => 0,
+        },
+        oom_killed: e.oom_killed,
+    }))
+}
