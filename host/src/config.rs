@@ -53,6 +53,18 @@ pub struct Config {
     pub default_runtime_handler: String,
     /// Runtime handlers by name.
     pub runtime_handlers: BTreeMap<String, RuntimeHandler>,
+    /// CNI network configuration directory; the first file (by name) is used
+    /// (default `/etc/cni/net.d`).
+    pub cni_conf_dir: PathBuf,
+    /// Where CNI plugin binaries are looked for
+    /// (default `/usr/lib/cni`, `/opt/cni/bin`).
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// How long a new pod VM may take to answer from its agent (default 60 s).
+    pub agent_timeout_secs: u64,
+    /// Registries spoken to over plain HTTP besides loopback ones (default none).
+    pub insecure_registries: Vec<String>,
+    /// Cgroup driver reported to kubelet: "systemd" or "cgroupfs" (default "systemd").
+    pub cgroup_driver: String,
 }
 
 /// One runtime handler: which guest a pod boots and how big its VM is.
@@ -75,6 +87,23 @@ pub struct RuntimeHandler {
     pub max_vcpus: u32,
     /// Largest VM a pod may get: MiB (default 16384).
     pub max_memory_mib: u32,
+    /// virtio-blk slots per VM, one per container image in use (default 8).
+    pub blk_slots: u32,
+}
+
+impl RuntimeHandler {
+    /// The moat-vmm binary: as configured, else beside the running moatd,
+    /// else `moat-vmm` on PATH.
+    pub fn vmm_binary(&self) -> PathBuf {
+        if let Some(v) = &self.vmm {
+            return v.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("moat-vmm")))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("moat-vmm"))
+    }
 }
 
 impl Default for Config {
@@ -88,6 +117,11 @@ impl Default for Config {
             log_dir: "/var/log/moat".into(),
             default_runtime_handler: "microvm".into(),
             runtime_handlers,
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            cni_bin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            agent_timeout_secs: 60,
+            insecure_registries: Vec::new(),
+            cgroup_driver: "systemd".into(),
         }
     }
 }
@@ -103,6 +137,7 @@ impl Default for RuntimeHandler {
             overhead_memory_mib: 64,
             max_vcpus: 8,
             max_memory_mib: 16384,
+            blk_slots: 8,
         }
     }
 }
@@ -145,6 +180,15 @@ impl Config {
                 ),
             ));
         }
+        if !matches!(self.cgroup_driver.as_str(), "systemd" | "cgroupfs") {
+            return Err(invalid(
+                "cgroup_driver".into(),
+                "must be \"systemd\" or \"cgroupfs\"",
+            ));
+        }
+        if self.agent_timeout_secs == 0 {
+            return Err(invalid("agent_timeout_secs".into(), "must be at least 1"));
+        }
         for (name, h) in &self.runtime_handlers {
             let key = |k: &str| format!("runtime_handlers.{name}.{k}");
             if name.is_empty() {
@@ -158,6 +202,9 @@ impl Config {
                     key("default_vcpus"),
                     "must be between 1 and max_vcpus",
                 ));
+            }
+            if h.blk_slots == 0 || h.blk_slots > 32 {
+                return Err(invalid(key("blk_slots"), "must be between 1 and 32"));
             }
             if h.max_vcpus > 254 {
                 return Err(invalid(key("max_vcpus"), "must be at most 254"));

@@ -1,17 +1,23 @@
 //! moatd: the CRI server that turns each pod sandbox into a microVM.
 //!
+//! - [`cri`]: the CRI gRPC server.
 //! - [`config`]: the daemon's TOML configuration (socket, dirs, runtime handlers).
 //! - [`vsock`]: the host side of moat-vmm's hybrid vsock (Unix socket + CONNECT).
 //! - [`agent`]: a gRPC client for the guest agent over that vsock.
 //! - [`image`]: pulling images and turning them into block images.
 //! - [`logs`]: container logs in the CRI format.
 //! - [`network`]: pod network namespaces, CNI, TAP.
+//! - [`pod`]: pod sandboxes, each a microVM.
 //! - [`store`]: the durable state (redb).
+//! - [`vm`]: starting a pod's moat-vmm and reaching its agent.
 
 pub mod agent;
 pub mod config;
+pub mod cri;
 pub mod image;
 pub mod logs;
 pub mod network;
+pub mod pod;
 pub mod store;
+pub mod vm;
 pub mod vsock;

@@ -31,8 +31,8 @@ fn main() -> anyhow::Result<()> {
         println!("{config:#?}");
         return Ok(());
     }
-    anyhow::bail!(
-        "the CRI services are not part of this build yet; use --check-config, \
-         or moat-agentctl to talk to a VM's agent"
-    )
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(moatd::cri::serve(config))
 }

@@ -42,6 +42,9 @@ impl Table {
 /// Images by id (config digest).
 pub const IMAGES: Table = Table("images");
 
+/// Pod sandboxes by id.
+pub const SANDBOXES: Table = Table("sandboxes");
+
 /// Handle on the state database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {

@@ -35,6 +35,12 @@ pub const NODE_MODULES: &[&str] = &[
     "tun",
     "veth",
     "overlay",
+    "llc",
+    "stp",
+    "bridge",
+    "sch_ingress",
+    "cls_u32",
+    "act_mirred",
 ];
 
 /// Environment variables passed from the caller into the node's command.

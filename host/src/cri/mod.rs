@@ -1,0 +1,134 @@
+//! The CRI gRPC server (runtime.v1) on a Unix socket, in containerd's
+//! shape: one module per RPC group over shared stores.
+//!
+//! - [`image_service`]: the ImageService.
+//! - [`runtime_service`]: the RuntimeService trait, dispatching to
+//!   [`runtime_info`] (Version, Status, RuntimeConfig, UpdateRuntimeConfig),
+//!   [`sandbox`] (the pod sandbox RPCs), [`stats`] and [`events`].
+
+pub mod events;
+pub mod image_service;
+pub mod runtime_info;
+pub mod runtime_service;
+pub mod sandbox;
+pub mod stats;
+
+use crate::config::Config;
+use crate::image::{ImageError, ImageService};
+use crate::network::CniNetwork;
+use crate::pod::{PodError, Pods};
+use crate::store::Store;
+use anyhow::Context;
+use moat_proto::cri::image_service_server::ImageServiceServer;
+use moat_proto::cri::runtime_service_server::RuntimeServiceServer;
+use std::sync::Arc;
+use tonic::Status;
+
+/// Maps image errors onto gRPC codes.
+pub fn status_from_image_error(e: ImageError) -> Status {
+    match e {
+        ImageError::BadReference(_) => Status::invalid_argument(format!("image: {e}")),
+        ImageError::NotFound(_) => Status::not_found(e.to_string()),
+        ImageError::Pull(_) => Status::unavailable(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// Maps sandbox errors onto gRPC codes.
+pub fn status_from_pod_error(e: PodError) -> Status {
+    match e {
+        PodError::Invalid(m) => Status::invalid_argument(m),
+        PodError::NotFound(_) => Status::not_found(e.to_string()),
+        PodError::Precondition(m) => Status::failed_precondition(m),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// What every RPC handler shares.
+pub struct Daemon {
+    /// The configuration moatd started with.
+    pub config: Config,
+    /// Pod sandboxes.
+    pub pods: Pods,
+    /// Images.
+    pub images: Arc<ImageService>,
+    /// Container and sandbox events for GetContainerEvents.
+    pub events: events::EventBus,
+}
+
+impl Daemon {
+    /// Opens the state, loads the CNI network, and recovers sandboxes.
+    pub async fn open(config: Config) -> anyhow::Result<Arc<Self>> {
+        for dir in [&config.state_dir, &config.run_dir, &config.log_dir] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let store = Store::open(&config.state_dir)?;
+        let images = Arc::new(ImageService::open(
+            &config.state_dir,
+            store.clone(),
+            config.insecure_registries.clone(),
+        )?);
+        let cni = match CniNetwork::load_dir(&config.cni_conf_dir, config.cni_bin_dirs.clone()) {
+            Ok(n) => {
+                tracing::info!(network = n.name(), "CNI network loaded");
+                Some(n)
+            }
+            Err(e) => {
+                tracing::warn!("{e}; pods without host networking will be refused");
+                None
+            }
+        };
+        let pods = Pods::new(config.clone(), store, cni);
+        pods.recover().await?;
+        Ok(Arc::new(Self {
+            config,
+            pods,
+            images,
+            events: events::EventBus::new(),
+        }))
+    }
+}
+
+/// Serves CRI on the configured socket until SIGINT/SIGTERM. Pod VMs keep
+/// running when moatd stops; the next moatd finds them again.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let socket = config.socket.clone();
+    let daemon = Daemon::open(config).await?;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(&socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing stale {}", socket.display()))
+        }
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
+    }
+    tracing::info!(socket = %socket.display(), "serving CRI");
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("stopping; pod VMs keep running");
+    };
+    tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(runtime_service::CriRuntime::new(
+            daemon.clone(),
+        )))
+        .add_service(ImageServiceServer::new(image_service::CriImages::new(
+            daemon.images.clone(),
+        )))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! The CRI `RuntimeService` trait, dispatching each RPC to the module that
+//! holds it.
+
+use crate::cri::{runtime_info, sandbox, stats, Daemon};
+use moat_proto::cri::runtime_service_server::RuntimeService;
+use moat_proto::cri::*;
+use std::pin::Pin;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The CRI runtime service.
+pub struct CriRuntime {
+    d: Arc<Daemon>,
+}
+
+impl CriRuntime {
+    /// Serves `daemon`.
+    pub fn new(daemon: Arc<Daemon>) -> Self {
+        Self { d: daemon }
+    }
+}
+
+type Rpc<T> = Result<Response<T>, Status>;
+
+fn ok<T>(v: T) -> Rpc<T> {
+    Ok(Response::new(v))
+}
+
+/// Containers inside pod VMs are not served by this build yet.
+fn containers_pending(rpc: &str) -> Status {
+    Status::unimplemented(format!(
+        "{rpc}: containers are not available in this build of moatd yet; pod sandboxes, images and stats are"
+    ))
+}
+
+/// Container lookups answer NotFound: no container exists until CreateContainer is served.
+fn no_container(id: &str) -> Status {
+    if id.is_empty() {
+        Status::invalid_argument("container_id: required")
+    } else {
+        Status::not_found(format!("container {id:?} not found"))
+    }
+}
+
+/// Streaming endpoints (Exec, Attach, PortForward) come with the streaming server.
+fn streaming_pending(rpc: &str) -> Status {
+    Status::unimplemented(format!(
+        "{rpc}: the streaming server is not part of this build yet"
+    ))
+}
+
+#[tonic::async_trait]
+impl RuntimeService for CriRuntime {
+    async fn version(&self, _req: Request<VersionRequest>) -> Rpc<VersionResponse> {
+        ok(runtime_info::version())
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        req: Request<RunPodSandboxRequest>,
+    ) -> Rpc<RunPodSandboxResponse> {
+        ok(sandbox::run(&self.d, req.into_inner()).await?)
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        req: Request<StopPodSandboxRequest>,
+    ) -> Rpc<StopPodSandboxResponse> {
+        ok(sandbox::stop(&self.d, req.into_inner()).await?)
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<RemovePodSandboxRequest>,
+    ) -> Rpc<RemovePodSandboxResponse> {
+        ok(sandbox::remove(&self.d, req.into_inner()).await?)
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<PodSandboxStatusRequest>,
+    ) -> Rpc<PodSandboxStatusResponse> {
+        ok(sandbox::status(&self.d, req.into_inner())?)
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        req: Request<ListPodSandboxRequest>,
+    ) -> Rpc<ListPodSandboxResponse> {
+        ok(sandbox::list(&self.d, req.into_inner())?)
+    }
+
+    async fn create_container(
+        &self,
+        _req: Request<CreateContainerRequest>,
+    ) -> Rpc<CreateContainerResponse> {
+        Err(containers_pending("CreateContainer"))
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<StartContainerRequest>,
+    ) -> Rpc<StartContainerResponse> {
+        Err(no_container(&req.into_inner().container_id))
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<StopContainerRequest>,
+    ) -> Rpc<StopContainerResponse> {
+        Err(no_container(&req.into_inner().container_id))
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<RemoveContainerRequest>,
+    ) -> Rpc<RemoveContainerResponse> {
+        let id = req.into_inner().container_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("container_id: required"));
+        }
+        // Removing an unknown container succeeds, as kubelet expects.
+        ok(RemoveContainerResponse {})
+    }
+
+    async fn list_containers(
+        &self,
+        _req: Request<ListContainersRequest>,
+    ) -> Rpc<ListContainersResponse> {
+        ok(ListContainersResponse {
+            containers: Vec::new(),
+        })
+    }
+
+    async fn container_status(
+        &self,
+        req: Request<ContainerStatusRequest>,
+    ) -> Rpc<ContainerStatusResponse> {
+        Err(no_container(&req.into_inner().container_id))
+    }
+
+    async fn update_container_resources(
+        &self,
+        req: Request<UpdateContainerResourcesRequest>,
+    ) -> Rpc<UpdateContainerResourcesResponse> {
+        Err(no_container(&req.into_inner().container_id))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: Request<ReopenContainerLogRequest>,
+    ) -> Rpc<ReopenContainerLogResponse> {
+        Err(no_container(&req.into_inner().container_id))
+    }
+
+    async fn exec_sync(&self, req: Request<ExecSyncRequest>) -> Rpc<ExecSyncResponse> {
+        Err(no_container(&req.into_inner().container_id))
+    }
+
+    async fn exec(&self, _req: Request<ExecRequest>) -> Rpc<ExecResponse> {
+        Err(streaming_pending("Exec"))
+    }
+
+    async fn attach(&self, _req: Request<AttachRequest>) -> Rpc<AttachResponse> {
+        Err(streaming_pending("Attach"))
+    }
+
+    async fn port_forward(&self, _req: Request<PortForwardRequest>) -> Rpc<PortForwardResponse> {
+        Err(streaming_pending("PortForward"))
+    }
+
+    async fn container_stats(
+        &self,
+        req: Request<ContainerStatsRequest>,
+    ) -> Rpc<ContainerStatsResponse> {
+        Err(no_container(&req.into_inner().container_id))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _req: Request<ListContainerStatsRequest>,
+    ) -> Rpc<ListContainerStatsResponse> {
+        ok(ListContainerStatsResponse { stats: Vec::new() })
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        req: Request<PodSandboxStatsRequest>,
+    ) -> Rpc<PodSandboxStatsResponse> {
+        ok(stats::pod_sandbox_stats(&self.d, req.into_inner())?)
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        req: Request<ListPodSandboxStatsRequest>,
+    ) -> Rpc<ListPodSandboxStatsResponse> {
+        ok(stats::list_pod_sandbox_stats(&self.d, req.into_inner())?)
+    }
+
+    async fn update_runtime_config(
+        &self,
+        req: Request<UpdateRuntimeConfigRequest>,
+    ) -> Rpc<UpdateRuntimeConfigResponse> {
+        let cidr = req
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr);
+        tracing::info!(pod_cidr = ?cidr, "runtime config update from kubelet");
+        ok(UpdateRuntimeConfigResponse {})
+    }
+
+    async fn status(&self, req: Request<StatusRequest>) -> Rpc<StatusResponse> {
+        ok(runtime_info::status(&self.d, req.into_inner().verbose))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _req: Request<CheckpointContainerRequest>,
+    ) -> Rpc<CheckpointContainerResponse> {
+        Err(Status::unimplemented(
+            "CheckpointContainer: checkpointing is not supported by moat",
+        ))
+    }
+
+    type GetContainerEventsStream = Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<ContainerEventResponse, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    async fn get_container_events(
+        &self,
+        _req: Request<GetEventsRequest>,
+    ) -> Rpc<Self::GetContainerEventsStream> {
+        use tokio_stream::StreamExt;
+        let rx = self.d.events.subscribe();
+        let stream =
+            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| r.ok().map(Ok));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _req: Request<ListMetricDescriptorsRequest>,
+    ) -> Rpc<ListMetricDescriptorsResponse> {
+        // moat exposes no CRI-level metrics beyond the stats RPCs.
+        ok(ListMetricDescriptorsResponse {
+            descriptors: Vec::new(),
+        })
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _req: Request<ListPodSandboxMetricsRequest>,
+    ) -> Rpc<ListPodSandboxMetricsResponse> {
+        ok(ListPodSandboxMetricsResponse {
+            pod_metrics: Vec::new(),
+        })
+    }
+
+    async fn runtime_config(
+        &self,
+        _req: Request<RuntimeConfigRequest>,
+    ) -> Rpc<RuntimeConfigResponse> {
+        ok(runtime_info::runtime_config(&self.d))
+    }
+}

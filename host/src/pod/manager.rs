@@ -1,0 +1,503 @@
+//! Pod sandbox lifecycle: RunPodSandbox builds network namespace → CNI →
+//! TAP → moat-vmm → agent, undoing every step if a later one fails; stop and
+//! remove release all of it; records in the state store let a restarted
+//! moatd find running VMs again and clean up what a crash left half-made.
+
+use super::record::{SandboxRecord, SandboxState};
+use super::sizing::vm_size;
+use crate::config::Config;
+use crate::network::cni::Attachment;
+use crate::network::{tap, CniNetwork, NetNs};
+use crate::store::{Store, StoreError, SANDBOXES};
+use crate::vm::launch::{launch, wait_for_agent};
+use crate::vm::{ControlClient, VmPaths, VmSpec};
+use moat_proto::cri::{NamespaceMode, PodSandboxConfig};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Why a sandbox operation failed; maps onto gRPC codes.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    /// Bad request (InvalidArgument); names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such sandbox (NotFound).
+    #[error("pod sandbox {0:?} not found")]
+    NotFound(String),
+    /// Cannot be done now (FailedPrecondition).
+    #[error("{0}")]
+    Precondition(String),
+    /// Setting the sandbox up failed (Internal).
+    #[error("{0}")]
+    Failed(String),
+    /// The state store failed (Internal).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn failed(e: impl std::fmt::Display) -> PodError {
+    PodError::Failed(e.to_string())
+}
+
+/// Interface the CNI plugins create in the pod namespace.
+const POD_IFNAME: &str = "eth0";
+/// The TAP joined to it.
+const POD_TAP: &str = "tap0";
+
+/// All pod sandboxes of this moatd.
+pub struct Pods {
+    config: Config,
+    store: Store,
+    cni: Option<CniNetwork>,
+    /// Serializes changes to one sandbox (run/stop/remove of the same id).
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+fn new_id() -> Result<String, PodError> {
+    let mut buf = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| failed(format!("reading /dev/urandom: {e}")))?;
+    Ok(hex::encode(buf))
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+fn validate(config: &PodSandboxConfig) -> Result<(), PodError> {
+    let Some(md) = &config.metadata else {
+        return Err(PodError::Invalid("config.metadata: required".into()));
+    };
+    for (field, value) in [
+        ("name", &md.name),
+        ("namespace", &md.namespace),
+        ("uid", &md.uid),
+    ] {
+        if value.trim().is_empty() {
+            return Err(PodError::Invalid(format!(
+                "config.metadata.{field}: required"
+            )));
+        }
+    }
+    if config.hostname.len() > 64 {
+        return Err(PodError::Invalid(
+            "config.hostname: longer than 64 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn host_network(config: &PodSandboxConfig) -> bool {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|n| n.network == NamespaceMode::Node as i32)
+}
+
+fn pod_shares(config: &PodSandboxConfig) -> (bool, bool) {
+    let ns = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let pod = NamespaceMode::Pod as i32;
+    // CRI's default (zero) for ipc and pid is POD and CONTAINER respectively.
+    (
+        ns.is_none_or(|n| n.ipc == pod),
+        ns.is_some_and(|n| n.pid == pod),
+    )
+}
+
+impl Pods {
+    /// The sandbox manager; `cni` is None when no network is configured.
+    pub fn new(config: Config, store: Store, cni: Option<CniNetwork>) -> Self {
+        Self {
+            config,
+            store,
+            cni,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The CNI network, if one is configured.
+    pub fn network(&self) -> Option<&CniNetwork> {
+        self.cni.as_ref()
+    }
+
+    async fn lock(&self, id: &str) -> Arc<Mutex<()>> {
+        self.locks
+            .lock()
+            .await
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn netns_dir(&self) -> PathBuf {
+        self.config.run_dir.join("netns")
+    }
+
+    /// Every sandbox record.
+    pub fn list(&self) -> Result<Vec<SandboxRecord>, PodError> {
+        Ok(self
+            .store
+            .list::<SandboxRecord>(SANDBOXES)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// One sandbox by full id or unique id prefix.
+    pub fn get(&self, id: &str) -> Result<SandboxRecord, PodError> {
+        if id.is_empty() {
+            return Err(PodError::Invalid("pod_sandbox_id: required".into()));
+        }
+        if let Some(r) = self.store.get::<SandboxRecord>(SANDBOXES, id)? {
+            return Ok(r);
+        }
+        let mut matches = self.list()?.into_iter().filter(|r| r.id.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some(r), None) => Ok(r),
+            (Some(_), Some(_)) => Err(PodError::Invalid(format!(
+                "pod_sandbox_id: {id:?} is ambiguous"
+            ))),
+            _ => Err(PodError::NotFound(id.to_string())),
+        }
+    }
+
+    /// RunPodSandbox: returns the new sandbox's id once its agent answered.
+    pub async fn run(
+        &self,
+        config: PodSandboxConfig,
+        handler_name: &str,
+    ) -> Result<String, PodError> {
+        validate(&config)?;
+        let handler_name = if handler_name.is_empty() {
+            self.config.default_runtime_handler.as_str()
+        } else {
+            handler_name
+        };
+        let handler = self
+            .config
+            .runtime_handlers
+            .get(handler_name)
+            .ok_or_else(|| {
+                PodError::Invalid(format!("runtime_handler: unknown handler {handler_name:?}"))
+            })?
+            .clone();
+        let host_net = host_network(&config);
+        if !host_net && self.cni.is_none() {
+            return Err(PodError::Precondition(format!(
+                "no CNI network configured in {}: pods need one (or host networking)",
+                self.config.cni_conf_dir.display()
+            )));
+        }
+        let id = new_id()?;
+        let lock = self.lock(&id).await;
+        let _guard = lock.lock().await;
+        let (vcpus, memory_mib) = vm_size(&config, &handler);
+        let mut rec = SandboxRecord {
+            id: id.clone(),
+            config,
+            runtime_handler: handler_name.to_string(),
+            state: SandboxState::Creating,
+            created_at: now_ns(),
+            netns: None,
+            cni: None,
+            ips: Vec::new(),
+            vm_paths: VmPaths {
+                dir: self.config.run_dir.join(&id),
+            },
+            vm: None,
+            vcpus,
+            memory_mib,
+            exit_reason: None,
+        };
+        // Recorded first, so a crash part-way is cleaned up at the next start.
+        self.store.put(SANDBOXES, &id, &rec)?;
+        let md = rec.metadata();
+        tracing::info!(%id, pod = %md.name, namespace = %md.namespace, vcpus, memory_mib, "creating pod sandbox");
+        match self.bring_up(&mut rec, &handler).await {
+            Ok(()) => {
+                rec.state = SandboxState::Ready;
+                self.store.put(SANDBOXES, &id, &rec)?;
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::warn!(%id, "pod sandbox failed to start: {e}");
+                self.tear_down(&mut rec).await;
+                let _ = std::fs::remove_dir_all(&rec.vm_paths.dir);
+                self.store.delete(SANDBOXES, &id)?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn bring_up(
+        &self,
+        rec: &mut SandboxRecord,
+        handler: &crate::config::RuntimeHandler,
+    ) -> Result<(), PodError> {
+        let started = std::time::Instant::now();
+        let mut netns = None;
+        let mut net = None;
+        if let (false, Some(cni)) = (host_network(&rec.config), &self.cni) {
+            let ns = NetNs::create(&self.netns_dir(), &rec.id)
+                .map_err(|e| failed(format!("creating the pod netns: {e}")))?;
+            rec.netns = Some(ns.path().to_path_buf());
+            self.store.put(SANDBOXES, &rec.id, rec)?;
+            let md = rec.metadata();
+            let att = Attachment {
+                container_id: &rec.id,
+                netns: ns.path(),
+                ifname: POD_IFNAME,
+                pod: Some((&md.name, &md.namespace)),
+            };
+            let result = cni.add(&att).await.map_err(failed)?;
+            rec.ips = result
+                .ips()
+                .iter()
+                .map(|ip| ip.address.split('/').next().unwrap_or("").to_string())
+                .collect();
+            rec.cni = Some(result);
+            self.store.put(SANDBOXES, &rec.id, rec)?;
+            let info = tap::setup(&ns, POD_IFNAME, POD_TAP)
+                .map_err(|e| failed(format!("pod TAP: {e}")))?;
+            net = Some((info.tap, info.mac));
+            netns = Some(ns);
+        }
+        let spec = VmSpec {
+            vmm: handler.vmm_binary(),
+            kernel: handler.kernel.clone(),
+            initrd: handler.initramfs.clone(),
+            vcpus: rec.vcpus,
+            memory_mib: rec.memory_mib,
+            blk_slots: handler.blk_slots,
+            net,
+        };
+        let (vm, mut child) =
+            launch(&spec, &rec.vm_paths, netns.as_ref()).map_err(|e| failed(format!("{e:#}")))?;
+        rec.vm = Some(vm);
+        self.store.put(SANDBOXES, &rec.id, rec)?;
+        let timeout = Duration::from_secs(self.config.agent_timeout_secs);
+        let mut agent = wait_for_agent(&rec.vm_paths, &mut child, timeout)
+            .await
+            .map_err(|e| failed(format!("{e:#}")))?;
+        // moatd reaps its own child; after a restart the VMM is watched by pid.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let booted_ms = started.elapsed().as_millis() as u64;
+        let (share_ipc, share_pid) = pod_shares(&rec.config);
+        let dns = rec.config.dns_config.clone().unwrap_or_default();
+        let linux = rec.config.linux.clone().unwrap_or_default();
+        let hostname = if rec.config.hostname.is_empty() {
+            rec.metadata().name
+        } else {
+            rec.config.hostname.clone()
+        };
+        agent
+            .create_sandbox(moat_proto::agent::CreateSandboxRequest {
+                sandbox_id: rec.id.clone(),
+                hostname,
+                dns: Some(moat_proto::agent::DnsConfig {
+                    servers: dns.servers,
+                    searches: dns.searches,
+                    options: dns.options,
+                }),
+                hosts: Vec::new(),
+                sysctls: linux.sysctls,
+                share_ipc,
+                share_pid,
+                share_uts: true,
+            })
+            .await
+            .map_err(|s| failed(format!("agent CreateSandbox: {}", s.message())))?;
+        tracing::info!(id = %rec.id, agent_ready_ms = booted_ms, ms = started.elapsed().as_millis() as u64, "pod sandbox ready");
+        Ok(())
+    }
+
+    /// Stops the VM and releases the network; leaves the record.
+    async fn tear_down(&self, rec: &mut SandboxRecord) {
+        if let Some(vm) = rec.vm.take() {
+            if vm.is_alive() {
+                // Ask the guest to power off, give it a moment, then kill.
+                if let Ok(mut agent) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    crate::agent::connect(rec.vm_paths.vsock(), moat_proto::AGENT_VSOCK_PORT),
+                )
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timeout")))
+                {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        agent.shutdown(moat_proto::agent::ShutdownRequest {}),
+                    )
+                    .await;
+                }
+                let control = ControlClient::new(&rec.vm_paths.api());
+                let _ = control
+                    .call(&moat_vmm::api::Request::Shutdown { timeout_ms: 3000 })
+                    .await;
+                vm.kill();
+                for _ in 0..200 {
+                    if !vm.is_alive() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        if let Some(path) = rec.netns.clone() {
+            let ns = NetNs::at(path);
+            if let Some(cni) = &self.cni {
+                let md = rec.metadata();
+                let att = Attachment {
+                    container_id: &rec.id,
+                    netns: ns.path(),
+                    ifname: POD_IFNAME,
+                    pod: Some((&md.name, &md.namespace)),
+                };
+                if let Err(e) = cni.del(&att, rec.cni.as_ref()).await {
+                    tracing::warn!(id = %rec.id, "CNI DEL: {e}");
+                }
+            }
+            if let Err(e) = ns.remove() {
+                tracing::warn!(id = %rec.id, "removing netns: {e}");
+            }
+            rec.netns = None;
+        }
+        rec.cni = None;
+        for sock in [rec.vm_paths.vsock(), rec.vm_paths.api()] {
+            let _ = std::fs::remove_file(sock);
+        }
+    }
+
+    /// StopPodSandbox: idempotent; a stopped sandbox stays stopped.
+    pub async fn stop(&self, id: &str) -> Result<(), PodError> {
+        let mut rec = self.get(id)?;
+        let lock = self.lock(&rec.id).await;
+        let _guard = lock.lock().await;
+        let mut rec2 = self.get(&rec.id)?;
+        std::mem::swap(&mut rec, &mut rec2);
+        if rec.state == SandboxState::NotReady && rec.vm.is_none() && rec.netns.is_none() {
+            return Ok(());
+        }
+        self.tear_down(&mut rec).await;
+        rec.state = SandboxState::NotReady;
+        self.store.put(SANDBOXES, &rec.id, &rec)?;
+        tracing::info!(id = %rec.id, "pod sandbox stopped");
+        Ok(())
+    }
+
+    /// RemovePodSandbox: stops if needed and forgets it; unknown ids succeed.
+    pub async fn remove(&self, id: &str) -> Result<(), PodError> {
+        let rec = match self.get(id) {
+            Ok(r) => r,
+            Err(PodError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop(&rec.id).await?;
+        let lock = self.lock(&rec.id).await;
+        let _guard = lock.lock().await;
+        if let Err(e) = std::fs::remove_dir_all(&rec.vm_paths.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(failed(format!(
+                    "removing {}: {e}",
+                    rec.vm_paths.dir.display()
+                )));
+            }
+        }
+        self.store.delete(SANDBOXES, &rec.id)?;
+        self.locks.lock().await.remove(&rec.id);
+        tracing::info!(id = %rec.id, "pod sandbox removed");
+        Ok(())
+    }
+
+    /// Refreshes a record's state from its VM (a dead VM makes it NotReady).
+    pub fn refresh(&self, mut rec: SandboxRecord) -> Result<SandboxRecord, PodError> {
+        if rec.state == SandboxState::Ready && !rec.vm.is_some_and(|vm| vm.is_alive()) {
+            rec.state = SandboxState::NotReady;
+            rec.exit_reason = Some(format!(
+                "the pod VM stopped: {}",
+                crate::vm::launch::tail(&rec.vm_paths.vmm_log(), 1)
+            ));
+            rec.vm = None;
+            self.store.put(SANDBOXES, &rec.id, &rec)?;
+        }
+        Ok(rec)
+    }
+
+    /// At start: keeps sandboxes whose VM still runs, marks dead ones
+    /// NotReady, and releases what half-created ones took.
+    pub async fn recover(&self) -> Result<(), PodError> {
+        for rec in self.list()? {
+            match rec.state {
+                SandboxState::Creating => {
+                    tracing::warn!(id = %rec.id, "cleaning up a sandbox left half-created");
+                    let mut rec = rec;
+                    self.tear_down(&mut rec).await;
+                    let _ = std::fs::remove_dir_all(&rec.vm_paths.dir);
+                    self.store.delete(SANDBOXES, &rec.id)?;
+                }
+                SandboxState::Ready => {
+                    let rec = self.refresh(rec)?;
+                    tracing::info!(id = %rec.id, state = ?rec.state, "recovered pod sandbox");
+                }
+                SandboxState::NotReady => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moat_proto::cri::PodSandboxMetadata;
+
+    #[test]
+    fn metadata_fields_are_required() {
+        let mut c = PodSandboxConfig::default();
+        assert!(validate(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("config.metadata"));
+        c.metadata = Some(PodSandboxMetadata {
+            name: "a".into(),
+            namespace: "b".into(),
+            uid: "".into(),
+            attempt: 0,
+        });
+        assert!(validate(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("config.metadata.uid"));
+        c.metadata = Some(PodSandboxMetadata {
+            name: "a".into(),
+            namespace: "b".into(),
+            uid: "u".into(),
+            attempt: 0,
+        });
+        assert!(validate(&c).is_ok());
+    }
+
+    #[test]
+    fn ids_are_unique_hex() {
+        let (a, b) = (new_id().unwrap(), new_id().unwrap());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn namespace_sharing_follows_cri_defaults() {
+        assert_eq!(pod_shares(&PodSandboxConfig::default()), (true, false));
+    }
+}

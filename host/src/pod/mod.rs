@@ -1,0 +1,12 @@
+//! Pod sandboxes: each one a microVM with its own network namespace.
+//!
+//! - [`record`]: what is stored about a sandbox (survives moatd restarts).
+//! - [`sizing`]: the VM size from the pod's resources.
+//! - [`manager`]: run, stop, remove, status, list, and recovery at start.
+
+pub mod manager;
+pub mod record;
+pub mod sizing;
+
+pub use manager::{PodError, Pods};
+pub use record::{SandboxRecord, SandboxState};

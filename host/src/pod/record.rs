@@ -1,0 +1,56 @@
+//! The stored form of a pod sandbox.
+
+use crate::network::CniResult;
+use crate::vm::{VmHandle, VmPaths};
+use moat_proto::cri::PodSandboxConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Lifecycle of a sandbox as CRI sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxState {
+    /// Being created; a record left in this state by a crash is cleaned up at start.
+    Creating,
+    /// The VM runs and its agent answered.
+    Ready,
+    /// Stopped, failed, or its VM died.
+    NotReady,
+}
+
+/// Everything moatd keeps about one sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    /// Sandbox id (64 hex digits).
+    pub id: String,
+    /// The pod's config as kubelet sent it.
+    pub config: PodSandboxConfig,
+    /// The runtime handler used.
+    pub runtime_handler: String,
+    /// State.
+    pub state: SandboxState,
+    /// Creation time, ns since the epoch.
+    pub created_at: i64,
+    /// The pod network namespace, unless the pod uses the host network.
+    pub netns: Option<PathBuf>,
+    /// The CNI result (kept for DEL).
+    pub cni: Option<CniResult>,
+    /// The pod IPs (first is the primary).
+    pub ips: Vec<String>,
+    /// The VM's files.
+    pub vm_paths: VmPaths,
+    /// The VMM process while it runs.
+    pub vm: Option<VmHandle>,
+    /// VM size.
+    pub vcpus: u8,
+    /// VM memory.
+    pub memory_mib: u64,
+    /// Why the sandbox stopped, if it did on its own.
+    pub exit_reason: Option<String>,
+}
+
+impl SandboxRecord {
+    /// The pod's metadata (validated present at creation).
+    pub fn metadata(&self) -> moat_proto::cri::PodSandboxMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+}

@@ -1,0 +1,244 @@
+//! Starting a pod's `moat-vmm` and waiting until its agent answers.
+
+use crate::network::NetNs;
+use moat_proto::agent::agent_client::AgentClient;
+use moat_vmm::config::{NetConfig, VmConfig, VsockConfig};
+use serde::{Deserialize, Serialize};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// What VM to start.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// The moat-vmm binary.
+    pub vmm: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: PathBuf,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// virtio-blk slots for container images.
+    pub blk_slots: u32,
+    /// TAP in the pod netns and the MAC the guest NIC takes.
+    pub net: Option<(String, String)>,
+}
+
+/// Files of one VM under moatd's run directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmPaths {
+    /// The VM's directory.
+    pub dir: PathBuf,
+}
+
+impl VmPaths {
+    /// The hybrid vsock socket.
+    pub fn vsock(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+    /// The control socket.
+    pub fn api(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+    /// The guest console log.
+    pub fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    /// The VMM's own log (its stdout and stderr).
+    pub fn vmm_log(&self) -> PathBuf {
+        self.dir.join("vmm.log")
+    }
+    /// The VM config file given to moat-vmm.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("vm.json")
+    }
+}
+
+/// A running VMM process, identified so a reused pid is not mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmHandle {
+    /// Process id.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (field 22 of /proc/PID/stat).
+    pub start_ticks: u64,
+}
+
+/// Start time of a process, from /proc.
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl VmHandle {
+    /// True while this very process runs (and is not a zombie).
+    pub fn is_alive(&self) -> bool {
+        let zombie = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|s| {
+                s.rfind(')')
+                    .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        !zombie && process_start_ticks(self.pid) == Some(self.start_ticks)
+    }
+
+    /// Sends SIGKILL if the process is still this VMM.
+    pub fn kill(&self) {
+        if self.is_alive() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                nix::sys::signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Writes the VM config and spawns moat-vmm in `netns` (if any), in its own
+/// session so it outlives a moatd restart.
+pub fn launch(
+    spec: &VmSpec,
+    paths: &VmPaths,
+    netns: Option<&NetNs>,
+) -> anyhow::Result<(VmHandle, tokio::process::Child)> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&paths.dir)
+        .with_context(|| format!("creating {}", paths.dir.display()))?;
+    let mut cfg = VmConfig::new(spec.kernel.clone());
+    cfg.initrd = Some(spec.initrd.clone());
+    cfg.cpus = spec.vcpus;
+    cfg.memory_mib = spec.memory_mib;
+    cfg.blk_slots = spec.blk_slots;
+    cfg.serial = paths.console().display().to_string();
+    cfg.vsock = Some(VsockConfig {
+        uds: paths.vsock(),
+        cid: 3,
+    });
+    cfg.api_sock = Some(paths.api());
+    cfg.net = spec.net.as_ref().map(|(tap, mac)| NetConfig {
+        tap: Some(tap.clone()),
+        tap_fd: None,
+        mac: Some(mac.clone()),
+    });
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("VM config: {e}"))?;
+    std::fs::write(paths.config(), serde_json::to_vec_pretty(&cfg)?).context("writing vm.json")?;
+    let log = std::fs::File::create(paths.vmm_log()).context("creating vmm.log")?;
+    let ns_file = match netns {
+        Some(ns) => Some(
+            std::fs::File::open(ns.path())
+                .with_context(|| format!("opening netns {}", ns.path().display()))?,
+        ),
+        None => None,
+    };
+    let ns_fd = ns_file.as_ref().map(|f| f.as_raw_fd());
+    let mut cmd = tokio::process::Command::new(&spec.vmm);
+    cmd.arg("--config")
+        .arg(paths.config())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .env("RUST_LOG", "info");
+    // SAFETY: only async-signal-safe syscalls run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = ns_fd {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", spec.vmm.display()))?;
+    drop(ns_file);
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("moat-vmm exited at once"))?;
+    let start_ticks = process_start_ticks(pid).unwrap_or(0);
+    Ok((VmHandle { pid, start_ticks }, child))
+}
+
+/// The last `n` lines of a log file, for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Waits until the agent answers a Ping, or the VMM dies, or `timeout`.
+pub async fn wait_for_agent(
+    paths: &VmPaths,
+    child: &mut tokio::process::Child,
+    timeout: Duration,
+) -> anyhow::Result<AgentClient<Channel>> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err = String::from("no attempt");
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let why = status
+                .code()
+                .and_then(moat_vmm::exit::ExitCode::from_code)
+                .map(|c| c.describe())
+                .unwrap_or("killed");
+            anyhow::bail!(
+                "the pod VM stopped before its agent answered: moat-vmm {status} ({why}); vmm log:\n{}\nconsole:\n{}",
+                tail(&paths.vmm_log(), 10),
+                tail(&paths.console(), 20)
+            );
+        }
+        if paths.vsock().exists() {
+            match crate::agent::connect(paths.vsock(), moat_proto::AGENT_VSOCK_PORT).await {
+                Ok(mut client) => match client.ping(moat_proto::agent::PingRequest {}).await {
+                    Ok(_) => return Ok(client),
+                    Err(e) => last_err = e.to_string(),
+                },
+                Err(e) => last_err = format!("{e:#}"),
+            }
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "the pod VM's agent did not answer within {} s (last error: {last_err}); console:\n{}",
+                timeout.as_secs(),
+                tail(&paths.console(), 20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_a_wrong_start_time_is_not() {
+        let pid = std::process::id();
+        let ticks = process_start_ticks(pid).unwrap();
+        assert!(VmHandle {
+            pid,
+            start_ticks: ticks
+        }
+        .is_alive());
+        assert!(!VmHandle {
+            pid,
+            start_ticks: ticks + 1
+        }
+        .is_alive());
+        assert!(!VmHandle {
+            pid: u32::MAX - 1,
+            start_ticks: 0
+        }
+        .is_alive());
+    }
+}

@@ -1,0 +1,11 @@
+//! The pod's microVM as moatd sees it: a `moat-vmm` process started in the
+//! pod's network namespace, its control socket, and its agent.
+//!
+//! - [`launch`]: spawning the VMM and waiting for its agent.
+//! - [`control`]: the VMM's line-delimited JSON control API.
+
+pub mod control;
+pub mod launch;
+
+pub use control::ControlClient;
+pub use launch::{VmHandle, VmPaths, VmSpec};
