@@ -264,15 +264,15 @@ impl Vmm {
                 t.config_changed();
                 Ok(serde_json::json!({ "slot": slot }))
             }
-            Request::State => Ok(self.state()),
-            Request::Pause => {
+            Request::State {} => Ok(self.state()),
+            Request::Pause {} => {
                 self.p
                     .control
                     .pause(Duration::from_secs(2))
                     .map_err(|e| e.to_string())?;
                 Ok(serde_json::json!({ "state": "paused" }))
             }
-            Request::Resume => {
+            Request::Resume {} => {
                 self.p.control.resume();
                 Ok(serde_json::json!({ "state": "running" }))
             }
@@ -284,7 +284,7 @@ impl Vmm {
                 });
                 Ok(serde_json::json!({ "timeout_ms": timeout_ms }))
             }
-            Request::Counters => Ok(self.counters()),
+            Request::Counters {} => Ok(self.counters()),
         }
     }
 

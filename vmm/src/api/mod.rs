@@ -19,6 +19,8 @@ fn default_timeout() -> u64 {
 
 /// One control request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Empty struct variants (not unit variants) so `deny_unknown_fields`
+// also rejects stray fields on `state`, `pause`, `resume`, `counters`.
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Attach a host file to an empty block slot.
@@ -37,11 +39,11 @@ pub enum Request {
         slot: u32,
     },
     /// Report run state, sizing and slots.
-    State,
+    State {},
     /// Stop all vCPUs.
-    Pause,
+    Pause {},
     /// Restart paused vCPUs.
-    Resume,
+    Resume {},
     /// Wait up to `timeout_ms` for the guest to power off, then kill it.
     Shutdown {
         /// How long to wait.
@@ -49,7 +51,7 @@ pub enum Request {
         timeout_ms: u64,
     },
     /// Exit and device counters.
-    Counters,
+    Counters {},
 }
 
 /// Parses one request line; the error text names the problem.
@@ -82,7 +84,10 @@ mod tests {
                 read_only: true
             }
         );
-        assert_eq!(parse_request(r#"{"op":"state"}"#).unwrap(), Request::State);
+        assert_eq!(
+            parse_request(r#"{"op":"state"}"#).unwrap(),
+            Request::State {}
+        );
         assert_eq!(
             parse_request(r#"{"op":"shutdown"}"#).unwrap(),
             Request::Shutdown {
