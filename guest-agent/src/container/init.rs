@@ -114,7 +114,16 @@ fn exec(target_pid: i32, process: &ProcessPlan, chan: &Channel) -> anyhow::Resul
     if targets.is_empty() {
         bail!("process {target_pid} has no namespaces of its own (has it exited?)");
     }
+    // setns(CLONE_NEWNS) moves us to the namespace's root mount, which is
+    // not the container's root when that was set by chroot (MS_MOVE
+    // fallback) or when the agent itself runs chrooted: take the target's
+    // root directly, like nsenter --root.
+    let root = std::fs::File::open(format!("/proc/{target_pid}/root"))
+        .with_context(|| format!("opening the root of process {target_pid}"))?;
     namespaces::join(&targets)?;
+    nix::unistd::fchdir(&root).context("fchdir to the container root")?;
+    nix::unistd::chroot(".").context("chroot to the container root")?;
+    nix::unistd::chdir("/").context("chdir /")?;
     if fork_child(chan)?.is_none() {
         return Ok(());
     }

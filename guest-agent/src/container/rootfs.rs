@@ -195,11 +195,22 @@ fn dev_symlinks(root: &Path) {
     }
 }
 
-/// pivot_root into `root` and detach the old root.
+/// pivot_root into `root` and detach the old root. When the current root
+/// cannot be pivoted (the initramfs `rootfs` of the guest), falls back to
+/// moving the new root over `/` and chroot, as runc does on ramdisks.
 fn pivot(root: &Path) -> anyhow::Result<()> {
     nix::unistd::chdir(root).context("chdir to rootfs")?;
-    nix::unistd::pivot_root(".", ".").context("pivot_root")?;
-    umount2(".", MntFlags::MNT_DETACH).context("detaching the old root")?;
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => {
+            umount2(".", MntFlags::MNT_DETACH).context("detaching the old root")?;
+        }
+        Err(nix::Error::EINVAL) => {
+            mount(Some("."), "/", NONE, MsFlags::MS_MOVE, NONE)
+                .context("moving the rootfs over / (pivot_root refused)")?;
+            nix::unistd::chroot(".").context("chroot")?;
+        }
+        Err(e) => return Err(e).context("pivot_root"),
+    }
     nix::unistd::chdir("/").context("chdir /")?;
     Ok(())
 }

@@ -1,0 +1,218 @@
+//! End to end: the static agent packed as /init of the project's guest,
+//! booted by moat-vmm in a real KVM microVM, driven over hybrid vsock. Runs
+//! the same scenario as `agent_node` with the container image attached as a
+//! virtio-blk drive and found by its serial.
+//!
+//! Needs (and fails loudly without): `build/vmlinux` (make artifacts),
+//! `target/release/moat-vmm` and `moat-rootfs` (cargo build --release), and
+//! the static agent `target/x86_64-unknown-linux-gnu/release/moat-agent`
+//! (RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p
+//! moat-agent --target x86_64-unknown-linux-gnu). Runs inside the test node
+//! unless `MOAT_AGENT_TEST_DIRECT=1` (a host with working KVM).
+
+mod common;
+
+use common::*;
+use moat_proto::agent::agent_client::AgentClient;
+use moat_proto::agent::block_device::Id;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::{Endpoint, Uri};
+
+const IN_NODE: &str = "MOAT_AGENT_TEST_IN_NODE";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn require(p: PathBuf, how: &str) -> PathBuf {
+    assert!(p.is_file(), "{} is missing: {how}", p.display());
+    p
+}
+
+#[test]
+fn agent_in_a_moat_vmm_microvm() {
+    let ws = workspace();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ws.join("target"));
+    let vmlinux = require(ws.join("build/vmlinux"), "run `make artifacts`");
+    let vmm = require(
+        target.join("release/moat-vmm"),
+        "run `cargo build --release -p moat-vmm`",
+    );
+    let rootfs_tool = require(
+        target.join("release/moat-rootfs"),
+        "run `cargo build --release -p moat-rootfs`",
+    );
+    let agent = require(
+        target.join("x86_64-unknown-linux-gnu/release/moat-agent"),
+        "build the static agent: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p moat-agent --target x86_64-unknown-linux-gnu",
+    );
+    if std::env::var_os(IN_NODE).is_some() || std::env::var_os("MOAT_AGENT_TEST_DIRECT").is_some() {
+        in_vm(&vmlinux, &vmm, &rootfs_tool, &agent);
+        return;
+    }
+    let mut node = moat_tests::node::NodeConfig::detect()
+        .expect("the test node (or MOAT_AGENT_TEST_DIRECT=1 with KVM)");
+    node.timeout = Duration::from_secs(1200);
+    node.memory_mib = node.memory_mib.max(1536);
+    // Stream the scenario's progress while it runs.
+    node.echo_output = true;
+    let exe = std::env::current_exe().expect("test binary");
+    let out = node
+        .run(&format!(
+            "export {IN_NODE}=1; exec {} --exact agent_in_a_moat_vmm_microvm --nocapture --test-threads=1",
+            exe.display()
+        ))
+        .expect("node run");
+    println!("{}", out.output);
+    assert_eq!(
+        out.status, 0,
+        "microVM scenario failed; console:\n{}",
+        out.console
+    );
+    assert!(out.output.contains("MICROVM-SCENARIO-OK"), "{}", out.output);
+}
+
+fn in_vm(vmlinux: &Path, vmm: &Path, rootfs_tool: &Path, agent: &Path) {
+    let work = PathBuf::from("/tmp/moat-agent-e2e");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let initrd = work.join("initramfs.cpio");
+    sh(&format!(
+        "{} initramfs --agent {} --out {}",
+        rootfs_tool.display(),
+        agent.display(),
+        initrd.display()
+    ));
+    let rootfs = work.join("rootfs");
+    busybox_rootfs(&rootfs);
+    let img = work.join("image.erofs");
+    sh(&format!(
+        "mkfs.erofs -d0 {} {}",
+        img.display(),
+        rootfs.display()
+    ));
+    let uds = work.join("vsock.sock");
+    let console = work.join("console.log");
+    let mut vm = std::process::Command::new(vmm)
+        .arg("--kernel")
+        .arg(vmlinux)
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--cpus", "2", "--memory-mib", "512", "--blk-slots", "2"])
+        .arg("--vsock-uds")
+        .arg(&uds)
+        .arg("--drive")
+        .arg(format!("slot=0,path={},ro", img.display()))
+        .arg("--serial")
+        .arg(&console)
+        .spawn()
+        .expect("start moat-vmm");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+            let mut c = connect_vsock(&uds, Duration::from_secs(180)).await;
+            let details = c
+                .guest_details(moat_proto::agent::GuestDetailsRequest {})
+                .await
+                .expect("guest details")
+                .into_inner();
+            println!("guest: {details:?}");
+            drive(
+                c.clone(),
+                Images {
+                    image: Id::Serial("moat-blk-0".into()),
+                    c2: Id::Serial("moat-blk-0".into()),
+                    local: false,
+                },
+            )
+            .await;
+            c.shutdown(moat_proto::agent::ShutdownRequest {})
+                .await
+                .expect("shutdown");
+        })
+    }));
+    // A clean shutdown ends the VMM by itself.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(Some(s)) = vm.try_wait() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = vm.kill();
+            let _ = vm.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    println!("guest console:\n{log}");
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    let status = status.expect("moat-vmm did not exit after Shutdown");
+    assert!(
+        status.success(),
+        "moat-vmm exit after a clean poweroff: {status}"
+    );
+    println!("MICROVM-SCENARIO-OK");
+}
+
+/// Connects through the VMM's hybrid vsock socket (CONNECT/OK handshake),
+/// retrying until the agent answers a ping.
+async fn connect_vsock(uds: &Path, limit: Duration) -> AgentClient<tonic::transport::Channel> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let p = uds.to_path_buf();
+        let ch = Endpoint::try_from("http://agent.vsock")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let p = p.clone();
+                async move {
+                    let mut s = tokio::net::UnixStream::connect(&p).await?;
+                    s.write_all(format!("CONNECT {}\n", moat_proto::AGENT_VSOCK_PORT).as_bytes())
+                        .await?;
+                    let mut line = Vec::new();
+                    let mut b = [0u8; 1];
+                    while line.len() < 64 {
+                        s.read_exact(&mut b).await?;
+                        if b[0] == b'\n' {
+                            break;
+                        }
+                        line.push(b[0]);
+                    }
+                    if !line.starts_with(b"OK ") {
+                        return Err(std::io::Error::other(format!(
+                            "handshake: {:?}",
+                            String::from_utf8_lossy(&line)
+                        )));
+                    }
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                }
+            }))
+            .await;
+        if let Ok(ch) = ch {
+            let mut c = AgentClient::new(ch)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20);
+            if c.ping(moat_proto::agent::PingRequest {}).await.is_ok() {
+                return c;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent did not answer on {} in {limit:?}",
+            uds.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,653 @@
+//! Shared helpers of the agent integration tests: a busybox rootfs, an
+//! agent client over a Unix socket, OCI spec building, output collection.
+
+#![allow(dead_code)]
+
+use moat_proto::agent::agent_client::AgentClient;
+use moat_proto::agent::block_device::Id;
+use moat_proto::agent::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Runs a shell command, panicking with its output on failure.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A busybox-static rootfs in `dir` (every applet linked into /bin).
+pub fn busybox_rootfs(dir: &Path) {
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "mnt", "root"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::set_permissions(
+        dir.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("copy busybox");
+    sh(&format!(
+        "chroot {} /bin/busybox --install -s /bin",
+        dir.display()
+    ));
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
+
+/// Connects to an agent serving on a Unix socket, waiting for it to appear.
+pub async fn connect_unix(path: PathBuf) -> AgentClient<Channel> {
+    for _ in 0..200 {
+        if path.exists() {
+            let p = path.clone();
+            let ch = Endpoint::try_from("http://agent.local")
+                .unwrap()
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let p = p.clone();
+                    async move {
+                        let s = tokio::net::UnixStream::connect(p).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                    }
+                }))
+                .await;
+            if let Ok(ch) = ch {
+                return AgentClient::new(ch)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("agent socket {} never answered", path.display());
+}
+
+/// A container spec: busybox process `args`, its own PID/UTS/mount
+/// namespaces, docker-like default capabilities, /proc, /dev, /dev/pts.
+pub fn spec(args: &[&str], extra_linux: serde_json::Value, extra: serde_json::Value) -> Vec<u8> {
+    let caps = serde_json::json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
+    ]);
+    let mut s = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "process": {
+            "args": args,
+            "env": ["PATH=/bin", "HOME=/root"],
+            "cwd": "/",
+            "user": {"uid": 0, "gid": 0},
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": true
+        },
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "uts"}, {"type": "mount"}, {"type": "ipc"}],
+            "maskedPaths": ["/proc/kcore", "/proc/keys"],
+            "readonlyPaths": ["/proc/sys"]
+        }
+    });
+    merge(&mut s["linux"], extra_linux);
+    merge(&mut s, extra);
+    serde_json::to_vec(&s).unwrap()
+}
+
+fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
+        for (k, v) in b {
+            a.insert(k, v);
+        }
+    }
+}
+
+/// Reads a process's stream to EOF.
+pub async fn read_all(
+    c: &mut AgentClient<Channel>,
+    id: &str,
+    exec: &str,
+    stream: OutputStream,
+) -> Vec<u8> {
+    let mut s = c
+        .read_output(ReadOutputRequest {
+            container_id: id.into(),
+            exec_id: exec.into(),
+            stream: stream as i32,
+        })
+        .await
+        .expect("read_output")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = s.message().await.expect("stream") {
+        out.extend_from_slice(&chunk.data);
+    }
+    out
+}
+
+/// Creates a container from `spec` on `rootfs`.
+pub async fn create(
+    c: &mut AgentClient<Channel>,
+    id: &str,
+    spec: Vec<u8>,
+    rootfs: block_device::Id,
+    stdin: bool,
+) -> Result<u32, tonic::Status> {
+    c.create_container(CreateContainerRequest {
+        container_id: id.into(),
+        oci_spec: spec,
+        rootfs: Some(BlockDevice {
+            id: Some(rootfs),
+            fstype: String::new(),
+            timeout_ms: 2000,
+        }),
+        scratch_size_bytes: 64 << 20,
+        stdin,
+    })
+    .await
+    .map(|r| r.into_inner().pid)
+}
+
+/// Waits for a process.
+pub async fn wait(c: &mut AgentClient<Channel>, id: &str, exec: &str) -> WaitProcessResponse {
+    c.wait_process(WaitProcessRequest {
+        container_id: id.into(),
+        exec_id: exec.into(),
+    })
+    .await
+    .expect("wait")
+    .into_inner()
+}
+
+/// Where the scenario's containers get their root filesystems.
+pub struct Images {
+    /// The image device for c1, c3 and the bad requests.
+    pub image: Id,
+    /// The rootfs of c2.
+    pub c2: Id,
+    /// The agent runs on this machine: check its mounts and cgroups too.
+    pub local: bool,
+}
+
+/// The whole agent scenario against a connected client.
+pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
+    let ping = c.ping(PingRequest {}).await.unwrap().into_inner();
+    assert!(!ping.agent_version.is_empty());
+
+    // Sandbox: hostname, DNS, shared IPC namespace, a file for the pod.
+    let sb = c
+        .create_sandbox(CreateSandboxRequest {
+            sandbox_id: "pod1".into(),
+            hostname: "pod-one".into(),
+            dns: Some(DnsConfig {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["ns.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            hosts: vec![],
+            sysctls: Default::default(),
+            share_ipc: true,
+            share_pid: false,
+            share_uts: false,
+        })
+        .await
+        .expect("create sandbox")
+        .into_inner();
+    let ipc_ns = sb.namespace_paths.get("ipc").expect("ipc ns path").clone();
+    let e = c
+        .create_sandbox(CreateSandboxRequest {
+            sandbox_id: "pod2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    let copied = c
+        .copy_file(CopyFileRequest {
+            path: "cm/app/greeting".into(),
+            data: b"hello from a configmap\n".to_vec(),
+            mode: 0o640,
+            uid: 0,
+            gid: 0,
+            make_parents: true,
+        })
+        .await
+        .expect("copy file")
+        .into_inner();
+    let cm_dir = Path::new(&copied.guest_path)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+
+    // c1: checks identity, isolation, limits from inside; runs to exit.
+    let script = "echo pid=$$; hostname; cat /etc/resolv.conf; cat /cm/greeting; \
+        mount -t tmpfs none /mnt 2>/dev/null && echo MOUNT-ALLOWED || echo MOUNT-DENIED; \
+        mkdir /newdir 2>&1; echo mkdir-status=$?; \
+        cat /sys/fs/cgroup/memory.max 2>/dev/null; cat /proc/self/status | grep CapEff; \
+        readlink /proc/self/ns/ipc; id -u; echo init=$(cat /proc/1/comm)";
+    let spec1 = spec(
+        &["/bin/sh", "-c", script],
+        serde_json::json!({
+            "namespaces": [{"type": "pid"}, {"type": "uts"}, {"type": "mount"},
+                           {"type": "ipc", "path": ipc_ns}, {"type": "cgroup"}],
+            "resources": {"memory": {"limit": 67108864}, "pids": {"limit": 64}},
+            "seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
+                        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
+        }),
+        serde_json::json!({
+            "hostname": "c1host",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["ro", "nosuid", "nodev", "noexec"]},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup", "options": ["ro"]},
+                {"destination": "/etc/resolv.conf", "type": "bind", "source": sb.resolv_conf_path, "options": ["rbind", "ro"]},
+                {"destination": "/cm", "type": "bind", "source": cm_dir, "options": ["rbind", "ro"]}
+            ]
+        }),
+    );
+    let pid = create(&mut c, "c1", spec1.clone(), images.image.clone(), false)
+        .await
+        .expect("create c1");
+    assert!(pid > 1);
+    let e = create(&mut c, "c1", spec1, images.image.clone(), false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    let list = c
+        .list_containers(ListContainersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.containers[0].state, "created");
+    c.start_container(StartContainerRequest {
+        container_id: "c1".into(),
+    })
+    .await
+    .expect("start c1");
+    let out = String::from_utf8(read_all(&mut c, "c1", "", OutputStream::Stdout).await).unwrap();
+    let err = String::from_utf8(read_all(&mut c, "c1", "", OutputStream::Stderr).await).unwrap();
+    let w = wait(&mut c, "c1", "").await;
+    println!("c1 stdout:\n{out}\nc1 stderr:\n{err}");
+    assert_eq!(w.exit_code, 0, "{w:?}");
+    assert!(!w.oom_killed);
+    for want in [
+        "pid=1\n",
+        "c1host\n",
+        "nameserver 10.96.0.10",
+        "options ndots:5",
+        "hello from a configmap",
+        "MOUNT-DENIED",
+        "mkdir-status=1",
+        "67108864",
+        "CapEff:\t00000000a80425fb",
+        "init=sh\n",
+    ] {
+        assert!(out.contains(want), "c1 output lacks {want:?}:\n{out}");
+    }
+    assert!(
+        out.contains("'/newdir': Operation not permitted"),
+        "mkdir not denied by seccomp with EPERM: {out}"
+    );
+    assert!(err.is_empty(), "{err}");
+    // The container joined the pod's IPC namespace (the bind-mounted ns
+    // file's inode is the namespace's).
+    let ipc_ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&ipc_ns).unwrap());
+    assert!(
+        out.contains(&format!("ipc:[{ipc_ino}]")),
+        "not in the pod IPC ns {ipc_ino}: {out}"
+    );
+    let e = c
+        .start_container(StartContainerRequest {
+            container_id: "c1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+
+    // c2: long-running, from a plain directory lower layer; exec, tty,
+    // big output, stats.
+    let spec2 = spec(
+        &["/bin/sleep", "1000"],
+        serde_json::json!({}),
+        serde_json::json!({"hostname": "c2host"}),
+    );
+    create(&mut c, "c2", spec2, images.c2.clone(), false)
+        .await
+        .expect("create c2");
+    c.start_container(StartContainerRequest {
+        container_id: "c2".into(),
+    })
+    .await
+    .expect("start c2");
+    let exec = |args: Vec<&str>, terminal: bool| {
+        serde_json::to_vec(&serde_json::json!({
+            "args": args, "env": ["PATH=/bin", "TERM=dumb"], "cwd": "/", "terminal": terminal,
+            "user": {"uid": 65534, "gid": 65534}
+        }))
+        .unwrap()
+    };
+    c.exec_process(ExecProcessRequest {
+        container_id: "c2".into(),
+        exec_id: "e1".into(),
+        process: exec(
+            vec![
+                "/bin/sh",
+                "-c",
+                "echo exec-pid=$$; cat /proc/1/cmdline; echo; hostname; id -u",
+            ],
+            false,
+        ),
+        stdin: false,
+    })
+    .await
+    .expect("exec e1");
+    let out = String::from_utf8(read_all(&mut c, "c2", "e1", OutputStream::Stdout).await).unwrap();
+    assert_eq!(wait(&mut c, "c2", "e1").await.exit_code, 0);
+    println!("exec output:\n{out}");
+    assert!(
+        out.contains("/bin/sleep"),
+        "exec does not see the container's PID 1: {out}"
+    );
+    assert!(out.contains("c2host") && out.contains("65534"), "{out}");
+    assert!(!out.contains("exec-pid=1\n"));
+
+    println!("== step: tty");
+    // TTY: resize, then stdin through the terminal.
+    c.exec_process(ExecProcessRequest {
+        container_id: "c2".into(),
+        exec_id: "tty".into(),
+        process: exec(
+            vec![
+                "/bin/sh",
+                "-c",
+                "read line; stty size; test -t 0 && echo is-a-tty; echo got-$line",
+            ],
+            true,
+        ),
+        stdin: true,
+    })
+    .await
+    .expect("exec tty");
+    c.resize_tty(ResizeTtyRequest {
+        container_id: "c2".into(),
+        exec_id: "tty".into(),
+        rows: 33,
+        cols: 111,
+    })
+    .await
+    .expect("resize");
+    c.write_stdin(WriteStdinRequest {
+        container_id: "c2".into(),
+        exec_id: "tty".into(),
+        data: b"ping\n".to_vec(),
+    })
+    .await
+    .expect("stdin");
+    let out = String::from_utf8_lossy(&read_all(&mut c, "c2", "tty", OutputStream::Stdout).await)
+        .into_owned();
+    println!("tty output:\n{out}");
+    assert_eq!(wait(&mut c, "c2", "tty").await.exit_code, 0);
+    assert!(out.contains("33 111"), "{out}");
+    assert!(out.contains("got-ping"), "{out}");
+    assert!(out.contains("is-a-tty"), "{out}");
+
+    println!("== step: stdin pipe");
+    // stdin through a pipe, closed by CloseStdin.
+    c.exec_process(ExecProcessRequest {
+        container_id: "c2".into(),
+        exec_id: "cat".into(),
+        process: exec(vec!["/bin/sh", "-c", "wc -c"], false),
+        stdin: true,
+    })
+    .await
+    .expect("exec cat");
+    c.write_stdin(WriteStdinRequest {
+        container_id: "c2".into(),
+        exec_id: "cat".into(),
+        data: vec![b'x'; 100_000],
+    })
+    .await
+    .expect("stdin");
+    c.close_stdin(CloseStdinRequest {
+        container_id: "c2".into(),
+        exec_id: "cat".into(),
+    })
+    .await
+    .expect("close stdin");
+    let out = String::from_utf8(read_all(&mut c, "c2", "cat", OutputStream::Stdout).await).unwrap();
+    assert_eq!(out.trim(), "100000");
+
+    println!("== step: 10 MiB output");
+    // 10 MiB of output, streamed intact.
+    let size = 10 * 1024 * 1024;
+    c.exec_process(ExecProcessRequest {
+        container_id: "c2".into(),
+        exec_id: "big".into(),
+        // 1 MiB of a 16-byte pattern built by doubling, written 10 times
+        // with cat's large writes.
+        process: exec(
+            vec![
+                "/bin/sh",
+                "-c",
+                "cd /tmp && printf 0123456789abcdef > p && for i in $(seq 16); do cat p p > q; mv q p; done && \
+                 for i in $(seq 10); do cat p; done",
+            ],
+            false,
+        ),
+        stdin: false,
+    })
+    .await
+    .expect("exec big");
+    let big = read_all(&mut c, "c2", "big", OutputStream::Stdout).await;
+    assert_eq!(big.len(), size);
+    let line = b"0123456789abcdef";
+    assert!(
+        big.chunks(line.len()).all(|ch| line.starts_with(ch)),
+        "output corrupted"
+    );
+    assert_eq!(wait(&mut c, "c2", "big").await.exit_code, 0);
+
+    let stats = c
+        .container_stats(ContainerStatsRequest {
+            container_id: "c2".into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    let mem = stats.memory.unwrap();
+    assert!(
+        mem.usage_bytes > 0 && mem.working_set_bytes <= mem.usage_bytes,
+        "{mem:?}"
+    );
+    assert!(stats.pids.unwrap().current >= 1);
+    assert!(stats.cpu.unwrap().usage_ns > 0);
+    let ps = c
+        .list_processes(ListProcessesRequest {
+            container_id: "c2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ps.processes.iter().any(|p| p.command == "sleep"), "{ps:?}");
+    let gs = c
+        .guest_stats(GuestStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(gs.memory_total_bytes > 0);
+
+    println!("== step: update+signal");
+    // Update resources, then signal the container's process.
+    c.update_container(UpdateContainerRequest {
+        container_id: "c2".into(),
+        resources: br#"{"pids":{"limit":10}}"#.to_vec(),
+    })
+    .await
+    .expect("update");
+    c.signal_process(SignalProcessRequest {
+        container_id: "c2".into(),
+        exec_id: String::new(),
+        signal: 9,
+        all: false,
+    })
+    .await
+    .expect("signal");
+    let w = wait(&mut c, "c2", "").await;
+    assert_eq!((w.exit_code, w.signal), (137, 9));
+    assert!(!w.oom_killed);
+
+    println!("== step: oom");
+    // c3: a memory hog under a 32 MiB limit is OOM-killed and reported so.
+    let spec3 = spec(
+        &["/bin/sh", "-c", "x=0123456789; while :; do x=$x$x; done"],
+        serde_json::json!({"resources": {"memory": {"limit": 33554432, "swap": 33554432}}}),
+        serde_json::json!({}),
+    );
+    create(&mut c, "c3", spec3, images.image.clone(), false)
+        .await
+        .expect("create c3");
+    c.start_container(StartContainerRequest {
+        container_id: "c3".into(),
+    })
+    .await
+    .expect("start c3");
+    let w = wait(&mut c, "c3", "").await;
+    println!("c3 exit: {w:?}");
+    assert!(w.oom_killed, "{w:?}");
+    assert_eq!(w.signal, 9);
+
+    println!("== step: bad requests");
+    // Bad requests are refused with the field named.
+    let e = create(&mut c, "../evil", vec![], images.image.clone(), false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("container_id"), "{e:?}");
+    let bad_bind = spec(
+        &["/bin/true"],
+        serde_json::json!({}),
+        serde_json::json!({"mounts": [{"destination": "/x", "type": "bind", "source": "/etc", "options": ["rbind"]}]}),
+    );
+    let e = create(&mut c, "bad", bad_bind, images.image.clone(), false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("mounts[0].source"), "{e:?}");
+    let e = create(
+        &mut c,
+        "nodev",
+        spec(&["/bin/true"], serde_json::json!({}), serde_json::json!({})),
+        Id::Serial("nope".into()),
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = c
+        .wait_process(WaitProcessRequest {
+            container_id: "ghost".into(),
+            exec_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = c
+        .copy_file(CopyFileRequest {
+            path: "../../etc/passwd".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("path"), "{e:?}");
+    let e = create(
+        &mut c,
+        "badexe",
+        spec(
+            &["/bin/does-not-exist"],
+            serde_json::json!({}),
+            serde_json::json!({}),
+        ),
+        images.image.clone(),
+        false,
+    )
+    .await;
+    // A missing program is found at create time (PATH lookup) or at start.
+    if e.is_ok() {
+        let e = c
+            .start_container(StartContainerRequest {
+                container_id: "badexe".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("does-not-exist"), "{e:?}");
+    }
+
+    println!("== step: removal");
+    // Removal leaves nothing behind.
+    for id in ["c1", "c2", "c3", "badexe"] {
+        let r = c
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+                timeout_ms: 100,
+            })
+            .await;
+        if id != "badexe" {
+            r.expect("remove");
+        }
+    }
+    let list = c
+        .list_containers(ListContainersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.containers.is_empty(), "{list:?}");
+    c.destroy_sandbox(DestroySandboxRequest {})
+        .await
+        .expect("destroy sandbox");
+    if !images.local {
+        return;
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains("/run/moat/containers/"),
+        "container mounts left:\n{mounts}"
+    );
+    for id in ["c1", "c2", "c3"] {
+        assert!(
+            !Path::new("/sys/fs/cgroup/pod").join(id).exists(),
+            "cgroup of {id} left"
+        );
+    }
+    assert!(
+        !mounts.contains(moat_proto::SANDBOX_NS_DIR),
+        "ns mounts left"
+    );
+}
