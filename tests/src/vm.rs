@@ -82,3 +82,37 @@ fn run_direct(script: &str, timeout: Duration) -> anyhow::Result<VmRun> {
         elapsed: started.elapsed(),
     })
 }
+
+/// Runs a VM test body where microVMs can boot. On a host that can run them
+/// (hardware virtualization, or already inside the test node) `body` runs
+/// here; otherwise this test binary is run again inside the test node with
+/// `--ignored --exact <inner>`, where `inner` is an `#[ignore]`d test that
+/// calls the same body, and its result becomes this test's result.
+pub fn run_where_vms_boot(inner: &str, timeout: Duration, body: impl FnOnce()) {
+    let inside_node = std::env::var_os("MOAT_IN_TEST_NODE").is_some();
+    match probe() {
+        VmSupport::Direct { .. } => body(),
+        _ if inside_node => body(),
+        VmSupport::Node { .. } => {
+            let exe = std::env::current_exe().expect("test binary path");
+            let script = format!(
+                "exec '{}' --ignored --exact {inner} --nocapture --test-threads=1",
+                exe.display()
+            );
+            let run = run_vm_script(&script, timeout)
+                .unwrap_or_else(|e| panic!("{inner} in the test node: {e:#}"));
+            println!("{}", run.output);
+            assert_eq!(
+                run.status, 0,
+                "{inner} failed inside the test node:\n{}",
+                run.output
+            );
+            assert!(
+                run.output.contains("test result: ok. 1 passed"),
+                "{inner} did not run inside the test node:\n{}",
+                run.output
+            );
+        }
+        VmSupport::Unavailable { reason } => panic!("no environment can boot microVMs: {reason}"),
+    }
+}

@@ -212,8 +212,10 @@ impl Pods {
             netns: None,
             cni: None,
             ips: Vec::new(),
+            // A short directory name keeps the VM's Unix socket paths within
+            // the sockaddr_un limit.
             vm_paths: VmPaths {
-                dir: self.config.run_dir.join(&id),
+                dir: self.config.run_dir.join(&id[..16]),
             },
             vm: None,
             vcpus,

@@ -1,0 +1,184 @@
+//! A real moatd for end-to-end tests: its own state dirs, a CNI bridge
+//! network (Debian's plugins), the registry on loopback with the project's
+//! busybox image, and CRI clients on its socket.
+
+use crate::artifacts;
+use crate::registry::Registry;
+use moat_proto::cri::image_service_client::ImageServiceClient;
+use moat_proto::cri::runtime_service_client::RuntimeServiceClient;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A running moatd.
+pub struct Moatd {
+    /// Everything of this moatd lives here.
+    pub dir: tempfile::TempDir,
+    /// Its CRI socket.
+    pub socket: PathBuf,
+    /// The registry it pulls from.
+    pub registry: Registry,
+    /// The bridge the CNI network uses.
+    pub bridge: String,
+    child: Option<Child>,
+}
+
+/// Pids of running moat-vmm processes (to check for leaks).
+pub fn vmm_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rfind(')')
+                .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
+            comm.trim() == "moat-vmm" && !zombie
+        })
+        .collect()
+}
+
+impl Moatd {
+    /// Starts moatd with the default microvm handler; `extra_toml` is
+    /// appended to its config (e.g. another runtime handler).
+    pub fn start(extra_toml: &str) -> anyhow::Result<Self> {
+        let registry = Registry::start()?;
+        let dir = tempfile::Builder::new().prefix("moatd-e2e-").tempdir()?;
+        let d = dir.path();
+        let n = std::process::id() % 200 + 20;
+        let bridge = format!("moatbr{n}");
+        std::fs::create_dir_all(d.join("net.d"))?;
+        let cni = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "moat-e2e",
+            "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                "ipam": {"type": "host-local", "dataDir": d.join("ipam"),
+                         "ranges": [[{"subnet": format!("10.{n}.0.0/16")}]], "routes": [{"dst": "0.0.0.0/0"}]}}]
+        });
+        std::fs::write(d.join("net.d/10-moat.conflist"), cni.to_string())?;
+        let socket = d.join("moat.sock");
+        let config = format!(
+            "socket = {socket:?}\nstate_dir = {state:?}\nrun_dir = {run:?}\nlog_dir = {log:?}\ncni_conf_dir = {net:?}\nagent_timeout_secs = 120\n\
+             [runtime_handlers.microvm]\nkernel = {kernel:?}\ninitramfs = {initrd:?}\nvmm = {vmm:?}\ndefault_memory_mib = 256\n{extra_toml}\n",
+            state = d.join("state"),
+            run = d.join("run"),
+            log = d.join("log"),
+            net = d.join("net.d"),
+            kernel = artifacts::vmlinux()?,
+            initrd = artifacts::initramfs()?,
+            vmm = artifacts::binary("moat-vmm")?,
+        );
+        std::fs::write(d.join("moatd.toml"), config)?;
+        let mut m = Self {
+            dir,
+            socket,
+            registry,
+            bridge,
+            child: None,
+        };
+        m.spawn()?;
+        Ok(m)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("moatd.log"))?;
+        let child = Command::new(artifacts::binary("moatd")?)
+            .arg("--config")
+            .arg(self.dir.path().join("moatd.toml"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.socket.exists() {
+            if Instant::now() > deadline {
+                anyhow::bail!("moatd did not create its socket; log:\n{}", self.log());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    anyhow::bail!("moatd exited ({status}); log:\n{}", self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// moatd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("moatd.log")).unwrap_or_default()
+    }
+
+    /// Kills moatd (SIGKILL when `crash`, else SIGTERM) and starts it again
+    /// on the same state.
+    pub fn restart(&mut self, crash: bool) -> anyhow::Result<()> {
+        self.stop(crash);
+        let _ = std::fs::remove_file(&self.socket);
+        self.spawn()
+    }
+
+    fn stop(&mut self, crash: bool) {
+        if let Some(mut c) = self.child.take() {
+            let sig = if crash { libc::SIGKILL } else { libc::SIGTERM };
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, sig) };
+            let _ = c.wait();
+        }
+    }
+
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        let socket = self.socket.clone();
+        Ok(Endpoint::try_from("http://moatd.sock")?
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    tokio::net::UnixStream::connect(socket)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }))
+            .await?)
+    }
+
+    /// A RuntimeService client.
+    pub async fn runtime(&self) -> anyhow::Result<RuntimeServiceClient<Channel>> {
+        Ok(RuntimeServiceClient::new(self.channel().await?))
+    }
+
+    /// An ImageService client.
+    pub async fn images(&self) -> anyhow::Result<ImageServiceClient<Channel>> {
+        Ok(ImageServiceClient::new(self.channel().await?))
+    }
+
+    /// moatd's run directory (per-pod VM dirs, netns).
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// Entries left in a directory (empty if it does not exist).
+    pub fn entries(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Moatd {
+    fn drop(&mut self) {
+        self.stop(false);
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}

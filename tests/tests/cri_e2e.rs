@@ -1,0 +1,574 @@
+//! CRI end-to-end: gRPC to a real moatd with real microVMs (in the test
+//! node here), a real registry on 127.0.0.1 and real CNI plugins.
+//!
+//! Needs `make artifacts` and release builds of moatd and moat-vmm.
+
+use moat_proto::cri::*;
+use moat_tests::moatd::{vmm_pids, Moatd};
+use moat_tests::vm::run_where_vms_boot;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+const TIMEOUT: Duration = Duration::from_secs(900);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn pod_config(name: &str, labels: &[(&str, &str)]) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn run_req(config: PodSandboxConfig, handler: &str) -> RunPodSandboxRequest {
+    RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: handler.into(),
+    }
+}
+
+fn image(name: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: name.into(),
+        ..Default::default()
+    })
+}
+
+/// Runtime info and images need no VM: they run on any host.
+#[test]
+fn runtime_info_and_image_service() {
+    rt().block_on(async {
+        let m = Moatd::start("").expect("moatd");
+        let mut rt = m.runtime().await.unwrap();
+        let mut img = m.images().await.unwrap();
+
+        let v = rt
+            .version(VersionRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (v.runtime_name.as_str(), v.runtime_api_version.as_str()),
+            ("moat", "v1")
+        );
+        let s = rt
+            .status(StatusRequest { verbose: true })
+            .await
+            .unwrap()
+            .into_inner();
+        let conds: HashMap<_, _> = s
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .map(|c| (c.r#type, c.status))
+            .collect();
+        assert_eq!(conds.get("RuntimeReady"), Some(&true));
+        assert_eq!(conds.get("NetworkReady"), Some(&true));
+        assert!(s.runtime_handlers.iter().any(|h| h.name == "microvm"));
+        let rc = rt
+            .runtime_config(RuntimeConfigRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            rc.linux.unwrap().cgroup_driver,
+            CgroupDriver::Systemd as i32
+        );
+        rt.update_runtime_config(UpdateRuntimeConfigRequest::default())
+            .await
+            .unwrap();
+
+        // Images: pull, list, status (verbose), fs info, remove.
+        let busybox = m.registry.busybox();
+        let r = img
+            .pull_image(PullImageRequest {
+                image: image(&busybox),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let id = r.into_inner().image_ref;
+        assert!(id.starts_with("sha256:"));
+        let list = img
+            .list_images(ListImagesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .images;
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].repo_tags, vec![busybox.clone()]);
+        assert_eq!(list[0].uid.as_ref().map(|u| u.value), Some(0));
+        let st = img
+            .image_status(ImageStatusRequest {
+                image: image(&busybox),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.image.as_ref().map(|i| i.id.as_str()), Some(id.as_str()));
+        assert!(st.info["info"].contains("blockImage"));
+        let st = img
+            .image_status(ImageStatusRequest {
+                image: image(&id),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(st.image.is_some(), "lookup by id");
+        let fs = img
+            .image_fs_info(ImageFsInfoRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(fs.image_filesystems[0].used_bytes.as_ref().unwrap().value > 0);
+        img.remove_image(RemoveImageRequest {
+            image: image(&busybox),
+        })
+        .await
+        .unwrap();
+        let st = img
+            .image_status(ImageStatusRequest {
+                image: image(&busybox),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(st.image.is_none(), "removed image still reported");
+        img.remove_image(RemoveImageRequest {
+            image: image(&busybox),
+        })
+        .await
+        .expect("removing twice succeeds");
+
+        // Image errors name what is wrong.
+        let e = img
+            .pull_image(PullImageRequest {
+                image: image("Bad Ref!"),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let e = img
+            .pull_image(PullImageRequest {
+                image: image(""),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("image"), "{e:?}");
+        let e = img
+            .pull_image(PullImageRequest {
+                image: image("127.0.0.1:1/moat/busybox:latest"),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "unreachable registry: {e:?}");
+        let missing = format!("{}/moat/missing:latest", m.registry.addr);
+        let e = img
+            .pull_image(PullImageRequest {
+                image: image(&missing),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("moat/missing"), "{e:?}");
+    });
+}
+
+/// Sandbox requests that are wrong, or whose VM cannot boot, fail cleanly
+/// and leave nothing behind. The VMM fails before KVM is touched, so this
+/// runs on any host.
+#[test]
+fn bad_sandbox_requests_and_a_vm_that_cannot_boot() {
+    rt().block_on(async {
+        // A handler whose "kernel" is not an ELF file: moat-vmm exits at once.
+        let bogus = std::env::temp_dir().join(format!("moat-not-a-kernel-{}", std::process::id()));
+        std::fs::write(&bogus, b"not a kernel").unwrap();
+        let extra = format!(
+            "[runtime_handlers.broken]\nkernel = {bogus:?}\ninitramfs = {:?}\nvmm = {:?}\n",
+            moat_tests::artifacts::initramfs().unwrap(),
+            moat_tests::artifacts::binary("moat-vmm").unwrap()
+        );
+        let m = Moatd::start(&extra).expect("moatd");
+        let mut rt = m.runtime().await.unwrap();
+
+        let e = rt
+            .run_pod_sandbox(run_req(pod_config("x", &[]), "nosuch"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("runtime_handler") && e.message().contains("nosuch"),
+            "{e:?}"
+        );
+        let e = rt
+            .run_pod_sandbox(RunPodSandboxRequest::default())
+            .await
+            .unwrap_err();
+        assert!(
+            e.code() == Code::InvalidArgument && e.message().contains("config"),
+            "{e:?}"
+        );
+        let mut no_uid = pod_config("x", &[]);
+        no_uid.metadata.as_mut().unwrap().uid.clear();
+        let e = rt.run_pod_sandbox(run_req(no_uid, "")).await.unwrap_err();
+        assert!(e.message().contains("config.metadata.uid"), "{e:?}");
+
+        let e = rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: "f00".into(),
+                verbose: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        let e = rt
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: "f00".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: "f00".into(),
+        })
+        .await
+        .expect("removing an unknown id succeeds");
+        let e = rt
+            .remove_pod_sandbox(RemovePodSandboxRequest::default())
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("pod_sandbox_id"));
+        let e = rt
+            .container_status(ContainerStatusRequest {
+                container_id: "nope".into(),
+                verbose: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        let e = rt
+            .checkpoint_container(CheckpointContainerRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented);
+
+        let before = vmm_pids();
+        let e = rt
+            .run_pod_sandbox(run_req(pod_config("broken", &[]), "broken"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Internal);
+        assert!(
+            e.message()
+                .contains("pod VM stopped before its agent answered"),
+            "{e:?}"
+        );
+        let pods = rt
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert!(pods.is_empty(), "failed sandbox still listed: {pods:?}");
+        assert_eq!(vmm_pids(), before, "a VMM leaked");
+        assert!(
+            Moatd::entries(&m.run_dir().join("netns")).is_empty(),
+            "netns leaked"
+        );
+        let leftovers: Vec<_> = Moatd::entries(&m.run_dir())
+            .into_iter()
+            .filter(|e| e != "netns")
+            .collect();
+        assert!(leftovers.is_empty(), "VM dirs leaked: {leftovers:?}");
+        let _ = std::fs::remove_file(&bogus);
+    });
+}
+
+fn pod_lifecycle_body() {
+    rt().block_on(async {
+        let m = Moatd::start("").expect("moatd");
+        let mut rt = m.runtime().await.unwrap();
+        let mut events = rt
+            .get_container_events(GetEventsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+
+        let started = Instant::now();
+        let id = rt
+            .run_pod_sandbox(run_req(pod_config("web", &[("app", "web")]), ""))
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", m.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        println!(
+            "RunPodSandbox → agent ready: {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(id.len(), 64);
+        let other = rt
+            .run_pod_sandbox(run_req(pod_config("db", &[("app", "db")]), "microvm"))
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        assert_eq!(vmm_pids().len(), 2);
+
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (ev.container_id.as_str(), ev.container_event_type),
+            (
+                id.as_str(),
+                ContainerEventType::ContainerCreatedEvent as i32
+            )
+        );
+
+        let st = rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let status = st.status.unwrap();
+        assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
+        let ip = status.network.unwrap().ip;
+        assert!(ip.starts_with("10."), "pod IP {ip:?}");
+        assert!(st.info["info"].contains("vmmPid"));
+
+        // Filters: by label, by state, by id prefix.
+        let lister = rt.clone();
+        let list = |f: PodSandboxFilter| {
+            let mut rt = lister.clone();
+            async move {
+                rt.list_pod_sandbox(ListPodSandboxRequest { filter: Some(f) })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .items
+            }
+        };
+        let by_label = list(PodSandboxFilter {
+            label_selector: [("app".to_string(), "db".to_string())].into(),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            by_label.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
+            vec![other.clone()]
+        );
+        assert_eq!(
+            list(PodSandboxFilter {
+                id: id[..12].into(),
+                ..Default::default()
+            })
+            .await
+            .len(),
+            1
+        );
+
+        let stats = rt
+            .pod_sandbox_stats(PodSandboxStatsRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mem = stats
+            .stats
+            .unwrap()
+            .linux
+            .unwrap()
+            .memory
+            .unwrap()
+            .working_set_bytes
+            .unwrap()
+            .value;
+        assert!(mem > 1 << 20, "VM memory {mem}");
+        assert_eq!(
+            rt.list_pod_sandbox_stats(ListPodSandboxStatsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .len(),
+            2
+        );
+
+        // Stop is idempotent and releases the VM and the network.
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("stopping twice succeeds");
+        let not_ready = list(PodSandboxFilter {
+            state: Some(PodSandboxStateValue {
+                state: PodSandboxState::SandboxNotready as i32,
+            }),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            not_ready.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
+            vec![id.clone()]
+        );
+        assert_eq!(vmm_pids().len(), 1);
+        for pod in [&id, &other] {
+            rt.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .unwrap();
+        }
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("removing twice succeeds");
+        assert!(rt
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .is_empty());
+        assert!(vmm_pids().is_empty(), "VMMs leaked: {:?}", vmm_pids());
+        assert!(
+            Moatd::entries(&m.run_dir().join("netns")).is_empty(),
+            "netns leaked"
+        );
+        let ipam = Moatd::entries(&m.dir.path().join("ipam/moat-e2e"));
+        assert!(
+            ipam.iter().all(|e| !e.starts_with("10.")),
+            "IPs not released: {ipam:?}"
+        );
+    });
+}
+
+#[test]
+fn pod_sandbox_lifecycle_in_microvms() {
+    run_where_vms_boot(
+        "pod_sandbox_lifecycle_in_microvms_inner",
+        TIMEOUT,
+        pod_lifecycle_body,
+    );
+}
+
+#[test]
+#[ignore = "run where microVMs boot by pod_sandbox_lifecycle_in_microvms"]
+fn pod_sandbox_lifecycle_in_microvms_inner() {
+    pod_lifecycle_body();
+}
+
+fn restart_body() {
+    rt().block_on(async {
+        let mut m = Moatd::start("").expect("moatd");
+        let mut rt = m.runtime().await.unwrap();
+        let id = rt
+            .run_pod_sandbox(run_req(pod_config("survivor", &[]), ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        let vmms = vmm_pids();
+        assert_eq!(vmms.len(), 1);
+
+        // moatd crashes; its pod VM keeps running and is found again.
+        m.restart(true).expect("restart");
+        let mut rt = m.runtime().await.unwrap();
+        assert_eq!(
+            vmm_pids(),
+            vmms,
+            "the pod VM did not survive the moatd crash"
+        );
+        let st = rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            st.status.unwrap().state,
+            PodSandboxState::SandboxReady as i32
+        );
+
+        // A VM that dies while moatd runs is reported NotReady.
+        // SAFETY: killing the VMM process this test started through moatd.
+        unsafe { libc::kill(vmms[0] as i32, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = rt
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: id.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if st.status.unwrap().state == PodSandboxState::SandboxNotready as i32 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "dead VM still reported ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .unwrap();
+        assert!(
+            Moatd::entries(&m.run_dir().join("netns")).is_empty(),
+            "netns leaked"
+        );
+    });
+}
+
+#[test]
+fn running_pods_survive_a_moatd_restart() {
+    run_where_vms_boot(
+        "running_pods_survive_a_moatd_restart_inner",
+        TIMEOUT,
+        restart_body,
+    );
+}
+
+#[test]
+#[ignore = "run where microVMs boot by running_pods_survive_a_moatd_restart"]
+fn running_pods_survive_a_moatd_restart_inner() {
+    restart_body();
+}
