@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The moat demo: boot a pod microVM with moat-vmm and talk to its agent over
-# vsock — directly where the host's KVM can run guests, else inside the test
-# node. Run by `make demo` after the artefacts are built.
+# The moat demo: a local registry, moatd serving CRI, and a pod in its own
+# microVM (pull, run, inspect, stats, stop, remove) — directly where the
+# host's KVM can run guests, else inside the test node. Run by `make demo`
+# after the artefacts are built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,30 +11,64 @@ echo "demo: $probe"
 
 read -r -d '' script <<'SH' || true
 set -e
-dir=$(mktemp -d /tmp/moat-demo.XXXXXX)
-echo "demo: starting moat-vmm (1 vCPU, 256 MiB) with the moat guest kernel and agent"
-start=$(date +%s%N)
-target/release/moat-vmm --kernel build/vmlinux --initrd build/initramfs.cpio \
-  --cpus 1 --memory-mib 256 --vsock-uds "$dir/vsock.sock" --api-sock "$dir/api.sock" \
-  --serial "$dir/console.log" &
-vmm=$!
-target/release/moat-agentctl --vsock-uds "$dir/vsock.sock" --wait-secs 60 ping
-echo "demo: agent answered $(( ($(date +%s%N) - start) / 1000000 )) ms after moat-vmm was spawned"
-target/release/moat-agentctl --vsock-uds "$dir/vsock.sock" details
-echo "demo: VM state from the control socket:"
-printf '{"op":"state"}\n' | timeout 5 nc -U -q1 "$dir/api.sock" 2>/dev/null || \
-  python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"{\"op\":\"state\"}\n"); print(s.makefile().readline().strip())' "$dir/api.sock"
-echo "demo: asking the agent to power the guest off"
-target/release/moat-agentctl --vsock-uds "$dir/vsock.sock" shutdown
-rc=0; wait "$vmm" || rc=$?
-echo "demo: moat-vmm exited with $rc (0 = guest powered off cleanly)"
-echo "demo: guest console:"; sed 's/^/  | /' "$dir/console.log"
-rm -rf "$dir"
-exit "$rc"
-SH
+W=$(mktemp -d /tmp/moat-demo.XXXXXX)
+C="target/release/moatctl --socket $W/moat.sock"
+cleanup() {
+  [ -n "${moatd:-}" ] && kill "$moatd" 2>/dev/null && wait "$moatd" 2>/dev/null
+  MOAT_REGISTRY_DIR=$W/registry scripts/registry.sh stop
+  ip link del moatdemo0 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
 
+echo "== 1. a local OCI registry on 127.0.0.1 with the project's busybox image"
+MOAT_REGISTRY_DIR=$W/registry scripts/registry.sh start
+
+echo "== 2. moatd serving CRI on $W/moat.sock (CNI: Debian's bridge + host-local plugins)"
+mkdir -p "$W/net.d"
+cat > "$W/net.d/10-moat.conflist" <<J
+{"cniVersion":"1.0.0","name":"moat-demo","plugins":[{"type":"bridge","bridge":"moatdemo0","isGateway":true,"ipMasq":false,
+ "ipam":{"type":"host-local","dataDir":"$W/ipam","ranges":[[{"subnet":"10.88.0.0/16"}]],"routes":[{"dst":"0.0.0.0/0"}]}}]}
+J
+cat > "$W/moatd.toml" <<T
+socket = "$W/moat.sock"
+state_dir = "$W/state"
+run_dir = "$W/run"
+log_dir = "$W/log"
+cni_conf_dir = "$W/net.d"
+agent_timeout_secs = 120
+[runtime_handlers.microvm]
+kernel = "$PWD/build/vmlinux"
+initramfs = "$PWD/build/initramfs.cpio"
+vmm = "$PWD/target/release/moat-vmm"
+T
+target/release/moatd --config "$W/moatd.toml" > "$W/moatd.log" 2>&1 &
+moatd=$!
+for _ in $(seq 200); do [ -S "$W/moat.sock" ] && break; sleep 0.05; done
+$C version
+$C info
+
+echo "== 3. pull the image through CRI (content store -> layers -> erofs block image)"
+$C pull 127.0.0.1:5000/moat/busybox:latest
+$C images
+
+echo "== 4. run a pod: its own network namespace, a CNI IP, and a microVM with moat-agent as PID 1"
+start=$(date +%s%N)
+pod=$($C runp --name demo --namespace default --label app=demo)
+echo "RunPodSandbox returned after $(( ($(date +%s%N) - start) / 1000000 )) ms: $pod"
+$C pods
+$C inspectp "$pod"
+$C statsp
+
+echo "== 5. stop and remove it (VM powered off, network released)"
+$C stopp "$pod"
+$C rmp "$pod"
+$C pods
+echo "== moatd log (last lines)"
+tail -5 "$W/moatd.log" | sed 's/^/  | /'
+SH
 case "$probe" in
   *"run directly"*) sh -c "$script" ;;
-  *"inside the test node"*) target/release/moat-node run --timeout 300 -- sh -c "$script" ;;
+  *"inside the test node"*) target/release/moat-node run --timeout 600 -- sh -c "$script" ;;
   *) echo "demo: no environment here can boot microVMs" >&2; exit 1 ;;
 esac
