@@ -261,11 +261,40 @@ fn finish_process(p: &ProcessPlan, chan: &Channel, wait_for_start: bool) -> anyh
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .context("FD_CLOEXEC on the channel")?;
+    reset_signals();
     if p.no_new_privileges {
         seccomp::install(&filters).context("installing seccomp filter")?;
     }
     let e = nix::unistd::execve(&prog, &args, &env).unwrap_err();
     bail!("exec {}: {e}", program.display())
+}
+
+/// Gives the container program default signal dispositions and an empty
+/// signal mask. The Rust runtime of this stage ignores SIGPIPE, and ignored
+/// dispositions survive exec: without this, `yes | head` would never end.
+fn reset_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no handler code.
+        let _ = unsafe { sigaction(sig, &default) };
+    }
+    // Real-time signals (glibc's wrapper refuses its internal 32 and 33):
+    // the raw syscall with a kernel sigaction of SIG_DFL, no flags, no mask.
+    for sig in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+        let act: [libc::c_ulong; 4] = [libc::SIG_DFL as libc::c_ulong, 0, 0, 0];
+        // SAFETY: rt_sigaction with a valid kernel sigaction and no old-action pointer.
+        unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, act.as_ptr(), 0usize, 8usize) };
+    }
+    for sig in 32..libc::SIGRTMIN() {
+        let act: [libc::c_ulong; 4] = [libc::SIG_DFL as libc::c_ulong, 0, 0, 0];
+        // SAFETY: as above, for glibc's reserved signals.
+        unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, act.as_ptr(), 0usize, 8usize) };
+    }
+    let _ = SigSet::empty().thread_set_mask();
 }
 
 fn set_identity(p: &ProcessPlan) -> anyhow::Result<()> {
