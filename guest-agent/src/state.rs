@@ -111,6 +111,8 @@ pub struct Container {
     pub start: Mutex<Option<Channel>>,
     /// Exec'd processes by exec id.
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// What exec'd processes inherit (capabilities, seccomp, no_new_privs).
+    pub exec_defaults: crate::container::spec::ExecDefaults,
 }
 
 impl Container {

@@ -122,31 +122,27 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
 }
 
-/// Creates pipes (or a pty when `terminal`), returning the child's ends and
-/// the agent's (already pumping) ends.
-pub fn create(terminal: bool, open_stdin: bool) -> std::io::Result<(ChildStdio, ProcessIo)> {
+/// Creates the stdio of a new process: pipes, or, when `terminal`, only
+/// /dev/null placeholders (the init stage allocates the pty inside the
+/// container and sends the master back; see [`ProcessIo::from_console`]).
+pub fn create(
+    terminal: bool,
+    open_stdin: bool,
+) -> std::io::Result<(ChildStdio, Option<ProcessIo>)> {
     if terminal {
-        let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
-        for fd in [&pty.master, &pty.slave] {
-            nix::fcntl::fcntl(
-                fd,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .map_err(std::io::Error::from)?;
-        }
-        let master = async_fd(pty.master)?;
+        let null = || -> std::io::Result<OwnedFd> {
+            Ok(std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?
+                .into())
+        };
         let child = ChildStdio {
-            stdin: Some(pty.slave.try_clone()?),
-            stdout: pty.slave.try_clone()?,
-            stderr: pty.slave,
+            stdin: Some(null()?),
+            stdout: null()?,
+            stderr: null()?,
         };
-        let io = ProcessIo {
-            stdin: Mutex::new(Some(master.clone())),
-            stdout: pump(master.clone()),
-            stderr: None,
-            pty: Some(master),
-        };
-        return Ok((child, io));
+        return Ok((child, None));
     }
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -167,7 +163,30 @@ pub fn create(terminal: bool, open_stdin: bool) -> std::io::Result<(ChildStdio, 
         stderr: Some(pump(async_fd(err_r)?)),
         pty: None,
     };
-    Ok((child, io))
+    Ok((child, Some(io)))
+}
+
+impl ProcessIo {
+    /// The finished stdio of a launched process: the pipes made by
+    /// [`create`], or the terminal built from the master the init stage sent.
+    pub fn finish(pipes: Option<ProcessIo>, console: Option<OwnedFd>) -> std::io::Result<Self> {
+        match (pipes, console) {
+            (Some(io), _) => Ok(io),
+            (None, Some(master)) => Self::from_console(master),
+            (None, None) => Err(std::io::Error::other("the init stage sent no terminal")),
+        }
+    }
+
+    /// The stdio of a process with a terminal, from its pty master.
+    pub fn from_console(master: OwnedFd) -> std::io::Result<Self> {
+        let master = async_fd(master)?;
+        Ok(Self {
+            stdin: Mutex::new(Some(master.clone())),
+            stdout: pump(master.clone()),
+            stderr: None,
+            pty: Some(master),
+        })
+    }
 }
 
 /// Sets the terminal size on a pty master.
@@ -192,6 +211,7 @@ mod tests {
     #[tokio::test]
     async fn slow_reader_gets_everything_with_bounded_buffering() {
         let (child, io) = create(false, true).unwrap();
+        let io = io.unwrap();
         // A writer thread pushes 2 MiB through the "child" stdout end.
         let total = 2 * 1024 * 1024;
         drop(child.stderr);

@@ -52,3 +52,25 @@ pub fn incoming(
         },
     ))
 }
+
+/// Tells the host the agent serves: connects to the host (CID 2) on
+/// [`moat_proto::AGENT_READY_VSOCK_PORT`] and writes `READY <version>\n`.
+/// Best effort: with no host listener the VMM resets the connection.
+pub async fn announce_ready() {
+    use tokio::io::AsyncWriteExt;
+    const HOST_CID: u32 = 2;
+    let attempt = async {
+        let mut s =
+            VsockStream::connect(VsockAddr::new(HOST_CID, moat_proto::AGENT_READY_VSOCK_PORT))
+                .await?;
+        s.write_all(format!("READY {}\n", env!("CARGO_PKG_VERSION")).as_bytes())
+            .await?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        Ok::<_, std::io::Error>(())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
+        Ok(Ok(())) => tracing::debug!("readiness announced to the host"),
+        Ok(Err(e)) => tracing::debug!("no host listener for the readiness notice: {e}"),
+        Err(_) => tracing::debug!("readiness notice timed out"),
+    }
+}

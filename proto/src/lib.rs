@@ -12,6 +12,12 @@ pub use k8s_cri::v1 as cri;
 /// vsock port the agent serves its gRPC API on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// vsock port on the host (CID 2) the agent connects to once it serves,
+/// writing `READY <agent version>\n`. moat-vmm forwards the connection to
+/// the Unix socket `<vsock uds>_<port>`, so a host listening there learns the
+/// agent is up without polling it.
+pub const AGENT_READY_VSOCK_PORT: u32 = 1025;
+
 /// Guest I/O port the agent writes [`GUEST_EXIT_POWEROFF`] to just before it
 /// reboots the guest, so the VMM can tell a clean poweroff from a reboot or a
 /// kernel panic (both of which reset the guest through the i8042).

@@ -88,8 +88,11 @@ fn create(plan: &ContainerPlan, chan: &Channel) -> anyhow::Result<()> {
         return Ok(());
     }
     in_child(chan, || {
-        session(plan.process.terminal)?;
+        nix::unistd::setsid().context("setsid")?;
         rootfs::setup(plan)?;
+        if plan.process.terminal {
+            open_console(chan)?;
+        }
         if plan.namespaces.creates(NsKind::Uts) {
             if let Some(h) = &plan.hostname {
                 nix::unistd::sethostname(h).context("sethostname")?;
@@ -128,7 +131,10 @@ fn exec(target_pid: i32, process: &ProcessPlan, chan: &Channel) -> anyhow::Resul
         return Ok(());
     }
     in_child(chan, || {
-        session(process.terminal)?;
+        nix::unistd::setsid().context("setsid")?;
+        if process.terminal {
+            open_console(chan)?;
+        }
         finish_process(process, chan, false)
     })
 }
@@ -175,16 +181,35 @@ fn holder(
     })
 }
 
-/// New session; with a terminal, fd 0 (the pty slave) becomes the
-/// controlling terminal.
-fn session(terminal: bool) -> anyhow::Result<()> {
-    nix::unistd::setsid().context("setsid")?;
-    if terminal {
-        // SAFETY: ioctl on fd 0 with an integer argument.
-        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("TIOCSCTTY");
+/// Allocates the process's terminal from the container's own devpts (so
+/// `tty` and ttyname() resolve inside), makes the slave fds 0-2 and the
+/// controlling terminal, and hands the master to the agent.
+fn open_console(chan: &Channel) -> anyhow::Result<()> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::AsRawFd;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .context("opening /dev/ptmx in the container")?;
+    nix::pty::grantpt(&master).context("grantpt")?;
+    nix::pty::unlockpt(&master).context("unlockpt")?;
+    let name = nix::pty::ptsname_r(&master).context("ptsname")?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("opening {name}"))?;
+    for target in 0..=2 {
+        // SAFETY: dup2 onto the standard fds of this single-threaded process.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("dup2 of the pty slave");
         }
     }
+    drop(slave);
+    // SAFETY: ioctl on fd 0 with an integer argument.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("TIOCSCTTY");
+    }
+    chan.send_with_fd(&InitReport::Console, master.as_raw_fd())?;
     Ok(())
 }
 
@@ -208,10 +233,8 @@ fn finish_process(p: &ProcessPlan, chan: &Channel, wait_for_start: bool) -> anyh
         Some(s) => seccomp::compile(s)?,
         None => Vec::new(),
     };
-    let manage_caps = p.caps != Default::default();
-    if manage_caps {
-        capabilities::drop_bounding(&p.caps).context("dropping bounding capabilities")?;
-    }
+    // Capabilities are always set from the plan: an empty plan means none.
+    capabilities::drop_bounding(&p.caps).context("dropping bounding capabilities")?;
     if !p.no_new_privileges {
         // Without no_new_privs, seccomp needs CAP_SYS_ADMIN: install now.
         seccomp::install(&filters).context("installing seccomp filter")?;
@@ -220,9 +243,7 @@ fn finish_process(p: &ProcessPlan, chan: &Channel, wait_for_start: bool) -> anyh
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
     set_identity(p)?;
-    if manage_caps {
-        capabilities::apply_sets(&p.caps).context("setting capabilities")?;
-    }
+    capabilities::apply_sets(&p.caps).context("setting capabilities")?;
     let program = find_program(p)?;
     nix::unistd::chdir(&p.cwd).with_context(|| format!("chdir to {}", p.cwd.display()))?;
     if p.no_new_privileges {

@@ -23,6 +23,9 @@ pub struct Launched {
     pub exit: oneshot::Receiver<Exit>,
     /// The channel; for a created container, [`start`] uses it.
     pub channel: Channel,
+    /// The pty master, when the process has a terminal (allocated inside
+    /// the container so its name resolves there).
+    pub console: Option<OwnedFd>,
 }
 
 /// Why launching failed.
@@ -93,14 +96,16 @@ pub fn launch(
     let mut pid = None;
     let mut exit = None;
     let mut ready = false;
+    let mut console = None;
     while !(ready && pid.is_some()) {
-        match chan.recv::<InitReport>(Some(SETUP_TIMEOUT)) {
-            Ok(InitReport::Pid(p)) => {
+        match chan.recv_with_fd::<InitReport>(Some(SETUP_TIMEOUT)) {
+            Ok((InitReport::Console, fd)) => console = fd,
+            Ok((InitReport::Pid(p), _)) => {
                 exit = Some(reaper::global().watch(p));
                 pid = Some(p);
             }
-            Ok(InitReport::Ready) => ready = true,
-            Ok(InitReport::Error(e)) => {
+            Ok((InitReport::Ready, _)) => ready = true,
+            Ok((InitReport::Error(e), _)) => {
                 kill_both(stage_pid, pid);
                 return Err(LaunchError::Setup(e));
             }
@@ -115,6 +120,7 @@ pub fn launch(
             pid,
             exit,
             channel: chan,
+            console,
         }),
         _ => Err(LaunchError::Io("no pid reported".into())),
     }

@@ -175,7 +175,7 @@ pub struct ProcessPlan {
     pub umask: Option<u32>,
     /// Allocate a terminal.
     pub terminal: bool,
-    /// Capabilities; `None` keeps none at all beyond what the user has.
+    /// Capabilities (an absent spec field means none at all).
     pub caps: CapsPlan,
     /// Set no_new_privs.
     pub no_new_privileges: bool,
@@ -695,6 +695,43 @@ pub fn process_plan(p: &Process, field: &str) -> Result<ProcessPlan, SpecError> 
     })
 }
 
+/// What an exec'd process inherits from its container when its own
+/// Process does not say otherwise: the container's capabilities (when the
+/// exec names none), its seccomp profile (always: the profile belongs to the
+/// container), and no_new_privs (once set for the container, always set).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecDefaults {
+    /// The container process's capabilities.
+    pub caps: CapsPlan,
+    /// The container's seccomp profile.
+    pub seccomp: Option<LinuxSeccomp>,
+    /// The container process's no_new_privs.
+    pub no_new_privileges: bool,
+}
+
+impl ExecDefaults {
+    /// The defaults a container's own process plan implies.
+    pub fn from_container(p: &ProcessPlan) -> Self {
+        Self {
+            caps: p.caps.clone(),
+            seccomp: p.seccomp.clone(),
+            no_new_privileges: p.no_new_privileges,
+        }
+    }
+}
+
+/// Builds the plan of an exec'd process from its OCI Process and the
+/// container's defaults.
+pub fn exec_plan(p: &Process, defaults: &ExecDefaults) -> Result<ProcessPlan, SpecError> {
+    let mut plan = process_plan(p, "process")?;
+    if p.capabilities().is_none() {
+        plan.caps = defaults.caps.clone();
+    }
+    plan.seccomp = defaults.seccomp.clone();
+    plan.no_new_privileges |= defaults.no_new_privileges;
+    Ok(plan)
+}
+
 /// Attaches and checks the spec's seccomp profile to a process plan.
 pub fn with_seccomp(mut plan: ProcessPlan, spec: &Spec) -> Result<ProcessPlan, SpecError> {
     if let Some(s) = spec.linux().as_ref().and_then(|l| l.seccomp().clone()) {
@@ -844,6 +881,27 @@ mod tests {
             "process.rlimits[0]"
         );
         assert!(parse_spec(b"{not json").is_err());
+    }
+
+    #[test]
+    fn exec_inherits_the_containers_restrictions() {
+        let s = spec(
+            r#","linux":{"seccomp":{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}}"#,
+        );
+        let plan = container_plan(&s, Path::new("/r"), &policy()).unwrap();
+        let proc_plan = with_seccomp(plan.process, &s).unwrap();
+        let d = ExecDefaults::from_container(&proc_plan);
+        let bare: Process =
+            serde_json::from_str(r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"]}"#).unwrap();
+        let e = exec_plan(&bare, &d).unwrap();
+        assert_eq!(e.caps, proc_plan.caps);
+        assert!(e.seccomp.is_some());
+        assert!(e.no_new_privileges);
+        let own: Process = serde_json::from_str(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"],"capabilities":{"bounding":["CAP_KILL"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(exec_plan(&own, &d).unwrap().caps.bounding, vec!["CAP_KILL"]);
     }
 
     #[test]

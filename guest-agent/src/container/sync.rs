@@ -52,6 +52,8 @@ pub enum InitReport {
     Ready,
     /// Setup failed.
     Error(String),
+    /// The pty master of the process's terminal rides along (SCM_RIGHTS).
+    Console,
 }
 
 /// What the agent sends after the plan.
@@ -110,6 +112,71 @@ impl Channel {
         let buf = serde_json::to_vec(msg)?;
         send(self.fd.as_raw_fd(), &buf, MsgFlags::MSG_NOSIGNAL)?;
         Ok(())
+    }
+
+    /// Sends one message with `fd` attached (SCM_RIGHTS).
+    pub fn send_with_fd<T: Serialize>(&self, msg: &T, fd: i32) -> Result<(), ChannelError> {
+        use nix::sys::socket::{sendmsg, ControlMessage};
+        let buf = serde_json::to_vec(msg)?;
+        let iov = [std::io::IoSlice::new(&buf)];
+        let fds = [fd];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(
+            self.fd.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Receives one message and any fd attached to it.
+    pub fn recv_with_fd<T: for<'de> Deserialize<'de>>(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<(T, Option<OwnedFd>), ChannelError> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned};
+        use std::os::fd::FromRawFd;
+        if let Some(t) = timeout {
+            let tv = nix::sys::time::TimeVal::new(t.as_secs() as i64, t.subsec_micros() as i64);
+            nix::sys::socket::setsockopt(&self.fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)?;
+        }
+        let mut buf = vec![0u8; MAX_MSG];
+        let mut cmsg_space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let (n, fd) = loop {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg_space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => {
+                    let mut fd = None;
+                    for c in msg.cmsgs().map_err(ChannelError::Sys)? {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            for (i, raw) in fds.into_iter().enumerate() {
+                                // SAFETY: the kernel just installed this fd
+                                // for us; we own it from here on.
+                                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                                if i == 0 {
+                                    fd = Some(owned);
+                                }
+                            }
+                        }
+                    }
+                    break (msg.bytes, fd);
+                }
+                Err(nix::Error::EINTR) => continue,
+                Err(nix::Error::EAGAIN) => return Err(ChannelError::Timeout),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if n == 0 {
+            return Err(ChannelError::Closed);
+        }
+        Ok((serde_json::from_slice(&buf[..n])?, fd))
     }
 
     /// Receives one message; `timeout` of `None` waits forever.

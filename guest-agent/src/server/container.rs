@@ -204,6 +204,7 @@ pub(super) async fn create(
     };
     let init = state.config.init_binary.clone();
     let cg = cgroup.clone();
+    let exec_defaults = spec::ExecDefaults::from_container(&plan.process);
     let request = InitRequest::Create(Box::new(plan));
     let launched = tokio::task::spawn_blocking(move || {
         launch::launch(&init, &request, child_io, |pid| {
@@ -229,6 +230,17 @@ pub(super) async fn create(
         }
     };
     let pid = launched.pid;
+    let io = match crate::stdio::ProcessIo::finish(io, launched.console) {
+        Ok(io) => io,
+        Err(e) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            cleanup(Some(&cgroup));
+            return Err(Status::internal(format!("stdio: {e}")));
+        }
+    };
     let process = Process::new(pid, io, launched.exit, cgroup.clone());
     let container = Arc::new(Container {
         id: id.clone(),
@@ -238,6 +250,7 @@ pub(super) async fn create(
         init: process,
         start: Mutex::new(Some(launched.channel)),
         execs: Mutex::new(Default::default()),
+        exec_defaults,
     });
     state.containers.lock().await.insert(id.clone(), container);
     tracing::info!(container = %id, pid, "container created");

@@ -52,6 +52,7 @@ pub async fn serve_vsock(port: u32, config: Config) -> anyhow::Result<()> {
     let incoming = crate::vsock::incoming(port)
         .map_err(|e| anyhow::anyhow!("binding vsock port {port}: {e}"))?;
     tracing::info!(port, "serving agent API on vsock");
+    tokio::spawn(crate::vsock::announce_ready());
     tonic::transport::Server::builder()
         .add_service(AgentService::new(config).into_server())
         .serve_with_incoming(incoming)

@@ -16,7 +16,7 @@ pub(super) async fn exec(state: &State, req: ExecProcessRequest) -> R<ExecProces
     let c = validate::container(state, &req.container_id).await?;
     let process: oci_spec::runtime::Process = serde_json::from_slice(&req.process)
         .map_err(|e| invalid(format!("process: not an OCI Process JSON: {e}")))?;
-    let plan = spec::process_plan(&process, "process").map_err(invalid)?;
+    let plan = spec::exec_plan(&process, &c.exec_defaults).map_err(invalid)?;
     if c.state() != "running" {
         return Err(Status::failed_precondition(format!(
             "container_id: {:?} is {}, not running",
@@ -58,6 +58,13 @@ pub(super) async fn exec(state: &State, req: ExecProcessRequest) -> R<ExecProces
         e => Status::internal(e.to_string()),
     })?;
     let pid = launched.pid;
+    let io = crate::stdio::ProcessIo::finish(io, launched.console).map_err(|e| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        Status::internal(format!("stdio: {e}"))
+    })?;
     let p = Process::new(pid, io, launched.exit, c.cgroup.clone());
     c.execs
         .lock()

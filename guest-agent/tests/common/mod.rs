@@ -340,7 +340,8 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     // big output, stats.
     let spec2 = spec(
         &["/bin/sleep", "1000"],
-        serde_json::json!({}),
+        serde_json::json!({"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}}),
         serde_json::json!({"hostname": "c2host"}),
     );
     create(&mut c, "c2", spec2, images.c2.clone(), false)
@@ -365,7 +366,7 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
             vec![
                 "/bin/sh",
                 "-c",
-                "echo exec-pid=$$; cat /proc/1/cmdline; echo; hostname; id -u",
+                "echo exec-pid=$$; cat /proc/1/cmdline; echo; hostname; id -u; grep CapBnd /proc/self/status; mkdir /tmp/x 2>&1; true",
             ],
             false,
         ),
@@ -382,6 +383,13 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     );
     assert!(out.contains("c2host") && out.contains("65534"), "{out}");
     assert!(!out.contains("exec-pid=1\n"));
+    // The exec named no capabilities and no seccomp: it inherits the
+    // container's.
+    assert!(out.contains("CapBnd:\t00000000a80425fb"), "{out}");
+    assert!(
+        out.contains("Operation not permitted"),
+        "exec escaped the container's seccomp: {out}"
+    );
 
     println!("== step: tty");
     // TTY: resize, then stdin through the terminal.
@@ -392,7 +400,7 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
             vec![
                 "/bin/sh",
                 "-c",
-                "read line; stty size; test -t 0 && echo is-a-tty; echo got-$line",
+                "read line; stty size; test -t 0 && echo is-a-tty; tty; echo got-$line",
             ],
             true,
         ),
@@ -422,6 +430,8 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     assert!(out.contains("33 111"), "{out}");
     assert!(out.contains("got-ping"), "{out}");
     assert!(out.contains("is-a-tty"), "{out}");
+    // The terminal comes from the container's own devpts: its name resolves.
+    assert!(out.contains("/dev/pts/0"), "{out}");
 
     println!("== step: stdin pipe");
     // stdin through a pipe, closed by CloseStdin.
