@@ -53,6 +53,7 @@ fn agent_in_a_moat_vmm_microvm() {
         target.join("x86_64-unknown-linux-gnu/release/moat-agent"),
         "build the static agent: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p moat-agent --target x86_64-unknown-linux-gnu",
     );
+    assert_fresh(&agent);
     if std::env::var_os(IN_NODE).is_some() || std::env::var_os("MOAT_AGENT_TEST_DIRECT").is_some() {
         in_vm(&vmlinux, &vmm, &rootfs_tool, &agent);
         return;
@@ -77,6 +78,31 @@ fn agent_in_a_moat_vmm_microvm() {
         out.console
     );
     assert!(out.output.contains("MICROVM-SCENARIO-OK"), "{}", out.output);
+}
+
+/// Fails when the static agent is older than the agent's sources, so the
+/// microVM never silently runs stale code.
+fn assert_fresh(agent: &Path) {
+    let built = std::fs::metadata(agent)
+        .and_then(|m| m.modified())
+        .expect("agent mtime");
+    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    stack.push(workspace().join("proto"));
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("source dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                assert!(
+                    t <= built,
+                    "{} is newer than the static agent {}: rebuild it (RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p moat-agent --target x86_64-unknown-linux-gnu)",
+                    p.display(),
+                    agent.display()
+                );
+            }
+        }
+    }
 }
 
 fn in_vm(vmlinux: &Path, vmm: &Path, rootfs_tool: &Path, agent: &Path) {
