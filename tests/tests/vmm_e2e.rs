@@ -167,3 +167,36 @@ fn bad_config_exits_two_without_kvm() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("memory_mib: must be at least 64"));
 }
+
+/// Guest-initiated vsock: the agent connects to the host (CID 2) port 1025
+/// once it serves; moat-vmm forwards that to the Unix socket `<uds>_1025`.
+#[test]
+fn guest_initiated_vsock_reaches_the_host_socket() {
+    let p = paths();
+    let script = format!(
+        r#"T=/tmp/vmm-ready; mkdir -p $T
+python3 -c 'import socket,sys
+s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); s.settimeout(300)
+c,_=s.accept(); c.settimeout(30); data=b""
+while not data.endswith(b"\n"):
+    chunk=c.recv(64)
+    if not chunk: break
+    data+=chunk
+print("host got: "+data.decode().strip())' $T/v.sock_1025 &
+LISTENER=$!
+while [ ! -S $T/v.sock_1025 ]; do sleep 0.05; done
+{vmm} --kernel {k} --initrd {i} --vsock-uds $T/v.sock --serial $T/console.log &
+PID=$!
+wait $LISTENER; echo "listener-exit=$?"
+{ctl} --vsock-uds $T/v.sock --wait-secs 60 shutdown
+wait $PID; echo "vmm-exit=$?""#,
+        vmm = p.vmm,
+        k = p.kernel,
+        i = p.initrd,
+        ctl = p.agentctl
+    );
+    let run = run_vm_script(&script, TIMEOUT).unwrap();
+    assert!(run.output.contains("host got: READY "), "{}", run.output);
+    assert!(run.output.contains("listener-exit=0"), "{}", run.output);
+    assert!(run.output.contains("vmm-exit=0"), "{}", run.output);
+}
