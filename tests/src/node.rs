@@ -5,8 +5,9 @@
 //! The node boots Debian's `linux-image-amd64` kernel with an initramfs made
 //! here (busybox-static and the kvm/9p/virtio modules), mounts the host root
 //! read-only over 9p, and runs one command chrooted into it as root with
-//! working `/dev/kvm`, writable tmpfs on `/tmp`, `/run`, `/var/tmp`,
-//! and a writable scratch share mounted at its host path. The command's
+//! working `/dev/kvm`, writable `/tmp`, `/run`, `/var/tmp`,
+//! and a writable scratch share mounted at its host path. `/tmp` and `/var/tmp`
+//! show the host's files under a writable tmpfs layer (overlayfs). The command's
 //! output and exit status come back; the node's console is kept.
 
 use moat_rootfs::cpio::Archive;
@@ -509,7 +510,15 @@ mount -t devtmpfs dev /host/dev
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /host/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
-for d in tmp var/tmp; do mount -t tmpfs -o mode=1777 tmpfs /host/$d; done
+# /tmp and /var/tmp: the host's files stay visible (a checkout may live there)
+# under a writable tmpfs layer.
+mkdir -p /overlay && mount -t tmpfs -o mode=0755 tmpfs /overlay
+for d in tmp var/tmp; do
+  u=/overlay/$(echo $d | tr / _)
+  mkdir -p $u/upper $u/work && chmod 1777 $u/upper
+  mount -t overlay overlay -o lowerdir=/host/$d,upperdir=$u/upper,workdir=$u/work /host/$d \
+    || { say "overlay on /$d failed, using an empty tmpfs"; mount -t tmpfs -o mode=1777 tmpfs /host/$d; }
+done
 mount -t tmpfs -o mode=0755 tmpfs /host/run
 mkdir -p /host/run/lock
 mkdir -p /host$scratch
