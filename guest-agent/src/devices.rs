@@ -108,12 +108,25 @@ fn is_block_device(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Waits up to `timeout` for the device to appear (hot-plugged devices show
-/// up a little after the host attaches them).
+/// False while a block device reports no media (size 0): moat-vmm's slots
+/// exist from boot and get their capacity when the host attaches an image.
+fn has_media(dev: &Path) -> bool {
+    let Some(name) = dev.file_name() else {
+        return true;
+    };
+    match std::fs::read_to_string(Path::new("/sys/class/block").join(name).join("size")) {
+        Ok(size) => size.trim() != "0",
+        // No sysfs entry to ask (tests, unusual setups): take the device as is.
+        Err(_) => true,
+    }
+}
+
+/// Waits up to `timeout` for the device to appear with media (an image
+/// attached to an existing slot shows up a little after the host attaches it).
 pub async fn wait_for(id: &DeviceId, timeout: Duration) -> Option<PathBuf> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(p) = resolve_once(id) {
+        if let Some(p) = resolve_once(id).filter(|p| has_media(p)) {
             return Some(p);
         }
         if Instant::now() >= deadline {

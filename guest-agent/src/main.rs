@@ -18,7 +18,7 @@ fn main() {
     let started = Instant::now();
     let is_pid1 = std::process::id() == 1;
     if is_pid1 {
-        if let Err(e) = pid1::mount_base_filesystems() {
+        if let Err(e) = pid1::leave_initramfs().and_then(|()| pid1::mount_base_filesystems()) {
             // Without /proc and /dev the agent cannot serve; say why on the
             // console and power off so the VMM exits instead of hanging.
             eprintln!("moat-agent: fatal: {e:#}");
@@ -62,8 +62,9 @@ fn main() {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/run/moat")),
         cgroup_root: PathBuf::from(moat_agent::cgroups::CGROUP_ROOT),
-        init_binary: std::fs::read_link("/proc/self/exe")
-            .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+        // The magic link, not the path it names: after leaving the initramfs
+        // PID 1's binary is no longer reachable by path, but still executable.
+        init_binary: PathBuf::from("/proc/self/exe"),
         is_pid1,
     };
     let result = run(config, listen_unix);

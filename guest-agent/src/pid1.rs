@@ -67,6 +67,38 @@ fn base_mounts() -> [BaseMount; 8] {
     ]
 }
 
+/// Moves PID 1 off the initramfs onto a fresh tmpfs root (what
+/// `switch_root` does, without a second binary). The initramfs is the
+/// kernel's rootfs, which can never be unmounted, so pivot_root(2) refuses to
+/// leave it; from a tmpfs root, every container's mount namespace can
+/// pivot_root into its image instead of falling back to MS_MOVE + chroot,
+/// which a container holding CAP_SYS_CHROOT could climb out of.
+pub fn leave_initramfs() -> anyhow::Result<()> {
+    const NEW_ROOT: &str = "/newroot";
+    nix::unistd::mkdir(NEW_ROOT, Mode::from_bits_truncate(0o755)).context("creating /newroot")?;
+    mount(
+        Some("tmpfs"),
+        NEW_ROOT,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )
+    .context("mounting the tmpfs root")?;
+    for d in ["dev", "proc", "sys", "run", "tmp", "etc", "mnt"] {
+        nix::unistd::mkdir(
+            &Path::new(NEW_ROOT).join(d),
+            Mode::from_bits_truncate(0o755),
+        )
+        .with_context(|| format!("creating /{d} in the new root"))?;
+    }
+    nix::unistd::chdir(NEW_ROOT).context("entering the new root")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("moving the new root over /")?;
+    nix::unistd::chroot(".").context("chroot into the new root")?;
+    nix::unistd::chdir("/").context("chdir /")?;
+    Ok(())
+}
+
 /// Mounts /proc, /sys, /dev (+pts, shm), /run, /tmp and cgroup2.
 pub fn mount_base_filesystems() -> anyhow::Result<()> {
     for m in base_mounts() {

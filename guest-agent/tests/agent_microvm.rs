@@ -1,7 +1,8 @@
 //! End to end: the static agent packed as /init of the project's guest,
 //! booted by moat-vmm in a real KVM microVM, driven over hybrid vsock. Runs
-//! the same scenario as `agent_node` with the container image attached as a
-//! virtio-blk drive and found by its serial.
+//! the same scenario as `agent_node` with the container image hot-attached
+//! to a virtio-blk slot through moat-vmm's control API after boot, and found
+//! by its serial.
 //!
 //! Needs (and fails loudly without): `build/vmlinux` (make artifacts),
 //! `target/release/moat-vmm` and `moat-rootfs` (cargo build --release), and
@@ -54,7 +55,14 @@ fn agent_in_a_moat_vmm_microvm() {
         "build the static agent: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p moat-agent --target x86_64-unknown-linux-gnu",
     );
     assert_fresh(&agent);
-    if std::env::var_os(IN_NODE).is_some() || std::env::var_os("MOAT_AGENT_TEST_DIRECT").is_some() {
+    let direct = matches!(
+        moat_tests::probe::probe(),
+        moat_tests::probe::VmSupport::Direct { .. }
+    );
+    if direct
+        || std::env::var_os(IN_NODE).is_some()
+        || std::env::var_os("MOAT_AGENT_TEST_DIRECT").is_some()
+    {
         in_vm(&vmlinux, &vmm, &rootfs_tool, &agent);
         return;
     }
@@ -125,6 +133,7 @@ fn in_vm(vmlinux: &Path, vmm: &Path, rootfs_tool: &Path, agent: &Path) {
         rootfs.display()
     ));
     let uds = work.join("vsock.sock");
+    let api = work.join("api.sock");
     let console = work.join("console.log");
     let mut vm = std::process::Command::new(vmm)
         .arg("--kernel")
@@ -134,8 +143,8 @@ fn in_vm(vmlinux: &Path, vmm: &Path, rootfs_tool: &Path, agent: &Path) {
         .args(["--cpus", "2", "--memory-mib", "512", "--blk-slots", "2"])
         .arg("--vsock-uds")
         .arg(&uds)
-        .arg("--drive")
-        .arg(format!("slot=0,path={},ro", img.display()))
+        .arg("--api-sock")
+        .arg(&api)
         .arg("--serial")
         .arg(&console)
         .spawn()
@@ -153,6 +162,10 @@ fn in_vm(vmlinux: &Path, vmm: &Path, rootfs_tool: &Path, agent: &Path) {
                 .expect("guest details")
                 .into_inner();
             println!("guest: {details:?}");
+            // The image arrives after boot, through moat-vmm's control API,
+            // the way moatd attaches a container image to a running pod VM.
+            let answer = attach_drive(&api, 0, &img).await;
+            assert!(answer.contains(r#""ok":true"#), "attach_drive: {answer}");
             drive(
                 c.clone(),
                 Images {
@@ -191,6 +204,24 @@ fn in_vm(vmlinux: &Path, vmm: &Path, rootfs_tool: &Path, agent: &Path) {
         "moat-vmm exit after a clean poweroff: {status}"
     );
     println!("MICROVM-SCENARIO-OK");
+}
+
+/// Sends one `attach_drive` request to the VMM's control socket; returns the answer line.
+async fn attach_drive(api: &Path, slot: u32, image: &Path) -> String {
+    let mut s = tokio::net::UnixStream::connect(api)
+        .await
+        .expect("control socket");
+    let req =
+        serde_json::json!({"op": "attach_drive", "slot": slot, "path": image, "read_only": true});
+    s.write_all(format!("{req}\n").as_bytes())
+        .await
+        .expect("send attach_drive");
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while s.read(&mut byte).await.unwrap_or(0) == 1 && byte[0] != b'\n' {
+        answer.push(byte[0]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Connects through the VMM's hybrid vsock socket (CONNECT/OK handshake),

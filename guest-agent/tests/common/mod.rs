@@ -249,7 +249,8 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
         mount -t tmpfs none /mnt 2>/dev/null && echo MOUNT-ALLOWED || echo MOUNT-DENIED; \
         mkdir /newdir 2>&1; echo mkdir-status=$?; \
         cat /sys/fs/cgroup/memory.max 2>/dev/null; cat /proc/self/status | grep CapEff; \
-        readlink /proc/self/ns/ipc; id -u; echo init=$(cat /proc/1/comm); grep SigIgn /proc/self/status; yes | head -c 100 | wc -c";
+        readlink /proc/self/ns/ipc; id -u; echo init=$(cat /proc/1/comm); grep SigIgn /proc/self/status; yes | head -c 100 | wc -c; \
+        echo rootfs-mounts=$(grep -c ' - rootfs ' /proc/self/mountinfo)";
     let spec1 = spec(
         &["/bin/sh", "-c", script],
         serde_json::json!({
@@ -296,6 +297,11 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     println!("c1 stdout:\n{out}\nc1 stderr:\n{err}");
     assert_eq!(w.exit_code, 0, "{w:?}");
     assert!(!w.oom_killed);
+    // pivot_root detached the guest's root: nothing of it is left in view.
+    assert!(
+        out.contains("rootfs-mounts=0\n"),
+        "the container still sees the guest root:\n{out}"
+    );
     for want in [
         "pid=1\n",
         "c1host\n",
