@@ -79,6 +79,7 @@ echo "paused: $(api $T/api.sock '{{"op":"state"}}')"
 echo "resume: $(api $T/api.sock '{{"op":"resume"}}')"
 echo "bad: $(api $T/api.sock '{{"op":"detach_drive","slot":42}}')"
 {ctl} --vsock-uds $T/v.sock ping && echo PING2-OK
+echo "counters: $(api $T/api.sock '{{"op":"counters"}}')"
 {ctl} --vsock-uds $T/v.sock shutdown
 wait $PID; echo "vmm-exit=$?"
 ls $T
