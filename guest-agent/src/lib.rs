@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod cmdline;
 pub mod container;
 pub mod devices;
+pub mod network;
 pub mod paths;
 pub mod pid1;
 pub mod power;

@@ -365,6 +365,18 @@ fn pod_lifecycle_body() {
         let ip = status.network.unwrap().ip;
         assert!(ip.starts_with("10."), "pod IP {ip:?}");
         assert!(st.info["info"].contains("vmmPid"));
+        // The pod IP answers from the node's side of the bridge: bridge → veth
+        // → tc redirect → TAP → virtio-net → the guest's eth0.
+        let ping = std::process::Command::new("busybox")
+            .args(["ping", "-c", "3", "-W", "10", &ip])
+            .output()
+            .expect("busybox ping");
+        assert!(
+            ping.status.success(),
+            "pod IP {ip} does not answer: {}{}",
+            String::from_utf8_lossy(&ping.stdout),
+            String::from_utf8_lossy(&ping.stderr)
+        );
 
         // Filters: by label, by state, by id prefix.
         let lister = rt.clone();

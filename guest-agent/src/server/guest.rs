@@ -102,3 +102,67 @@ pub(super) async fn shutdown(state: &State) -> R<ShutdownResponse> {
     });
     Ok(Response::new(ShutdownResponse {}))
 }
+
+/// ConfigureNetwork: validates the whole request first, then applies it.
+pub async fn configure_network(
+    req: ConfigureNetworkRequest,
+) -> Result<Response<ConfigureNetworkResponse>, Status> {
+    use crate::network::{configure, parse_cidr, InterfaceConfig};
+    let mut interfaces = Vec::new();
+    for (i, itf) in req.interfaces.iter().enumerate() {
+        let mac_ok = itf.mac.len() == 17
+            && itf.mac.split(':').count() == 6
+            && itf
+                .mac
+                .split(':')
+                .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+        if !mac_ok {
+            return Err(Status::invalid_argument(format!(
+                "interfaces[{i}].mac: {:?} is not a MAC address",
+                itf.mac
+            )));
+        }
+        if itf.mtu != 0 && !(68..=65535).contains(&itf.mtu) {
+            return Err(Status::invalid_argument(format!(
+                "interfaces[{i}].mtu: {} is out of range",
+                itf.mtu
+            )));
+        }
+        let mut addresses = Vec::new();
+        for (j, a) in itf.addresses.iter().enumerate() {
+            addresses.push(parse_cidr(a).map_err(|e| {
+                Status::invalid_argument(format!("interfaces[{i}].addresses[{j}]: {e}"))
+            })?);
+        }
+        interfaces.push(InterfaceConfig {
+            mac: itf.mac.clone(),
+            addresses,
+            mtu: itf.mtu,
+        });
+    }
+    let mut routes = Vec::new();
+    for (i, r) in req.routes.iter().enumerate() {
+        let dst = parse_cidr(&r.destination)
+            .map_err(|e| Status::invalid_argument(format!("routes[{i}].destination: {e}")))?;
+        let gw = if r.gateway.is_empty() {
+            None
+        } else {
+            Some(r.gateway.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "routes[{i}].gateway: {:?} is not an IPv4 address",
+                    r.gateway
+                ))
+            })?)
+        };
+        routes.push((dst, gw));
+    }
+    let names = tokio::task::spawn_blocking(move || configure(&interfaces, &routes))
+        .await
+        .map_err(|e| Status::internal(format!("network task: {e}")))?
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Status::not_found(e.to_string()),
+            _ => Status::internal(e.to_string()),
+        })?;
+    tracing::info!(?names, "pod network configured");
+    Ok(Response::new(ConfigureNetworkResponse { names }))
+}

@@ -89,6 +89,12 @@ impl Agent for AgentService {
     async fn health_check(&self, _r: Request<HealthCheckRequest>) -> R<HealthCheckResponse> {
         guest::health()
     }
+    async fn configure_network(
+        &self,
+        r: Request<ConfigureNetworkRequest>,
+    ) -> R<ConfigureNetworkResponse> {
+        guest::configure_network(r.into_inner()).await
+    }
     async fn set_time(&self, r: Request<SetTimeRequest>) -> R<SetTimeResponse> {
         guest::set_time(r.into_inner())
     }

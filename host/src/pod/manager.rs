@@ -115,6 +115,42 @@ fn pod_shares(config: &PodSandboxConfig) -> (bool, bool) {
     )
 }
 
+/// The guest's network from the CNI result: the pod's IPv4 addresses on the
+/// NIC with the CNI interface's MAC, and the routes (a route without a
+/// gateway uses the address's gateway, as CNI results mean it).
+fn guest_network(
+    mac: &str,
+    mtu: u32,
+    cni: &crate::network::CniResult,
+) -> moat_proto::agent::ConfigureNetworkRequest {
+    let ips: Vec<_> = cni
+        .ips()
+        .into_iter()
+        .filter(|ip| !ip.address.contains(':'))
+        .collect();
+    let default_gw = ips
+        .iter()
+        .find_map(|ip| ip.gateway.clone())
+        .unwrap_or_default();
+    let routes = cni
+        .routes()
+        .into_iter()
+        .filter(|(dst, _)| !dst.contains(':'))
+        .map(|(dst, gw)| moat_proto::agent::Route {
+            destination: dst,
+            gateway: gw.unwrap_or_else(|| default_gw.clone()),
+        })
+        .collect();
+    moat_proto::agent::ConfigureNetworkRequest {
+        interfaces: vec![moat_proto::agent::NetworkInterface {
+            mac: mac.to_string(),
+            addresses: ips.into_iter().map(|ip| ip.address).collect(),
+            mtu,
+        }],
+        routes,
+    }
+}
+
 impl Pods {
     /// The sandbox manager; `cni` is None when no network is configured.
     pub fn new(config: Config, store: Store, cni: Option<CniNetwork>) -> Self {
@@ -250,6 +286,7 @@ impl Pods {
         let started = std::time::Instant::now();
         let mut netns = None;
         let mut net = None;
+        let mut guest_nic = None;
         if let (false, Some(cni)) = (host_network(&rec.config), &self.cni) {
             let ns = NetNs::create(&self.netns_dir(), &rec.id)
                 .map_err(|e| failed(format!("creating the pod netns: {e}")))?;
@@ -272,6 +309,7 @@ impl Pods {
             self.store.put(SANDBOXES, &rec.id, rec)?;
             let info = tap::setup(&ns, POD_IFNAME, POD_TAP)
                 .map_err(|e| failed(format!("pod TAP: {e}")))?;
+            guest_nic = Some((info.mac.clone(), info.mtu));
             net = Some((info.tap, info.mac));
             netns = Some(ns);
         }
@@ -322,6 +360,12 @@ impl Pods {
             })
             .await
             .map_err(|s| failed(format!("agent CreateSandbox: {}", s.message())))?;
+        if let (Some((mac, mtu)), Some(cni)) = (guest_nic, &rec.cni) {
+            agent
+                .configure_network(guest_network(&mac, mtu, cni))
+                .await
+                .map_err(|s| failed(format!("agent ConfigureNetwork: {}", s.message())))?;
+        }
         tracing::info!(id = %rec.id, agent_ready_ms = booted_ms, ms = started.elapsed().as_millis() as u64, "pod sandbox ready");
         Ok(())
     }
@@ -489,6 +533,29 @@ mod tests {
             attempt: 0,
         });
         assert!(validate(&c).is_ok());
+    }
+
+    #[test]
+    fn guest_network_from_a_cni_result() {
+        let cni = crate::network::CniResult {
+            raw: serde_json::json!({"ips":[{"address":"10.88.0.5/16","gateway":"10.88.0.1"},{"address":"fd00::5/64"}],
+                                    "routes":[{"dst":"0.0.0.0/0"},{"dst":"10.96.0.0/12","gw":"10.88.0.254"},{"dst":"::/0"}]}),
+        };
+        let req = guest_network("2a:00:00:00:00:01", 1450, &cni);
+        assert_eq!(
+            req.interfaces[0].addresses,
+            vec!["10.88.0.5/16".to_string()]
+        );
+        assert_eq!(req.interfaces[0].mtu, 1450);
+        let routes: Vec<_> = req
+            .routes
+            .iter()
+            .map(|r| (r.destination.as_str(), r.gateway.as_str()))
+            .collect();
+        assert_eq!(
+            routes,
+            vec![("0.0.0.0/0", "10.88.0.1"), ("10.96.0.0/12", "10.88.0.254")]
+        );
     }
 
     #[test]
