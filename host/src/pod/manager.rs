@@ -11,7 +11,7 @@ use crate::network::{tap, CniNetwork, NetNs};
 use crate::store::{Store, StoreError, SANDBOXES};
 use crate::vm::launch::{launch, wait_for_agent};
 use crate::vm::{ControlClient, VmPaths, VmSpec};
-use moat_proto::cri::{NamespaceMode, PodSandboxConfig};
+use moat_proto::cri::{NamespaceMode, PodSandboxConfig, PodSandboxMetadata};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -113,6 +113,21 @@ fn pod_shares(config: &PodSandboxConfig) -> (bool, bool) {
         ns.is_none_or(|n| n.ipc == pod),
         ns.is_some_and(|n| n.pid == pod),
     )
+}
+
+/// What the CNI plugins are told about a pod: its id, namespace, interface
+/// and the K8S_POD_* arguments.
+fn attachment<'a>(
+    id: &'a str,
+    md: &'a PodSandboxMetadata,
+    netns: &'a std::path::Path,
+) -> Attachment<'a> {
+    Attachment {
+        container_id: id,
+        netns,
+        ifname: POD_IFNAME,
+        pod: Some((&md.name, &md.namespace)),
+    }
 }
 
 /// The guest's network from the CNI result: the pod's IPv4 addresses on the
@@ -293,13 +308,10 @@ impl Pods {
             rec.netns = Some(ns.path().to_path_buf());
             self.store.put(SANDBOXES, &rec.id, rec)?;
             let md = rec.metadata();
-            let att = Attachment {
-                container_id: &rec.id,
-                netns: ns.path(),
-                ifname: POD_IFNAME,
-                pod: Some((&md.name, &md.namespace)),
-            };
-            let result = cni.add(&att).await.map_err(failed)?;
+            let result = cni
+                .add(&attachment(&rec.id, &md, ns.path()))
+                .await
+                .map_err(failed)?;
             rec.ips = result
                 .ips()
                 .iter()
@@ -405,13 +417,10 @@ impl Pods {
             let ns = NetNs::at(path);
             if let Some(cni) = &self.cni {
                 let md = rec.metadata();
-                let att = Attachment {
-                    container_id: &rec.id,
-                    netns: ns.path(),
-                    ifname: POD_IFNAME,
-                    pod: Some((&md.name, &md.namespace)),
-                };
-                if let Err(e) = cni.del(&att, rec.cni.as_ref()).await {
+                if let Err(e) = cni
+                    .del(&attachment(&rec.id, &md, ns.path()), rec.cni.as_ref())
+                    .await
+                {
                     tracing::warn!(id = %rec.id, "CNI DEL: {e}");
                 }
             }
