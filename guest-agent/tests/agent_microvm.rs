@@ -19,7 +19,6 @@ use moat_proto::agent::block_device::Id;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::{Endpoint, Uri};
 
 const IN_NODE: &str = "MOAT_AGENT_TEST_IN_NODE";
 
@@ -229,36 +228,10 @@ async fn attach_drive(api: &Path, slot: u32, image: &Path) -> String {
 async fn connect_vsock(uds: &Path, limit: Duration) -> AgentClient<tonic::transport::Channel> {
     let deadline = Instant::now() + limit;
     loop {
-        let p = uds.to_path_buf();
-        let ch = Endpoint::try_from("http://agent.vsock")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let p = p.clone();
-                async move {
-                    let mut s = tokio::net::UnixStream::connect(&p).await?;
-                    s.write_all(format!("CONNECT {}\n", moat_proto::AGENT_VSOCK_PORT).as_bytes())
-                        .await?;
-                    let mut line = Vec::new();
-                    let mut b = [0u8; 1];
-                    while line.len() < 64 {
-                        s.read_exact(&mut b).await?;
-                        if b[0] == b'\n' {
-                            break;
-                        }
-                        line.push(b[0]);
-                    }
-                    if !line.starts_with(b"OK ") {
-                        return Err(std::io::Error::other(format!(
-                            "handshake: {:?}",
-                            String::from_utf8_lossy(&line)
-                        )));
-                    }
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-                }
-            }))
-            .await;
-        if let Ok(ch) = ch {
-            let mut c = AgentClient::new(ch)
+        // The same hybrid vsock client moatd uses (CONNECT/OK handshake).
+        let ch = moatd::agent::connect(uds.to_path_buf(), moat_proto::AGENT_VSOCK_PORT).await;
+        if let Ok(c) = ch {
+            let mut c = c
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
             if c.ping(moat_proto::agent::PingRequest {}).await.is_ok() {

@@ -9,7 +9,7 @@ use moat_proto::cri::runtime_service_client::RuntimeServiceClient;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// A running moatd.
 pub struct Moatd {
@@ -134,17 +134,7 @@ impl Moatd {
     }
 
     async fn channel(&self) -> anyhow::Result<Channel> {
-        let socket = self.socket.clone();
-        Ok(Endpoint::try_from("http://moatd.sock")?
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    tokio::net::UnixStream::connect(socket)
-                        .await
-                        .map(hyper_util::rt::TokioIo::new)
-                }
-            }))
-            .await?)
+        moatd::cri::client::connect(self.socket.clone()).await
     }
 
     /// A RuntimeService client.

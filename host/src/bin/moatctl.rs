@@ -5,7 +5,6 @@ use moat_proto::cri::image_service_client::ImageServiceClient;
 use moat_proto::cri::runtime_service_client::RuntimeServiceClient;
 use moat_proto::cri::*;
 use std::path::PathBuf;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 #[derive(Parser)]
 #[command(version, about = "Talk CRI to moatd (a crictl-style client)")]
@@ -77,20 +76,6 @@ enum Cmd {
     Statsp,
 }
 
-async fn channel(socket: PathBuf) -> anyhow::Result<Channel> {
-    let ch = Endpoint::try_from("http://moatd.sock")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await?;
-    Ok(ch)
-}
-
 fn state_name(state: i32) -> &'static str {
     if state == PodSandboxState::SandboxReady as i32 {
         "Ready"
@@ -102,9 +87,9 @@ fn state_name(state: i32) -> &'static str {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let ch = channel(cli.socket.clone())
+    let ch = moatd::cri::client::connect(cli.socket.clone())
         .await
-        .map_err(|e| anyhow::anyhow!("connecting to moatd at {}: {e}", cli.socket.display()))?;
+        .map_err(|e| anyhow::anyhow!("connecting to moatd at {}: {e:#}", cli.socket.display()))?;
     let mut rt = RuntimeServiceClient::new(ch.clone());
     let mut img = ImageServiceClient::new(ch);
     match cli.cmd {

@@ -1,11 +1,13 @@
 //! The CRI gRPC server (runtime.v1) on a Unix socket, in containerd's
 //! shape: one module per RPC group over shared stores.
 //!
+//! - [`client`]: a channel to the CRI socket, for clients.
 //! - [`image_service`]: the ImageService.
 //! - [`runtime_service`]: the RuntimeService trait, dispatching to
 //!   [`runtime_info`] (Version, Status, RuntimeConfig, UpdateRuntimeConfig),
 //!   [`sandbox`] (the pod sandbox RPCs), [`stats`] and [`events`].
 
+pub mod client;
 pub mod events;
 pub mod image_service;
 pub mod runtime_info;
