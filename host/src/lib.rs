@@ -8,11 +8,13 @@
 //! - [`logs`]: container logs in the CRI format.
 //! - [`network`]: pod network namespaces, CNI, TAP.
 //! - [`pod`]: pod sandboxes, each a microVM.
+//! - [`container`]: containers inside pod VMs.
 //! - [`store`]: the durable state (redb).
 //! - [`vm`]: starting a pod's moat-vmm and reaching its agent.
 
 pub mod agent;
 pub mod config;
+pub mod container;
 pub mod cri;
 pub mod image;
 pub mod logs;

@@ -45,6 +45,9 @@ pub const IMAGES: Table = Table("images");
 /// Pod sandboxes by id.
 pub const SANDBOXES: Table = Table("sandboxes");
 
+/// Containers by id.
+pub const CONTAINERS: Table = Table("containers");
+
 /// Handle on the state database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {

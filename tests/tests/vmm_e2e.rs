@@ -81,8 +81,9 @@ echo "bad: $(api $T/api.sock '{{"op":"detach_drive","slot":42}}')"
 {ctl} --vsock-uds $T/v.sock ping && echo PING2-OK
 echo "counters: $(api $T/api.sock '{{"op":"counters"}}')"
 {ctl} --vsock-uds $T/v.sock shutdown
-wait $PID; echo "vmm-exit=$?"
+wait $PID; R=$?; echo "vmm-exit=$R"
 ls $T
+[ $R = 0 ] || {{ echo "--- guest console (tail)"; tail -40 $T/console.log; }}
 "#,
         api = API_PY,
         vmm = p.vmm,

@@ -20,7 +20,19 @@ pub(super) async fn copy_file(_state: &State, req: CopyFileRequest) -> R<CopyFil
     if req.mode > 0o7777 {
         return Err(invalid("mode: only permission bits (<= 07777) are allowed"));
     }
-    let mode = if req.mode == 0 { 0o644 } else { req.mode };
+    if req.directory && !req.data.is_empty() {
+        return Err(invalid("data: must be empty when directory is set"));
+    }
+    let mode = match (req.mode, req.directory) {
+        (0, true) => 0o755,
+        (0, false) => 0o644,
+        (m, _) => m,
+    };
+    let kind = if req.directory {
+        Kind::Directory
+    } else {
+        Kind::File
+    };
     let base = PathBuf::from(moat_proto::SHARED_DIR);
     let target = tokio::task::spawn_blocking(move || {
         write_in(
@@ -31,6 +43,7 @@ pub(super) async fn copy_file(_state: &State, req: CopyFileRequest) -> R<CopyFil
             req.uid,
             req.gid,
             req.make_parents,
+            kind,
         )
     })
     .await
@@ -40,7 +53,18 @@ pub(super) async fn copy_file(_state: &State, req: CopyFileRequest) -> R<CopyFil
     }))
 }
 
-/// Writes `data` at `base/rel`, refusing to follow symlinks on the way.
+/// What CopyFile makes at its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A file with the request's data.
+    File,
+    /// A directory.
+    Directory,
+}
+
+/// Writes `data` at `base/rel` (or makes a directory there), refusing to
+/// follow symlinks on the way.
+#[allow(clippy::too_many_arguments)]
 fn write_in(
     base: &Path,
     rel: &Path,
@@ -49,6 +73,7 @@ fn write_in(
     uid: u32,
     gid: u32,
     make_parents: bool,
+    kind: Kind,
 ) -> Result<PathBuf, Status> {
     std::fs::create_dir_all(base).map_err(|e| Status::internal(format!("shared dir: {e}")))?;
     let mut dir = base.to_path_buf();
@@ -77,6 +102,29 @@ fn write_in(
         }
     }
     let target = dir.join(last.as_os_str());
+    if kind == Kind::Directory {
+        match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Status::failed_precondition(format!(
+                    "path: {} exists and is not a directory",
+                    target.display()
+                )))
+            }
+            Err(_) => std::fs::create_dir(&target)
+                .map_err(|e| Status::internal(format!("mkdir {}: {e}", target.display())))?,
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Status::internal(format!("chmod {}: {e}", target.display())))?;
+        nix::unistd::chown(
+            &target,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|e| Status::internal(format!("chown {}: {e}", target.display())))?;
+        return Ok(target);
+    }
     if let Ok(m) = std::fs::symlink_metadata(&target) {
         if m.is_dir() {
             return Err(Status::failed_precondition(format!(
@@ -107,7 +155,17 @@ mod tests {
         let base = t.path();
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();
-        let e = write_in(base, Path::new("a/b/token"), b"x", 0o600, uid, gid, false).unwrap_err();
+        let e = write_in(
+            base,
+            Path::new("a/b/token"),
+            b"x",
+            0o600,
+            uid,
+            gid,
+            false,
+            Kind::File,
+        )
+        .unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound);
         let p = write_in(
             base,
@@ -117,17 +175,87 @@ mod tests {
             uid,
             gid,
             true,
+            Kind::File,
         )
         .unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"secret");
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
         // Overwrite keeps the new content, no temp files left.
-        write_in(base, Path::new("a/b/token"), b"v2", 0o640, uid, gid, false).unwrap();
+        write_in(
+            base,
+            Path::new("a/b/token"),
+            b"v2",
+            0o640,
+            uid,
+            gid,
+            false,
+            Kind::File,
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"v2");
         assert_eq!(std::fs::read_dir(base.join("a/b")).unwrap().count(), 1);
         // A symlinked parent is refused.
         std::os::unix::fs::symlink("/etc", base.join("evil")).unwrap();
-        let e = write_in(base, Path::new("evil/passwd"), b"x", 0o644, uid, gid, true).unwrap_err();
+        let e = write_in(
+            base,
+            Path::new("evil/passwd"),
+            b"x",
+            0o644,
+            uid,
+            gid,
+            true,
+            Kind::File,
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        let d = write_in(
+            base,
+            Path::new("v/empty"),
+            b"",
+            0o777,
+            uid,
+            gid,
+            true,
+            Kind::Directory,
+        )
+        .unwrap();
+        assert!(d.is_dir());
+        assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o7777, 0o777);
+        // Again: kept, files beside it are untouched.
+        write_in(
+            base,
+            Path::new("v/empty/f"),
+            b"x",
+            0,
+            uid,
+            gid,
+            false,
+            Kind::File,
+        )
+        .unwrap();
+        write_in(
+            base,
+            Path::new("v/empty"),
+            b"",
+            0o755,
+            uid,
+            gid,
+            false,
+            Kind::Directory,
+        )
+        .unwrap();
+        assert!(d.join("f").exists());
+        let e = write_in(
+            base,
+            Path::new("a/b/token"),
+            b"",
+            0,
+            uid,
+            gid,
+            false,
+            Kind::Directory,
+        )
+        .unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     }
 }

@@ -234,6 +234,7 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
             uid: 0,
             gid: 0,
             make_parents: true,
+            directory: false,
         })
         .await
         .expect("copy file")

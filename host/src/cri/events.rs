@@ -7,7 +7,9 @@ use tokio::sync::broadcast;
 /// Events not yet read by a slow subscriber beyond this are dropped for it.
 const BACKLOG: usize = 1024;
 
-/// Fan-out of lifecycle events to every GetContainerEvents stream.
+/// Fan-out of lifecycle events to every GetContainerEvents stream; clones
+/// publish to the same subscribers.
+#[derive(Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<ContainerEventResponse>,
 }

@@ -5,9 +5,11 @@
 //! - [`image_service`]: the ImageService.
 //! - [`runtime_service`]: the RuntimeService trait, dispatching to
 //!   [`runtime_info`] (Version, Status, RuntimeConfig, UpdateRuntimeConfig),
-//!   [`sandbox`] (the pod sandbox RPCs), [`stats`] and [`events`].
+//!   [`sandbox`] (the pod sandbox RPCs), [`container`] (the container
+//!   RPCs), [`stats`] and [`events`].
 
 pub mod client;
+pub mod container;
 pub mod events;
 pub mod image_service;
 pub mod runtime_info;
@@ -16,6 +18,7 @@ pub mod sandbox;
 pub mod stats;
 
 use crate::config::Config;
+use crate::container::Containers;
 use crate::image::{ImageError, ImageService};
 use crate::network::CniNetwork;
 use crate::pod::{PodError, Pods};
@@ -52,6 +55,8 @@ pub struct Daemon {
     pub config: Config,
     /// Pod sandboxes.
     pub pods: Pods,
+    /// Containers in them.
+    pub containers: Containers,
     /// Images.
     pub images: Arc<ImageService>,
     /// Container and sandbox events for GetContainerEvents.
@@ -80,13 +85,17 @@ impl Daemon {
                 None
             }
         };
+        let events = events::EventBus::new();
+        let containers = Containers::new(&config, store.clone(), events.clone());
         let pods = Pods::new(config.clone(), store, cni);
         pods.recover().await?;
+        containers.recover(&pods.list()?)?;
         Ok(Arc::new(Self {
             config,
             pods,
+            containers,
             images,
-            events: events::EventBus::new(),
+            events,
         }))
     }
 }

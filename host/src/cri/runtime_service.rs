@@ -1,7 +1,7 @@
 //! The CRI `RuntimeService` trait, dispatching each RPC to the module that
 //! holds it.
 
-use crate::cri::{runtime_info, sandbox, stats, Daemon};
+use crate::cri::{container, runtime_info, sandbox, stats, Daemon};
 use moat_proto::cri::runtime_service_server::RuntimeService;
 use moat_proto::cri::*;
 use std::pin::Pin;
@@ -24,22 +24,6 @@ type Rpc<T> = Result<Response<T>, Status>;
 
 fn ok<T>(v: T) -> Rpc<T> {
     Ok(Response::new(v))
-}
-
-/// Containers inside pod VMs are not served by this build yet.
-fn containers_pending(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc}: containers are not available in this build of moatd yet; pod sandboxes, images and stats are"
-    ))
-}
-
-/// Container lookups answer NotFound: no container exists until CreateContainer is served.
-fn no_container(id: &str) -> Status {
-    if id.is_empty() {
-        Status::invalid_argument("container_id: required")
-    } else {
-        Status::not_found(format!("container {id:?} not found"))
-    }
 }
 
 /// Streaming endpoints (Exec, Attach, PortForward) come with the streaming server.
@@ -92,69 +76,62 @@ impl RuntimeService for CriRuntime {
 
     async fn create_container(
         &self,
-        _req: Request<CreateContainerRequest>,
+        req: Request<CreateContainerRequest>,
     ) -> Rpc<CreateContainerResponse> {
-        Err(containers_pending("CreateContainer"))
+        ok(container::create(&self.d, req.into_inner()).await?)
     }
 
     async fn start_container(
         &self,
         req: Request<StartContainerRequest>,
     ) -> Rpc<StartContainerResponse> {
-        Err(no_container(&req.into_inner().container_id))
+        ok(container::start(&self.d, req.into_inner()).await?)
     }
 
     async fn stop_container(
         &self,
         req: Request<StopContainerRequest>,
     ) -> Rpc<StopContainerResponse> {
-        Err(no_container(&req.into_inner().container_id))
+        ok(container::stop(&self.d, req.into_inner()).await?)
     }
 
     async fn remove_container(
         &self,
         req: Request<RemoveContainerRequest>,
     ) -> Rpc<RemoveContainerResponse> {
-        let id = req.into_inner().container_id;
-        if id.is_empty() {
-            return Err(Status::invalid_argument("container_id: required"));
-        }
-        // Removing an unknown container succeeds, as kubelet expects.
-        ok(RemoveContainerResponse {})
+        ok(container::remove(&self.d, req.into_inner()).await?)
     }
 
     async fn list_containers(
         &self,
-        _req: Request<ListContainersRequest>,
+        req: Request<ListContainersRequest>,
     ) -> Rpc<ListContainersResponse> {
-        ok(ListContainersResponse {
-            containers: Vec::new(),
-        })
+        ok(container::list(&self.d, req.into_inner())?)
     }
 
     async fn container_status(
         &self,
         req: Request<ContainerStatusRequest>,
     ) -> Rpc<ContainerStatusResponse> {
-        Err(no_container(&req.into_inner().container_id))
+        ok(container::status(&self.d, req.into_inner())?)
     }
 
     async fn update_container_resources(
         &self,
         req: Request<UpdateContainerResourcesRequest>,
     ) -> Rpc<UpdateContainerResourcesResponse> {
-        Err(no_container(&req.into_inner().container_id))
+        ok(container::update(&self.d, req.into_inner()).await?)
     }
 
     async fn reopen_container_log(
         &self,
         req: Request<ReopenContainerLogRequest>,
     ) -> Rpc<ReopenContainerLogResponse> {
-        Err(no_container(&req.into_inner().container_id))
+        ok(container::reopen_log(&self.d, req.into_inner())?)
     }
 
     async fn exec_sync(&self, req: Request<ExecSyncRequest>) -> Rpc<ExecSyncResponse> {
-        Err(no_container(&req.into_inner().container_id))
+        ok(container::exec_sync(&self.d, req.into_inner()).await?)
     }
 
     async fn exec(&self, _req: Request<ExecRequest>) -> Rpc<ExecResponse> {
@@ -173,14 +150,14 @@ impl RuntimeService for CriRuntime {
         &self,
         req: Request<ContainerStatsRequest>,
     ) -> Rpc<ContainerStatsResponse> {
-        Err(no_container(&req.into_inner().container_id))
+        ok(container::stats(&self.d, req.into_inner()).await?)
     }
 
     async fn list_container_stats(
         &self,
-        _req: Request<ListContainerStatsRequest>,
+        req: Request<ListContainerStatsRequest>,
     ) -> Rpc<ListContainerStatsResponse> {
-        ok(ListContainerStatsResponse { stats: Vec::new() })
+        ok(container::list_stats(&self.d, req.into_inner()).await?)
     }
 
     async fn pod_sandbox_stats(

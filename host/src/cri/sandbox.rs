@@ -1,6 +1,7 @@
 //! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus,
 //! ListPodSandbox.
 
+use crate::cri::container::status_from_container_error;
 use crate::cri::{status_from_pod_error, Daemon};
 use crate::pod::{SandboxRecord, SandboxState};
 use moat_proto::cri::*;
@@ -72,6 +73,14 @@ pub async fn stop(
     d: &Daemon,
     req: StopPodSandboxRequest,
 ) -> Result<StopPodSandboxResponse, Status> {
+    let rec = d
+        .pods
+        .get(&req.pod_sandbox_id)
+        .map_err(status_from_pod_error)?;
+    d.containers
+        .pod_stopping(&rec)
+        .await
+        .map_err(status_from_container_error)?;
     d.pods
         .stop(&req.pod_sandbox_id)
         .await
@@ -93,12 +102,23 @@ pub async fn remove(
     if req.pod_sandbox_id.is_empty() {
         return Err(Status::invalid_argument("pod_sandbox_id: required"));
     }
-    let known = d.pods.get(&req.pod_sandbox_id).is_ok();
+    let known = d.pods.get(&req.pod_sandbox_id).ok();
+    if let Some(rec) = &known {
+        d.containers
+            .pod_stopping(rec)
+            .await
+            .map_err(status_from_container_error)?;
+    }
     d.pods
         .remove(&req.pod_sandbox_id)
         .await
         .map_err(status_from_pod_error)?;
-    if known {
+    if let Some(rec) = &known {
+        d.containers
+            .pod_removed(&rec.id)
+            .map_err(status_from_container_error)?;
+    }
+    if known.is_some() {
         d.events.publish(
             &req.pod_sandbox_id,
             ContainerEventType::ContainerDeletedEvent,
@@ -136,7 +156,7 @@ pub fn status(
     Ok(PodSandboxStatusResponse {
         status: Some(to_status(&rec)),
         info,
-        containers_statuses: Vec::new(),
+        containers_statuses: crate::cri::container::pod_container_statuses(d, &rec.id),
         timestamp: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
     })
 }

@@ -78,12 +78,34 @@ pub struct ImageRecord {
     pub block_image: PathBuf,
     /// Its size in bytes.
     pub block_size: u64,
+    /// The image's `/etc/passwd` (empty if it has none), to resolve user
+    /// names at CreateContainer.
+    #[serde(default)]
+    pub passwd: String,
+    /// The image's `/etc/group` (empty if it has none).
+    #[serde(default)]
+    pub group: String,
 }
 
 impl ImageRecord {
     /// The parsed image config (user, env, entrypoint, cmd, …).
     pub fn config_json(&self) -> serde_json::Value {
         serde_json::from_str(&self.config).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Largest account file (`/etc/passwd`, `/etc/group`) kept from an image.
+const MAX_ACCOUNT_FILE: u64 = 1 << 20;
+
+/// Reads an account file of an unpacked rootfs: a regular file (not a
+/// symlink, which could point out of the rootfs) of bounded size, else "".
+fn account_file(rootfs: &Path, rel: &str) -> String {
+    let path = rootfs.join(rel);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() && m.len() <= MAX_ACCOUNT_FILE => {
+            std::fs::read_to_string(&path).unwrap_or_default()
+        }
+        _ => String::new(),
     }
 }
 
@@ -236,20 +258,23 @@ impl ImageService {
             .filter_map(|d| self.blob_path(d).map(|p| (p, d.clone())))
             .collect();
         let (rootfs2, block2, image2) = (rootfs.clone(), block_image.clone(), image.to_string());
-        let built = tokio::task::spawn_blocking(move || -> Result<u64, ImageError> {
+        let built = tokio::task::spawn_blocking(move || -> Result<(u64, String, String), ImageError> {
             let prep = |reason: String| ImageError::Prepare { image: image2.clone(), reason };
             std::fs::create_dir_all(&rootfs2).map_err(io_err("creating the unpack directory"))?;
             for (i, (path, digest)) in blobs.iter().enumerate() {
                 tracing::info!(image = %image2, layer = %digest, n = i + 1, of = blobs.len(), "applying layer");
                 unpack::apply_layer(&rootfs2, path, digest).map_err(|e| prep(e.to_string()))?;
             }
+            let passwd = account_file(&rootfs2, "etc/passwd");
+            let group = account_file(&rootfs2, "etc/group");
             tracing::info!(image = %image2, "building erofs block image");
-            block::build_erofs(&rootfs2, &block2).map_err(|e| prep(e.to_string()))
+            let size = block::build_erofs(&rootfs2, &block2).map_err(|e| prep(e.to_string()))?;
+            Ok((size, passwd, group))
         })
         .await
         .map_err(|e| ImageError::Prepare { image: image.into(), reason: format!("unpack task: {e}") });
         let _ = std::fs::remove_dir_all(&rootfs);
-        let block_size = built??;
+        let (block_size, passwd, group) = built??;
         Ok(ImageRecord {
             id: id.to_string(),
             repo_tags: Vec::new(),
@@ -259,6 +284,8 @@ impl ImageService {
             config: resolved.config.clone(),
             block_image,
             block_size,
+            passwd,
+            group,
         })
     }
 

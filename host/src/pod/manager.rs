@@ -56,7 +56,8 @@ pub struct Pods {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
-fn new_id() -> Result<String, PodError> {
+/// A new random id (64 hex digits), as CRI ids look.
+pub(crate) fn new_id() -> Result<String, PodError> {
     let mut buf = [0u8; 32];
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
@@ -272,6 +273,7 @@ impl Pods {
             vcpus,
             memory_mib,
             exit_reason: None,
+            guest: Default::default(),
         };
         // Recorded first, so a crash part-way is cleaned up at the next start.
         self.store.put(SANDBOXES, &id, &rec)?;
@@ -355,7 +357,7 @@ impl Pods {
         } else {
             rec.config.hostname.clone()
         };
-        agent
+        let created = agent
             .create_sandbox(moat_proto::agent::CreateSandboxRequest {
                 sandbox_id: rec.id.clone(),
                 hostname,
@@ -371,7 +373,14 @@ impl Pods {
                 share_uts: true,
             })
             .await
-            .map_err(|s| failed(format!("agent CreateSandbox: {}", s.message())))?;
+            .map_err(|s| failed(format!("agent CreateSandbox: {}", s.message())))?
+            .into_inner();
+        rec.guest = super::record::GuestSandbox {
+            namespace_paths: created.namespace_paths.into_iter().collect(),
+            hosts_path: created.hosts_path,
+            resolv_conf_path: created.resolv_conf_path,
+            hostname_path: created.hostname_path,
+        };
         if let (Some((mac, mtu)), Some(cni)) = (guest_nic, &rec.cni) {
             agent
                 .configure_network(guest_network(&mac, mtu, cni))

@@ -46,6 +46,23 @@ pub struct SandboxRecord {
     pub memory_mib: u64,
     /// Why the sandbox stopped, if it did on its own.
     pub exit_reason: Option<String>,
+    /// What the agent set up for the pod inside the guest.
+    #[serde(default)]
+    pub guest: GuestSandbox,
+}
+
+/// The pod's guest-side files and namespaces, as CreateSandbox answered:
+/// containers bind-mount the files and join the namespaces.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GuestSandbox {
+    /// Namespace kind ("ipc", "uts", "pid") → guest path.
+    pub namespace_paths: std::collections::BTreeMap<String, String>,
+    /// The pod's /etc/hosts in the guest.
+    pub hosts_path: String,
+    /// The pod's /etc/resolv.conf in the guest.
+    pub resolv_conf_path: String,
+    /// The pod's /etc/hostname in the guest.
+    pub hostname_path: String,
 }
 
 impl SandboxRecord {
