@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The moat demo: a local registry, moatd serving CRI, and a pod in its own
-# microVM (pull, run, inspect, stats, stop, remove) — directly where the
+# microVM with a container in it (pull, run pod, create and start a
+# container, its logs, an exec, stats, stop, remove) — directly where the
 # host's KVM can run guests, else inside the test node. Run by `make demo`
 # after the artefacts are built.
 set -euo pipefail
@@ -54,13 +55,30 @@ $C images
 
 echo "== 4. run a pod: its own network namespace, a CNI IP, and a microVM with moat-agent as PID 1"
 start=$(date +%s%N)
-pod=$($C runp --name demo --namespace default --label app=demo)
+pod=$($C runp --name demo --namespace default --label app=demo --log-dir "$W/pods")
 echo "RunPodSandbox returned after $(( ($(date +%s%N) - start) / 1000000 )) ms: $pod"
 $C pods
 $C inspectp "$pod"
+
+echo "== 5. a container in the pod: the image attached as a block device, created and started by the agent"
+start=$(date +%s%N)
+ctr=$($C create "$pod" 127.0.0.1:5000/moat/busybox:latest --name hello --memory-mib 64 -- \
+  sh -c 'echo "hello from $(hostname), pid $$ in its own PID namespace"; echo "kernel $(uname -r)"; while true; do sleep 1; done')
+$C start "$ctr" >/dev/null
+echo "CreateContainer + StartContainer took $(( ($(date +%s%N) - start) / 1000000 )) ms: $ctr"
+$C ps
+sleep 1
+echo "-- its log (CRI format at $W/pods/default_demo_default-demo/hello/0.log):"
+$C logs "$ctr"
+echo "-- exec into it:"
+$C exec "$ctr" -- sh -c 'echo "exec sees: $(cat /etc/hostname), $(ps | wc -l) process lines, memory limit $(cat /sys/fs/cgroup/memory.max)"'
+$C stats
 $C statsp
 
-echo "== 5. stop and remove it (VM powered off, network released)"
+echo "== 6. stop the container (SIGTERM, grace period, SIGKILL), remove it, stop and remove the pod"
+$C stop --timeout 2 "$ctr" >/dev/null
+$C inspect "$ctr" | grep -E "state|exit code|reason"
+$C rm "$ctr" >/dev/null
 $C stopp "$pod"
 $C rmp "$pod"
 $C pods

@@ -111,6 +111,11 @@ impl Moatd {
         Ok(())
     }
 
+    /// moatd's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// moatd's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("moatd.log")).unwrap_or_default()

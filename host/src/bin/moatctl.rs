@@ -54,6 +54,9 @@ enum Cmd {
         /// Label key=value (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Root of pod log directories; the pod's is <root>/<namespace>_<name>_<uid>.
+        #[arg(long, default_value = "/var/log/pods")]
+        log_dir: PathBuf,
     },
     /// List pod sandboxes.
     Pods,
@@ -74,6 +77,129 @@ enum Cmd {
     },
     /// Pod sandbox stats.
     Statsp,
+    /// Create a container in a pod; prints its id.
+    Create {
+        /// Pod sandbox id (or unique prefix).
+        pod: String,
+        /// Image reference (pulled already).
+        image: String,
+        /// Container name (default: the image's last path part).
+        #[arg(long)]
+        name: Option<String>,
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(long = "env", short = 'e')]
+        envs: Vec<String>,
+        /// Label key=value (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Host path mounted as HOST:CONTAINER[:ro] (copied into the VM).
+        #[arg(long = "mount")]
+        mounts: Vec<String>,
+        /// Memory limit in MiB.
+        #[arg(long)]
+        memory_mib: Option<i64>,
+        /// Allocate a terminal.
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// Command and arguments (default: the image's).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Start a created container.
+    Start {
+        /// Container id (or unique prefix).
+        id: String,
+    },
+    /// Run a command in a running container and print its output; exits
+    /// with its exit code.
+    Exec {
+        /// Container id (or unique prefix).
+        id: String,
+        /// Seconds before the command is killed (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        timeout: i64,
+        /// Command and arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print a container's log.
+    Logs {
+        /// Container id (or unique prefix).
+        id: String,
+        /// Show the CRI log records as they are (time, stream, tag).
+        #[arg(long)]
+        raw: bool,
+    },
+    /// List containers.
+    Ps {
+        /// Include exited containers.
+        #[arg(long, short = 'a')]
+        all: bool,
+        /// Only containers of this pod.
+        #[arg(long)]
+        pod: Option<String>,
+    },
+    /// Show a container's status.
+    Inspect {
+        /// Container id (or unique prefix).
+        id: String,
+    },
+    /// Stop a container.
+    Stop {
+        /// Container id (or unique prefix).
+        id: String,
+        /// Seconds to wait after the stop signal before SIGKILL.
+        #[arg(long, default_value_t = 10)]
+        timeout: i64,
+    },
+    /// Remove a container.
+    Rm {
+        /// Container id (or unique prefix).
+        id: String,
+    },
+    /// Container stats.
+    Stats,
+}
+
+fn pairs(
+    items: &[String],
+    flag: &str,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    items
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--{flag} {l:?}: expected key=value"))
+        })
+        .collect()
+}
+
+fn container_state_name(state: i32) -> &'static str {
+    match ContainerState::try_from(state) {
+        Ok(ContainerState::ContainerCreated) => "Created",
+        Ok(ContainerState::ContainerRunning) => "Running",
+        Ok(ContainerState::ContainerExited) => "Exited",
+        _ => "Unknown",
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(13)]
+}
+
+/// The text of CRI log records: partial records join the next one.
+fn log_text(content: &str) -> String {
+    let mut out = String::new();
+    for line in content.lines() {
+        let mut parts = line.splitn(4, ' ');
+        let (_, _, tag, text) = (parts.next(), parts.next(), parts.next(), parts.next());
+        out.push_str(text.unwrap_or(""));
+        if tag != Some("P") {
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -171,17 +297,16 @@ async fn main() -> anyhow::Result<()> {
             uid,
             runtime,
             labels,
+            log_dir,
         } => {
-            let labels = labels
-                .iter()
-                .map(|l| {
-                    l.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .ok_or_else(|| anyhow::anyhow!("--label {l:?}: expected key=value"))
-                })
-                .collect::<anyhow::Result<_>>()?;
+            let labels = pairs(&labels, "label")?;
             let uid = uid.unwrap_or_else(|| format!("{namespace}-{name}"));
+            let log_directory = log_dir
+                .join(format!("{namespace}_{name}_{uid}"))
+                .display()
+                .to_string();
             let config = PodSandboxConfig {
+                log_directory,
                 metadata: Some(PodSandboxMetadata {
                     name: name.clone(),
                     uid,
@@ -277,6 +402,240 @@ async fn main() -> anyhow::Result<()> {
                 println!("{:<15} {cpu:>12} {mem:>12}", &id[..id.len().min(13)]);
             }
         }
+        Cmd::Create {
+            pod,
+            image,
+            name,
+            envs,
+            labels,
+            mounts,
+            memory_mib,
+            tty,
+            command,
+        } => {
+            let pod_status = rt
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: pod,
+                    verbose: false,
+                })
+                .await?
+                .into_inner()
+                .status
+                .unwrap_or_default();
+            let name = name.unwrap_or_else(|| {
+                let last = image.rsplit('/').next().unwrap_or(&image);
+                last.split([':', '@']).next().unwrap_or(last).to_string()
+            });
+            let envs = pairs(&envs, "env")?
+                .into_iter()
+                .map(|(key, value)| KeyValue { key, value })
+                .collect();
+            let mounts = mounts
+                .iter()
+                .map(|m| {
+                    let parts: Vec<&str> = m.split(':').collect();
+                    match parts.as_slice() {
+                        [h, c] => Ok((h, c, false)),
+                        [h, c, "ro"] => Ok((h, c, true)),
+                        _ => Err(anyhow::anyhow!(
+                            "--mount {m:?}: expected HOST:CONTAINER[:ro]"
+                        )),
+                    }
+                    .map(|(h, c, ro)| Mount {
+                        host_path: h.to_string(),
+                        container_path: c.to_string(),
+                        readonly: ro,
+                        ..Default::default()
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let config = ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: name.clone(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image,
+                    ..Default::default()
+                }),
+                command,
+                envs,
+                mounts,
+                labels: pairs(&labels, "label")?,
+                log_path: format!("{name}/0.log"),
+                tty,
+                linux: Some(LinuxContainerConfig {
+                    resources: memory_mib.map(|m| LinuxContainerResources {
+                        memory_limit_in_bytes: m << 20,
+                        ..Default::default()
+                    }),
+                    security_context: None,
+                }),
+                ..Default::default()
+            };
+            let r = rt
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod_status.id,
+                    config: Some(config),
+                    sandbox_config: None,
+                })
+                .await?
+                .into_inner();
+            println!("{}", r.container_id);
+        }
+        Cmd::Start { id } => {
+            rt.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            println!("{id}");
+        }
+        Cmd::Exec {
+            id,
+            timeout,
+            command,
+        } => {
+            let r = rt
+                .exec_sync(ExecSyncRequest {
+                    container_id: id,
+                    cmd: command,
+                    timeout,
+                })
+                .await?
+                .into_inner();
+            use std::io::Write;
+            std::io::stdout().write_all(&r.stdout)?;
+            std::io::stderr().write_all(&r.stderr)?;
+            if r.exit_code != 0 {
+                std::process::exit(r.exit_code.clamp(1, 255));
+            }
+        }
+        Cmd::Logs { id, raw } => {
+            let s = rt
+                .container_status(ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: false,
+                })
+                .await?
+                .into_inner()
+                .status
+                .unwrap_or_default();
+            if s.log_path.is_empty() {
+                anyhow::bail!("container {id} has no log path");
+            }
+            let content = std::fs::read_to_string(&s.log_path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", s.log_path))?;
+            if raw {
+                print!("{content}");
+            } else {
+                print!("{}", log_text(&content));
+            }
+        }
+        Cmd::Ps { all, pod } => {
+            let filter = ContainerFilter {
+                pod_sandbox_id: pod.unwrap_or_default(),
+                state: (!all).then_some(ContainerStateValue {
+                    state: ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            };
+            let r = rt
+                .list_containers(ListContainersRequest {
+                    filter: Some(filter),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{:<15} {:<30} {:<10} {:<20} POD ID",
+                "CONTAINER", "IMAGE", "STATE", "NAME"
+            );
+            for c in r.containers {
+                println!(
+                    "{:<15} {:<30} {:<10} {:<20} {}",
+                    short(&c.id),
+                    c.image.map(|i| i.image).unwrap_or_default(),
+                    container_state_name(c.state),
+                    c.metadata.map(|m| m.name).unwrap_or_default(),
+                    short(&c.pod_sandbox_id)
+                );
+            }
+        }
+        Cmd::Inspect { id } => {
+            let r = rt
+                .container_status(ContainerStatusRequest {
+                    container_id: id,
+                    verbose: false,
+                })
+                .await?
+                .into_inner();
+            let s = r.status.unwrap_or_default();
+            println!(
+                "id: {}\nname: {}\nstate: {}\nimage: {}\nimage id: {}\nexit code: {}\nreason: {}\nmessage: {}\nlog: {}",
+                s.id,
+                s.metadata.map(|m| m.name).unwrap_or_default(),
+                container_state_name(s.state),
+                s.image.map(|i| i.image).unwrap_or_default(),
+                s.image_id,
+                s.exit_code,
+                s.reason,
+                s.message,
+                s.log_path
+            );
+        }
+        Cmd::Stop { id, timeout } => {
+            rt.stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout,
+            })
+            .await?;
+            println!("{id}");
+        }
+        Cmd::Rm { id } => {
+            rt.remove_container(RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            println!("{id}");
+        }
+        Cmd::Stats => {
+            let r = rt
+                .list_container_stats(ListContainerStatsRequest::default())
+                .await?
+                .into_inner();
+            println!(
+                "{:<15} {:<20} {:>12} {:>12}",
+                "CONTAINER", "NAME", "CPU (ms)", "MEM (MiB)"
+            );
+            for s in r.stats {
+                let attr = s.attributes.unwrap_or_default();
+                let cpu = s
+                    .cpu
+                    .and_then(|c| c.usage_core_nano_seconds)
+                    .map(|v| v.value / 1_000_000)
+                    .unwrap_or(0);
+                let mem = s
+                    .memory
+                    .and_then(|m| m.working_set_bytes)
+                    .map(|v| v.value as f64 / 1048576.0)
+                    .unwrap_or(0.0);
+                println!(
+                    "{:<15} {:<20} {cpu:>12} {mem:>12.1}",
+                    short(&attr.id),
+                    attr.metadata.map(|m| m.name).unwrap_or_default()
+                );
+            }
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_records_join_partials() {
+        let c = "2026-01-01T00:00:00.1Z stdout P hel\n2026-01-01T00:00:00.2Z stdout F lo\n2026-01-01T00:00:00.3Z stderr F x y\n";
+        assert_eq!(log_text(c), "hello\nx y\n");
+    }
 }

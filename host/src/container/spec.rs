@@ -493,8 +493,8 @@ fn ns(typ: LinuxNamespaceType, path: Option<&String>) -> LinuxNamespace {
     n
 }
 
-/// The namespaces: a new mount namespace; PID, IPC and UTS joined from the
-/// pod (or new, or the guest's, as the CRI namespace options say). The
+/// The namespaces: new mount and cgroup namespaces; PID, IPC and UTS joined
+/// from the pod (or new, or the guest's, as the CRI namespace options say). The
 /// network namespace is the guest's: the whole VM is the pod.
 fn namespaces(
     sc: Option<&LinuxContainerSecurityContext>,
@@ -541,6 +541,9 @@ fn namespaces(
         LinuxNamespaceType::Uts,
         guest.namespace_paths.get("uts"),
     ));
+    // Its own cgroup namespace: /sys/fs/cgroup shows the container's cgroup
+    // as the root, as containerd does on cgroup v2.
+    out.push(ns(LinuxNamespaceType::Cgroup, None));
     Ok(out)
 }
 
@@ -876,8 +879,7 @@ mod tests {
                     ..Default::default()
                 }),
                 seccomp: Some(SecurityProfile {
-                    profile_type: moat_proto::cri::security_profile::ProfileType::Unconfined
-                        as i32,
+                    profile_type: moat_proto::cri::security_profile::ProfileType::Unconfined as i32,
                     localhost_ref: String::new(),
                 }),
                 readonly_rootfs: true,
@@ -915,6 +917,7 @@ mod tests {
             .iter()
             .any(|n| n["type"] == "pid" && n.get("path").is_none()));
         assert!(!nss.iter().any(|n| n["type"] == "network"));
+        assert!(nss.iter().any(|n| n["type"] == "cgroup"), "{nss:?}");
         let mounts = v["mounts"].as_array().unwrap();
         let hosts: Vec<_> = mounts
             .iter()
