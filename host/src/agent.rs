@@ -7,8 +7,23 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// Connects a tonic channel to the agent of the VM whose vsock Unix socket
 /// is `uds`. Each (re)connection does a fresh CONNECT handshake.
 pub async fn connect(uds: PathBuf, port: u32) -> anyhow::Result<AgentClient<Channel>> {
+    connect_with(uds, port, None).await
+}
+
+/// Like [`connect`], with a limit on every call of the channel (for unary
+/// calls that must not wait on a stuck guest forever; not for long waits
+/// or output streams).
+pub async fn connect_with(
+    uds: PathBuf,
+    port: u32,
+    call_timeout: Option<std::time::Duration>,
+) -> anyhow::Result<AgentClient<Channel>> {
     // The URI is required by tonic but unused: the connector below dials.
-    let channel = Endpoint::try_from("http://agent.vsock")?
+    let mut endpoint = Endpoint::try_from("http://agent.vsock")?;
+    if let Some(t) = call_timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let uds = uds.clone();
             async move {

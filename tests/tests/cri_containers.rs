@@ -814,6 +814,21 @@ fn footprint(m: &Moatd) -> Footprint {
     }
 }
 
+/// One step of the loop, with a time limit that fails with moatd's log.
+async fn step<T>(m: &Moatd, i: usize, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(120), fut).await {
+        Ok(v) => v,
+        Err(_) => {
+            let log = m.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "pod {i}: {what} did not finish in 120 s; moatd log (last lines, newest first):\n{}",
+                tail.join("\n")
+            )
+        }
+    }
+}
+
 fn twenty_pods_body() {
     runtime().block_on(async {
         let m = Moatd::start("").expect("moatd");
@@ -835,36 +850,72 @@ fn twenty_pods_body() {
         let before = footprint(&m);
         let started = Instant::now();
         for i in 0..20 {
+            let t = Instant::now();
             let name = format!("p{i}");
-            let pod = run_pod(&mut rt, &m, pod_config(&name, &logs)).await;
-            let c = create(
-                &mut rt,
-                &pod,
-                container_config(&m, "c", "echo up; sleep 1000"),
+            let pod = step(
+                &m,
+                i,
+                "RunPodSandbox",
+                run_pod(&mut rt, &m, pod_config(&name, &logs)),
+            )
+            .await;
+            let c = step(
+                &m,
+                i,
+                "CreateContainer",
+                create(
+                    &mut rt,
+                    &pod,
+                    container_config(&m, "c", "echo up; sleep 1000"),
+                ),
             )
             .await
             .unwrap_or_else(|e| panic!("pod {i}: CreateContainer: {e:?}\n{}", m.log()));
-            start(&mut rt, &c).await;
-            assert_eq!(exec_ok(&mut rt, &c, "hostname").await, name);
-            rt.stop_container(StopContainerRequest {
-                container_id: c.clone(),
-                timeout: 1,
-            })
+            step(&m, i, "StartContainer", start(&mut rt, &c)).await;
+            assert_eq!(
+                step(&m, i, "ExecSync", exec_ok(&mut rt, &c, "hostname")).await,
+                name
+            );
+            step(
+                &m,
+                i,
+                "StopContainer",
+                rt.stop_container(StopContainerRequest {
+                    container_id: c.clone(),
+                    timeout: 1,
+                }),
+            )
             .await
             .unwrap();
-            rt.remove_container(RemoveContainerRequest { container_id: c })
-                .await
-                .unwrap();
-            rt.stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
+            step(
+                &m,
+                i,
+                "RemoveContainer",
+                rt.remove_container(RemoveContainerRequest { container_id: c }),
+            )
             .await
             .unwrap();
-            rt.remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod,
-            })
+            step(
+                &m,
+                i,
+                "StopPodSandbox",
+                rt.stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                }),
+            )
             .await
             .unwrap();
+            step(
+                &m,
+                i,
+                "RemovePodSandbox",
+                rt.remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: pod,
+                }),
+            )
+            .await
+            .unwrap();
+            println!("pod {i}: {:.1} s", t.elapsed().as_secs_f64());
         }
         println!(
             "20 pods with a container each, created and removed in {:.1} s",

@@ -44,14 +44,23 @@ fn agent_err(what: &str) -> impl Fn(tonic::Status) -> ContainerError + '_ {
     move |s| ContainerError::from_agent(what, s)
 }
 
+/// The two channels to one agent.
+#[derive(Clone)]
+struct AgentChannels {
+    bounded: AgentClient<Channel>,
+    unbounded: AgentClient<Channel>,
+}
+
 /// A log file shared by a container's output pumps and ReopenContainerLog.
 type SharedLog = Arc<StdMutex<CriLogWriter>>;
 
 struct Inner {
     store: Store,
     events: EventBus,
-    /// One agent channel per pod VM (HTTP/2, multiplexed).
-    agents: StdMutex<HashMap<String, AgentClient<Channel>>>,
+    /// Agent channels per pod VM (HTTP/2, multiplexed): one whose calls
+    /// time out after [`AGENT_CALL`], one without a limit for waits and
+    /// output streams.
+    agents: StdMutex<HashMap<String, AgentChannels>>,
     /// Open logs of running containers.
     logs: StdMutex<HashMap<String, SharedLog>>,
     /// Serializes slot allocation and lifecycle changes within one pod.
@@ -547,7 +556,8 @@ impl Containers {
     }
 
     /// Called when a pod is removed: forgets its containers.
-    pub fn pod_removed(&self, sandbox_id: &str) -> Result<(), ContainerError> {
+    pub async fn pod_removed(&self, sandbox_id: &str) -> Result<(), ContainerError> {
+        self.inner.pod_locks.lock().await.remove(sandbox_id);
         for rec in self
             .list()?
             .into_iter()
@@ -662,21 +672,22 @@ impl Containers {
             })
             .await
             .map_err(agent_err("agent ExecProcess"))?;
+        let streams = waiter_of(&self.inner, sb).await?;
         let out = copy_output(
-            agent.clone(),
+            streams.clone(),
             rec.id.clone(),
             exec_id.clone(),
             OutputStream::Stdout,
             OutputCap::new(EXEC_SYNC_OUTPUT_CAP),
         );
         let err = copy_output(
-            agent.clone(),
+            streams.clone(),
             rec.id.clone(),
             exec_id.clone(),
             OutputStream::Stderr,
             OutputCap::new(EXEC_SYNC_OUTPUT_CAP),
         );
-        let mut waiter = agent.clone();
+        let mut waiter = streams;
         let run = async {
             let (o, e, w) = tokio::join!(
                 out,
@@ -790,10 +801,23 @@ fn lock_log(inner: &Inner, id: &str, log: Option<SharedLog>) {
     }
 }
 
+/// The agent of a pod's VM: its channel with call time limits.
 async fn agent_of(
     inner: &Inner,
     sb: &SandboxRecord,
 ) -> Result<AgentClient<Channel>, ContainerError> {
+    Ok(channels_of(inner, sb).await?.bounded)
+}
+
+/// The agent of a pod's VM: its channel without call time limits.
+async fn waiter_of(
+    inner: &Inner,
+    sb: &SandboxRecord,
+) -> Result<AgentClient<Channel>, ContainerError> {
+    Ok(channels_of(inner, sb).await?.unbounded)
+}
+
+async fn channels_of(inner: &Inner, sb: &SandboxRecord) -> Result<AgentChannels, ContainerError> {
     if let Some(a) = inner
         .agents
         .lock()
@@ -802,17 +826,23 @@ async fn agent_of(
     {
         return Ok(a);
     }
-    let client = tokio::time::timeout(
-        Duration::from_secs(10),
-        crate::agent::connect(sb.vm_paths.vsock(), moat_proto::AGENT_VSOCK_PORT),
-    )
-    .await
-    .map_err(|_| ContainerError::Failed(format!("pod {}: the agent did not answer", sb.id)))?
-    .map_err(|e| ContainerError::Failed(format!("pod {}: reaching the agent: {e:#}", sb.id)))?;
+    let dial = |limit| async move {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::agent::connect_with(sb.vm_paths.vsock(), moat_proto::AGENT_VSOCK_PORT, limit),
+        )
+        .await
+        .map_err(|_| ContainerError::Failed(format!("pod {}: the agent did not answer", sb.id)))?
+        .map_err(|e| ContainerError::Failed(format!("pod {}: reaching the agent: {e:#}", sb.id)))
+    };
+    let channels = AgentChannels {
+        bounded: dial(Some(AGENT_CALL)).await?,
+        unbounded: dial(None).await?,
+    };
     if let Ok(mut m) = inner.agents.lock() {
-        m.insert(sb.id.clone(), client.clone());
+        m.insert(sb.id.clone(), channels.clone());
     }
-    Ok(client)
+    Ok(channels)
 }
 
 /// Reads a `Localhost` seccomp profile named by the request.
@@ -882,7 +912,7 @@ async fn monitor(
     }
     let mut failures = 0u32;
     let outcome = loop {
-        let mut agent = match agent_of(&inner, &sb).await {
+        let mut agent = match waiter_of(&inner, &sb).await {
             Ok(a) => a,
             Err(e) => {
                 if !sb.vm.is_some_and(|v| v.is_alive()) {
@@ -973,7 +1003,7 @@ fn inner_agent_source(inner: Arc<Inner>, sb: SandboxRecord) -> super::io::AgentS
             if !sb.vm.is_some_and(|v| v.is_alive()) {
                 return None;
             }
-            agent_of(&inner, &sb).await.ok()
+            waiter_of(&inner, &sb).await.ok()
         })
     })
 }

@@ -116,6 +116,7 @@ pub async fn remove(
     if let Some(rec) = &known {
         d.containers
             .pod_removed(&rec.id)
+            .await
             .map_err(status_from_container_error)?;
     }
     if known.is_some() {

@@ -357,8 +357,11 @@ impl Pods {
         } else {
             rec.config.hostname.clone()
         };
-        let created = agent
-            .create_sandbox(moat_proto::agent::CreateSandboxRequest {
+        let limit = Duration::from_secs(30);
+        let late = |what: &str| failed(format!("agent {what}: no answer within 30 s"));
+        let created = tokio::time::timeout(
+            limit,
+            agent.create_sandbox(moat_proto::agent::CreateSandboxRequest {
                 sandbox_id: rec.id.clone(),
                 hostname,
                 dns: Some(moat_proto::agent::DnsConfig {
@@ -371,10 +374,12 @@ impl Pods {
                 share_ipc,
                 share_pid,
                 share_uts: true,
-            })
-            .await
-            .map_err(|s| failed(format!("agent CreateSandbox: {}", s.message())))?
-            .into_inner();
+            }),
+        )
+        .await
+        .map_err(|_| late("CreateSandbox"))?
+        .map_err(|s| failed(format!("agent CreateSandbox: {}", s.message())))?
+        .into_inner();
         rec.guest = super::record::GuestSandbox {
             namespace_paths: created.namespace_paths.into_iter().collect(),
             hosts_path: created.hosts_path,
@@ -382,10 +387,13 @@ impl Pods {
             hostname_path: created.hostname_path,
         };
         if let (Some((mac, mtu)), Some(cni)) = (guest_nic, &rec.cni) {
-            agent
-                .configure_network(guest_network(&mac, mtu, cni))
-                .await
-                .map_err(|s| failed(format!("agent ConfigureNetwork: {}", s.message())))?;
+            tokio::time::timeout(
+                limit,
+                agent.configure_network(guest_network(&mac, mtu, cni)),
+            )
+            .await
+            .map_err(|_| late("ConfigureNetwork"))?
+            .map_err(|s| failed(format!("agent ConfigureNetwork: {}", s.message())))?;
         }
         tracing::info!(id = %rec.id, agent_ready_ms = booted_ms, ms = started.elapsed().as_millis() as u64, "pod sandbox ready");
         Ok(())

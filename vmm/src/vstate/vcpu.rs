@@ -155,9 +155,11 @@ impl VcpuControl {
                 // VMM runs); the handler is installed.
                 unsafe { libc::pthread_kill(*t, kick_signal()) };
             }
+            // One kick per vCPU, then time to park: a kick is only needed
+            // again if it raced with a vCPU entering KVM_RUN.
             parked = self
                 .cv
-                .wait_timeout(parked, Duration::from_millis(1))
+                .wait_timeout(parked, Duration::from_millis(20))
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
