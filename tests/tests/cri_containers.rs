@@ -464,6 +464,19 @@ fn kubelet_sequence_body() {
             .stats;
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].attributes.as_ref().unwrap().id, app);
+        let pod_stats = rt
+            .pod_sandbox_stats(PodSandboxStatsRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap()
+            .linux
+            .unwrap();
+        assert!(pod_stats.memory.unwrap().working_set_bytes.unwrap().value > 1 << 20);
+        assert_eq!(pod_stats.containers.len(), 1, "the pod's container stats");
 
         // UpdateContainerResources reaches the guest's cgroup.
         rt.update_container_resources(UpdateContainerResourcesRequest {

@@ -34,7 +34,7 @@ use tonic::transport::Channel;
 pub const EXEC_SYNC_OUTPUT_CAP: usize = 16 << 20;
 
 /// How long the agent may take to answer one lifecycle call.
-const AGENT_CALL: Duration = Duration::from_secs(30);
+const AGENT_CALL: Duration = Duration::from_secs(60);
 
 fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
@@ -264,7 +264,7 @@ impl Containers {
                 rootfs: Some(BlockDevice {
                     id: Some(block_device::Id::Serial(format!("moat-blk-{slot}"))),
                     fstype: "erofs".into(),
-                    timeout_ms: 10_000,
+                    timeout_ms: 30_000,
                 }),
                 scratch_size_bytes: 0,
                 stdin: config.stdin,

@@ -426,6 +426,23 @@ async fn stats_of(
     })
 }
 
+/// Stats of a pod's running containers (PodSandboxStats); containers
+/// whose stats cannot be read are left out.
+pub async fn pod_container_stats(d: &Daemon, sb: &SandboxRecord) -> Vec<ContainerStats> {
+    let mut out = Vec::new();
+    let recs = d.containers.list().unwrap_or_default();
+    for rec in recs
+        .iter()
+        .filter(|r| r.sandbox_id == sb.id && r.state == ContainerState::Running)
+    {
+        match stats_of(d, rec, sb).await {
+            Ok(s) => out.push(s),
+            Err(e) => tracing::debug!(id = %rec.id, "container stats: {e}"),
+        }
+    }
+    out
+}
+
 /// ContainerStats.
 pub async fn stats(
     d: &Daemon,

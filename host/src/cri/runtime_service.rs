@@ -164,14 +164,14 @@ impl RuntimeService for CriRuntime {
         &self,
         req: Request<PodSandboxStatsRequest>,
     ) -> Rpc<PodSandboxStatsResponse> {
-        ok(stats::pod_sandbox_stats(&self.d, req.into_inner())?)
+        ok(stats::pod_sandbox_stats(&self.d, req.into_inner()).await?)
     }
 
     async fn list_pod_sandbox_stats(
         &self,
         req: Request<ListPodSandboxStatsRequest>,
     ) -> Rpc<ListPodSandboxStatsResponse> {
-        ok(stats::list_pod_sandbox_stats(&self.d, req.into_inner())?)
+        ok(stats::list_pod_sandbox_stats(&self.d, req.into_inner()).await?)
     }
 
     async fn update_runtime_config(

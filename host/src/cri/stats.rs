@@ -1,5 +1,6 @@
 //! Pod sandbox stats from the host side of the VM: the VMM process's CPU
-//! time and resident memory (guest memory the guest has touched included).
+//! time and resident memory (guest memory the guest has touched included),
+//! with each running container's usage from the guest's cgroups.
 
 use crate::cri::{status_from_pod_error, Daemon};
 use crate::pod::SandboxRecord;
@@ -79,8 +80,17 @@ pub fn sandbox_stats(rec: &SandboxRecord) -> PodSandboxStats {
     }
 }
 
+/// A sandbox's stats with those of its running containers (from the guest).
+async fn with_containers(d: &Daemon, rec: &SandboxRecord) -> PodSandboxStats {
+    let mut stats = sandbox_stats(rec);
+    if let Some(linux) = stats.linux.as_mut() {
+        linux.containers = crate::cri::container::pod_container_stats(d, rec).await;
+    }
+    stats
+}
+
 /// PodSandboxStats.
-pub fn pod_sandbox_stats(
+pub async fn pod_sandbox_stats(
     d: &Daemon,
     req: PodSandboxStatsRequest,
 ) -> Result<PodSandboxStatsResponse, Status> {
@@ -89,21 +99,21 @@ pub fn pod_sandbox_stats(
         .get(&req.pod_sandbox_id)
         .map_err(status_from_pod_error)?;
     Ok(PodSandboxStatsResponse {
-        stats: Some(sandbox_stats(&rec)),
+        stats: Some(with_containers(d, &rec).await),
     })
 }
 
 /// ListPodSandboxStats.
-pub fn list_pod_sandbox_stats(
+pub async fn list_pod_sandbox_stats(
     d: &Daemon,
     req: ListPodSandboxStatsRequest,
 ) -> Result<ListPodSandboxStatsResponse, Status> {
     let filter = req.filter.unwrap_or_default();
-    let stats = d
+    let pods: Vec<SandboxRecord> = d
         .pods
         .list()
         .map_err(status_from_pod_error)?
-        .iter()
+        .into_iter()
         .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))
         .filter(|r| {
             filter
@@ -111,8 +121,11 @@ pub fn list_pod_sandbox_stats(
                 .iter()
                 .all(|(k, v)| r.config.labels.get(k) == Some(v))
         })
-        .map(sandbox_stats)
         .collect();
+    let mut stats = Vec::new();
+    for rec in &pods {
+        stats.push(with_containers(d, rec).await);
+    }
     Ok(ListPodSandboxStatsResponse { stats })
 }
 
