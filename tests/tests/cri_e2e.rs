@@ -95,6 +95,32 @@ fn runtime_info_and_image_service() {
         rt.update_runtime_config(UpdateRuntimeConfigRequest::default())
             .await
             .unwrap();
+        // moat exposes no extra metrics: both metric RPCs answer empty lists.
+        assert!(rt
+            .list_metric_descriptors(ListMetricDescriptorsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .descriptors
+            .is_empty());
+        assert!(rt
+            .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_metrics
+            .is_empty());
+        // The streaming endpoints say clearly that they are not served yet.
+        let e = rt.exec(ExecRequest::default()).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented);
+        assert!(e.message().contains("streaming"), "{e:?}");
+        let e = rt.attach(AttachRequest::default()).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented);
+        let e = rt
+            .port_forward(PortForwardRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented);
 
         // Images: pull, list, status (verbose), fs info, remove.
         let busybox = m.registry.busybox();
