@@ -81,6 +81,14 @@ pub enum NodeError {
         /// Everything the node printed.
         console: String,
     },
+    /// The node's own kernel locked up (a CPU stuck for a minute or more,
+    /// as its soft-lockup watchdog reports): a fault of the emulated
+    /// machine, not of the command. The node was killed.
+    #[error("the test node's kernel locked up and the node was killed; console:\n{console}")]
+    Lockup {
+        /// Everything the node printed.
+        console: String,
+    },
     /// The node stopped without reporting the command's exit status.
     #[error("test node exited ({qemu_status}) without reporting the command's status; console:\n{console}")]
     NoStatus {
@@ -334,6 +342,16 @@ impl NodeConfig {
         });
         let deadline = started + self.timeout;
         let exit = loop {
+            let locked_up = state.lock().map(|s| s.lockup).unwrap_or(false);
+            if locked_up {
+                drop(guard);
+                if let Some(r) = reader {
+                    let _ = r.join();
+                }
+                return Err(NodeError::Lockup {
+                    console: take_console(&state),
+                });
+            }
             match guard.0.try_wait() {
                 Ok(Some(status)) => break status,
                 Ok(None) if Instant::now() >= deadline => {
@@ -398,7 +416,20 @@ struct ConsoleState {
     output: String,
     in_command: bool,
     begun_at: Option<Duration>,
+    lockup: bool,
 }
+
+/// Seconds a CPU of the node has been stuck if `line` is the node kernel's
+/// soft-lockup report (`watchdog: BUG: soft lockup - CPU#1 stuck for 52s!`).
+fn soft_lockup_secs(line: &str) -> Option<u64> {
+    let rest = line.split("watchdog: BUG: soft lockup").nth(1)?;
+    let after = rest.split("stuck for ").nth(1)?;
+    after.split('s').next()?.trim().parse().ok()
+}
+
+/// A CPU stuck this long means the node is gone (a short report can come
+/// from a starved emulator and heal).
+const LOCKUP_SECS: u64 = 60;
 
 fn take_console(state: &Mutex<ConsoleState>) -> String {
     state.lock().map(|s| s.console.clone()).unwrap_or_default()
@@ -425,6 +456,9 @@ fn read_console(
             eprintln!("[node] {line}");
         }
         let Ok(mut s) = state.lock() else { break };
+        if soft_lockup_secs(&line).is_some_and(|secs| secs >= LOCKUP_SECS) {
+            s.lockup = true;
+        }
         s.console.push_str(&line);
         s.console.push('\n');
         if line.contains(BEGIN_MARK) {
@@ -537,6 +571,20 @@ poweroff -f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn soft_lockup_reports_are_recognised() {
+        assert_eq!(
+            soft_lockup_secs(
+                "[   96.883080] watchdog: BUG: soft lockup - CPU#1 stuck for 52s! [kthreadd:2]"
+            ),
+            Some(52)
+        );
+        assert_eq!(
+            soft_lockup_secs("[    1.0] random line stuck for 99s!"),
+            None
+        );
+    }
 
     #[test]
     fn quotes_for_sh() {

@@ -26,8 +26,23 @@ pub fn run_vm_script(script: &str, timeout: Duration) -> anyhow::Result<VmRun> {
         VmSupport::Node { .. } => {
             let mut cfg = NodeConfig::detect()?;
             cfg.timeout = timeout;
-            let out = cfg.run(script).map_err(|e| match e {
-                NodeError::Timeout { .. } | NodeError::NoStatus { .. } => anyhow::anyhow!("{e}"),
+            let mut result = cfg.run(script);
+            if let Err(NodeError::Lockup { console }) = &result {
+                // The emulated machine failed, not the command: say so and
+                // run the command once more in a fresh node.
+                let tail: Vec<&str> = console.lines().rev().take(5).collect();
+                eprintln!(
+                    "moat: the test node's kernel locked up (emulator fault); running again in a fresh node. Last console lines:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+                result = cfg.run(script);
+            }
+            let out = result.map_err(|e| match e {
+                NodeError::Timeout { .. }
+                | NodeError::NoStatus { .. }
+                | NodeError::Lockup { .. } => {
+                    anyhow::anyhow!("{e}")
+                }
                 other => other.into(),
             })?;
             Ok(VmRun {
