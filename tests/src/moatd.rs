@@ -24,6 +24,15 @@ pub struct Moatd {
     child: Option<Child>,
 }
 
+/// The tokio runtime the CRI tests drive their clients on.
+pub fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// Pids of running moat-vmm processes (to check for leaks).
 pub fn vmm_pids() -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {

@@ -9,7 +9,7 @@
 
 use moat_proto::cri::runtime_service_client::RuntimeServiceClient;
 use moat_proto::cri::*;
-use moat_tests::moatd::{vmm_pids, Moatd};
+use moat_tests::moatd::{tokio_runtime, vmm_pids, Moatd};
 use moat_tests::vm::run_where_vms_boot;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,14 +19,6 @@ use tonic::Code;
 const TIMEOUT: Duration = Duration::from_secs(1200);
 
 type Rt = RuntimeServiceClient<Channel>;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 fn pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {
     PodSandboxConfig {
@@ -211,7 +203,7 @@ async fn attached_slots(rt: &mut Rt, pod: &str) -> usize {
 }
 
 fn kubelet_sequence_body() {
-    runtime().block_on(async {
+    tokio_runtime().block_on(async {
         let m = Moatd::start("").expect("moatd");
         let mut rt = m.runtime().await.unwrap();
         let logs = m.dir.path().join("pods");
@@ -715,7 +707,7 @@ fn kubelet_sequence_with_containers_inner() {
 }
 
 fn restart_body() {
-    runtime().block_on(async {
+    tokio_runtime().block_on(async {
         let mut m = Moatd::start("").expect("moatd");
         let mut rt = m.runtime().await.unwrap();
         let logs = m.dir.path().join("pods");
@@ -843,7 +835,7 @@ async fn step<T>(m: &Moatd, i: usize, what: &str, fut: impl std::future::Future<
 }
 
 fn twenty_pods_body() {
-    runtime().block_on(async {
+    tokio_runtime().block_on(async {
         let m = Moatd::start("").expect("moatd");
         let mut rt = m.runtime().await.unwrap();
         let logs = m.dir.path().join("pods");

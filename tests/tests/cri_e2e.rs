@@ -4,21 +4,13 @@
 //! Needs `make artifacts` and release builds of moatd and moat-vmm.
 
 use moat_proto::cri::*;
-use moat_tests::moatd::{vmm_pids, Moatd};
+use moat_tests::moatd::{tokio_runtime, vmm_pids, Moatd};
 use moat_tests::vm::run_where_vms_boot;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
 const TIMEOUT: Duration = Duration::from_secs(900);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 fn pod_config(name: &str, labels: &[(&str, &str)]) -> PodSandboxConfig {
     PodSandboxConfig {
@@ -54,7 +46,7 @@ fn image(name: &str) -> Option<ImageSpec> {
 /// Runtime info and images need no VM: they run on any host.
 #[test]
 fn runtime_info_and_image_service() {
-    rt().block_on(async {
+    tokio_runtime().block_on(async {
         let m = Moatd::start("").expect("moatd");
         let mut rt = m.runtime().await.unwrap();
         let mut img = m.images().await.unwrap();
@@ -230,7 +222,7 @@ fn runtime_info_and_image_service() {
 /// runs on any host.
 #[test]
 fn bad_sandbox_requests_and_a_vm_that_cannot_boot() {
-    rt().block_on(async {
+    tokio_runtime().block_on(async {
         // A handler whose "kernel" is not an ELF file: moat-vmm exits at once.
         let bogus = std::env::temp_dir().join(format!("moat-not-a-kernel-{}", std::process::id()));
         std::fs::write(&bogus, b"not a kernel").unwrap();
@@ -336,7 +328,7 @@ fn bad_sandbox_requests_and_a_vm_that_cannot_boot() {
 }
 
 fn pod_lifecycle_body() {
-    rt().block_on(async {
+    tokio_runtime().block_on(async {
         let m = Moatd::start("").expect("moatd");
         let mut rt = m.runtime().await.unwrap();
         let mut events = rt
@@ -534,7 +526,7 @@ fn pod_sandbox_lifecycle_in_microvms_inner() {
 }
 
 fn restart_body() {
-    rt().block_on(async {
+    tokio_runtime().block_on(async {
         let mut m = Moatd::start("").expect("moatd");
         let mut rt = m.runtime().await.unwrap();
         let id = rt

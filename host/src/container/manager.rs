@@ -15,7 +15,7 @@ use crate::cri::events::EventBus;
 use crate::image::ImageRecord;
 use crate::logs::cri_log::CriLogWriter;
 use crate::pod::{SandboxRecord, SandboxState};
-use crate::store::{Store, CONTAINERS};
+use crate::store::{Found, Store, CONTAINERS};
 use crate::vm::ControlClient;
 use moat_proto::agent::agent_client::AgentClient;
 use moat_proto::agent::{
@@ -121,13 +121,7 @@ impl Containers {
 
     /// Every container record.
     pub fn list(&self) -> Result<Vec<ContainerRecord>, ContainerError> {
-        Ok(self
-            .inner
-            .store
-            .list::<ContainerRecord>(CONTAINERS)?
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect())
+        Ok(self.inner.store.values(CONTAINERS)?)
     }
 
     /// One container by full id or unique prefix.
@@ -135,16 +129,12 @@ impl Containers {
         if id.is_empty() {
             return Err(ContainerError::Invalid("container_id: required".into()));
         }
-        if let Some(r) = self.inner.store.get::<ContainerRecord>(CONTAINERS, id)? {
-            return Ok(r);
-        }
-        let mut m = self.list()?.into_iter().filter(|r| r.id.starts_with(id));
-        match (m.next(), m.next()) {
-            (Some(r), None) => Ok(r),
-            (Some(_), Some(_)) => Err(ContainerError::Invalid(format!(
+        match self.inner.store.find(CONTAINERS, id)? {
+            Found::One(r) => Ok(r),
+            Found::Ambiguous => Err(ContainerError::Invalid(format!(
                 "container_id: {id:?} is ambiguous"
             ))),
-            _ => Err(ContainerError::NotFound(id.to_string())),
+            Found::None => Err(ContainerError::NotFound(id.to_string())),
         }
     }
 
@@ -364,7 +354,7 @@ impl Containers {
         rec.started_at = now_ns();
         self.put(&rec)?;
         if let Some(log) = &log {
-            lock_log(&self.inner, &rec.id, Some(log.clone()));
+            set_log(&self.inner, &rec.id, Some(log.clone()));
         }
         tracing::info!(id = %rec.id, ms = started.elapsed().as_millis() as u64,
             since_create_ms = (rec.started_at - rec.created_at) / 1_000_000, "container started");
@@ -495,7 +485,7 @@ impl Containers {
                     .map_err(|e| ContainerError::Failed(format!("detaching the image: {e:#}")))?;
             }
         }
-        lock_log(&self.inner, &rec.id, None);
+        set_log(&self.inner, &rec.id, None);
         if let Ok(mut s) = self.inner.cpu_samples.lock() {
             s.remove(&rec.id);
         }
@@ -547,7 +537,7 @@ impl Containers {
                     );
                 }
             }
-            lock_log(&self.inner, &rec.id, None);
+            set_log(&self.inner, &rec.id, None);
         }
         if let Ok(mut a) = self.inner.agents.lock() {
             a.remove(&sb.id);
@@ -563,7 +553,7 @@ impl Containers {
             .into_iter()
             .filter(|r| r.sandbox_id == sandbox_id)
         {
-            lock_log(&self.inner, &rec.id, None);
+            set_log(&self.inner, &rec.id, None);
             self.inner.store.delete(CONTAINERS, &rec.id)?;
             self.inner
                 .events
@@ -593,7 +583,7 @@ impl Containers {
                     None => None,
                 };
                 if let Some(l) = &log {
-                    lock_log(&self.inner, &rec.id, Some(l.clone()));
+                    set_log(&self.inner, &rec.id, Some(l.clone()));
                 }
                 tracing::info!(id = %rec.id, "watching a running container again");
                 tokio::spawn(monitor(self.inner.clone(), rec, sb.clone(), log));
@@ -788,7 +778,7 @@ fn mark_exited(rec: &mut ContainerRecord, code: i32, reason: &str, message: &str
 }
 
 /// Sets (or with None drops) the open log of a container.
-fn lock_log(inner: &Inner, id: &str, log: Option<SharedLog>) {
+fn set_log(inner: &Inner, id: &str, log: Option<SharedLog>) {
     if let Ok(mut logs) = inner.logs.lock() {
         match log {
             Some(l) => {
@@ -991,7 +981,7 @@ async fn monitor(
             .events
             .publish(&id, ContainerEventType::ContainerStoppedEvent, None);
     }
-    lock_log(&inner, &id, None);
+    set_log(&inner, &id, None);
 }
 
 /// Where output pumps get (and re-get) their agent channel.

@@ -291,12 +291,7 @@ impl ImageService {
 
     /// Every image.
     pub fn list(&self) -> Result<Vec<ImageRecord>, ImageError> {
-        Ok(self
-            .store
-            .list::<ImageRecord>(IMAGES)?
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect())
+        Ok(self.store.values(IMAGES)?)
     }
 
     /// Finds an image by id (`sha256:…` or bare hex), by `name:tag` (short

@@ -8,7 +8,7 @@ use super::sizing::vm_size;
 use crate::config::Config;
 use crate::network::cni::Attachment;
 use crate::network::{tap, CniNetwork, NetNs};
-use crate::store::{Store, StoreError, SANDBOXES};
+use crate::store::{Found, Store, StoreError, SANDBOXES};
 use crate::vm::launch::{launch, wait_for_agent};
 use crate::vm::{ControlClient, VmPaths, VmSpec};
 use moat_proto::cri::{NamespaceMode, PodSandboxConfig, PodSandboxMetadata};
@@ -198,12 +198,7 @@ impl Pods {
 
     /// Every sandbox record.
     pub fn list(&self) -> Result<Vec<SandboxRecord>, PodError> {
-        Ok(self
-            .store
-            .list::<SandboxRecord>(SANDBOXES)?
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect())
+        Ok(self.store.values(SANDBOXES)?)
     }
 
     /// One sandbox by full id or unique id prefix.
@@ -211,16 +206,12 @@ impl Pods {
         if id.is_empty() {
             return Err(PodError::Invalid("pod_sandbox_id: required".into()));
         }
-        if let Some(r) = self.store.get::<SandboxRecord>(SANDBOXES, id)? {
-            return Ok(r);
-        }
-        let mut matches = self.list()?.into_iter().filter(|r| r.id.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some(r), None) => Ok(r),
-            (Some(_), Some(_)) => Err(PodError::Invalid(format!(
+        match self.store.find(SANDBOXES, id)? {
+            Found::One(r) => Ok(r),
+            Found::Ambiguous => Err(PodError::Invalid(format!(
                 "pod_sandbox_id: {id:?} is ambiguous"
             ))),
-            _ => Err(PodError::NotFound(id.to_string())),
+            Found::None => Err(PodError::NotFound(id.to_string())),
         }
     }
 
