@@ -71,7 +71,7 @@ impl Moatd {
         std::fs::write(d.join("net.d/10-moat.conflist"), cni.to_string())?;
         let socket = d.join("moat.sock");
         let config = format!(
-            "socket = {socket:?}\nstate_dir = {state:?}\nrun_dir = {run:?}\nlog_dir = {log:?}\ncni_conf_dir = {net:?}\nagent_timeout_secs = 120\n\
+            "socket = {socket:?}\nstate_dir = {state:?}\nrun_dir = {run:?}\nlog_dir = {log:?}\ncni_conf_dir = {net:?}\nagent_timeout_secs = 50\n\
              [runtime_handlers.microvm]\nkernel = {kernel:?}\ninitramfs = {initrd:?}\nvmm = {vmm:?}\ndefault_memory_mib = 256\n{extra_toml}\n",
             state = d.join("state"),
             run = d.join("run"),

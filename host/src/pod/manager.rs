@@ -33,6 +33,9 @@ pub enum PodError {
     /// Setting the sandbox up failed (Internal).
     #[error("{0}")]
     Failed(String),
+    /// The VM booted but its agent never answered (Internal).
+    #[error("{0}")]
+    BootTimeout(String),
     /// The state store failed (Internal).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -270,18 +273,28 @@ impl Pods {
         self.store.put(SANDBOXES, &id, &rec)?;
         let md = rec.metadata();
         tracing::info!(%id, pod = %md.name, namespace = %md.namespace, vcpus, memory_mib, "creating pod sandbox");
-        match self.bring_up(&mut rec, &handler).await {
-            Ok(()) => {
-                rec.state = SandboxState::Ready;
-                self.store.put(SANDBOXES, &id, &rec)?;
-                Ok(id)
-            }
-            Err(e) => {
-                tracing::warn!(%id, "pod sandbox failed to start: {e}");
-                self.tear_down(&mut rec).await;
-                let _ = std::fs::remove_dir_all(&rec.vm_paths.dir);
-                self.store.delete(SANDBOXES, &id)?;
-                Err(e)
+        let mut boots = 0;
+        loop {
+            boots += 1;
+            match self.bring_up(&mut rec, &handler).await {
+                Ok(()) => {
+                    rec.state = SandboxState::Ready;
+                    self.store.put(SANDBOXES, &id, &rec)?;
+                    return Ok(id);
+                }
+                Err(e) => {
+                    tracing::warn!(%id, "pod sandbox failed to start: {e}");
+                    self.tear_down(&mut rec).await;
+                    let _ = std::fs::remove_dir_all(&rec.vm_paths.dir);
+                    // A guest that hung while booting gets one fresh VM; a
+                    // VM that failed outright does not.
+                    if matches!(e, PodError::BootTimeout(_)) && boots < 2 {
+                        tracing::warn!(%id, "the pod VM hung while booting; booting a new one");
+                        continue;
+                    }
+                    self.store.delete(SANDBOXES, &id)?;
+                    return Err(e);
+                }
             }
         }
     }
@@ -334,7 +347,12 @@ impl Pods {
         let timeout = Duration::from_secs(self.config.agent_timeout_secs);
         let mut agent = wait_for_agent(&rec.vm_paths, &mut child, timeout)
             .await
-            .map_err(|e| failed(format!("{e:#}")))?;
+            .map_err(
+                |e| match e.downcast_ref::<crate::vm::launch::AgentTimeout>() {
+                    Some(t) => PodError::BootTimeout(t.to_string()),
+                    None => failed(format!("{e:#}")),
+                },
+            )?;
         // moatd reaps its own child; after a restart the VMM is watched by pid.
         tokio::spawn(async move {
             let _ = child.wait().await;

@@ -177,6 +177,19 @@ pub fn tail(path: &Path, n: usize) -> String {
 }
 
 /// Waits until the agent answers a Ping, or the VMM dies, or `timeout`.
+/// The VM runs but its agent did not answer in time (a guest that hung
+/// while booting).
+#[derive(Debug, thiserror::Error)]
+#[error("the pod VM's agent did not answer within {secs} s (last error: {last_err}); console:\n{console}")]
+pub struct AgentTimeout {
+    /// The wait.
+    pub secs: u64,
+    /// The last connection error.
+    pub last_err: String,
+    /// The console's last lines.
+    pub console: String,
+}
+
 pub async fn wait_for_agent(
     paths: &VmPaths,
     child: &mut tokio::process::Child,
@@ -207,11 +220,12 @@ pub async fn wait_for_agent(
             }
         }
         if Instant::now() >= deadline {
-            anyhow::bail!(
-                "the pod VM's agent did not answer within {} s (last error: {last_err}); console:\n{}",
-                timeout.as_secs(),
-                tail(&paths.console(), 20)
-            );
+            return Err(AgentTimeout {
+                secs: timeout.as_secs(),
+                last_err,
+                console: tail(&paths.console(), 20),
+            }
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
