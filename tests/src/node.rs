@@ -74,18 +74,26 @@ pub enum NodeError {
         source: std::io::Error,
     },
     /// The node did not finish within the time limit; it was killed.
-    #[error("test node timed out after {secs} s and was killed; console:\n{console}")]
+    #[error("test node timed out after {secs} s and was killed; processes in the node at that time:\n{processes}\nconsole:\n{console}")]
     Timeout {
         /// The limit.
         secs: u64,
+        /// The node's process list taken just before it was killed
+        /// (pid, state, wait channel, command line), if it answered.
+        processes: String,
         /// Everything the node printed.
         console: String,
     },
     /// The node's own kernel locked up (a CPU stuck for a minute or more,
-    /// as its soft-lockup watchdog reports): a fault of the emulated
-    /// machine, not of the command. The node was killed.
-    #[error("the test node's kernel locked up and the node was killed; console:\n{console}")]
+    /// as its soft-lockup watchdog reports, or its heartbeat stopped): a
+    /// fault of the emulated machine, not of the command. The node was
+    /// killed.
+    #[error(
+        "the test node's kernel locked up ({why}) and the node was killed; console:\n{console}"
+    )]
     Lockup {
+        /// What showed it.
+        why: String,
         /// Everything the node printed.
         console: String,
     },
@@ -121,6 +129,9 @@ pub struct NodeConfig {
     pub cpus: u32,
     /// Time limit for boot plus command.
     pub timeout: Duration,
+    /// How long the node's heartbeat may stay still before the node counts
+    /// as locked up and is killed.
+    pub heartbeat_silence: Duration,
     /// Copy every console line to stderr as it arrives.
     pub echo_console: bool,
     /// Copy the command's output to stdout as it arrives.
@@ -223,6 +234,7 @@ impl NodeConfig {
             memory_mib: env_u64("MOAT_NODE_MEMORY_MIB").unwrap_or(3072) as u32,
             cpus: 2,
             timeout: Duration::from_secs(env_u64("MOAT_NODE_TIMEOUT_SECS").unwrap_or(600)),
+            heartbeat_silence: HEARTBEAT_SILENCE,
             echo_console: false,
             echo_output: false,
         })
@@ -341,20 +353,30 @@ impl NodeConfig {
             })
         });
         let deadline = started + self.timeout;
+        let heartbeat = sdir.join("alive");
+        let mut beat = Beat::new(started);
         let exit = loop {
             let locked_up = state.lock().map(|s| s.lockup).unwrap_or(false);
-            if locked_up {
+            let silent = beat.silent_for(&heartbeat);
+            if locked_up || silent >= self.heartbeat_silence {
                 drop(guard);
                 if let Some(r) = reader {
                     let _ = r.join();
                 }
+                let why = if locked_up {
+                    format!("a CPU stuck for {} s or more", LOCKUP_SECS)
+                } else {
+                    format!("no heartbeat for {} s", silent.as_secs())
+                };
                 return Err(NodeError::Lockup {
+                    why,
                     console: take_console(&state),
                 });
             }
             match guard.0.try_wait() {
                 Ok(Some(status)) => break status,
                 Ok(None) if Instant::now() >= deadline => {
+                    let processes = request_process_list(sdir);
                     drop(guard);
                     if let Some(r) = reader {
                         let _ = r.join();
@@ -362,6 +384,7 @@ impl NodeConfig {
                     let console = take_console(&state);
                     return Err(NodeError::Timeout {
                         secs: self.timeout.as_secs(),
+                        processes,
                         console,
                     });
                 }
@@ -396,6 +419,62 @@ impl NodeConfig {
             }),
         }
     }
+}
+
+/// How long the node's heartbeat (a counter its init writes to the scratch
+/// share every few seconds, `alive`) may stay still before the node counts
+/// as dead, unless the config says otherwise.
+/// A live node under full load still beats: the writer runs at the highest
+/// priority. Boot counts as silence, and takes a few seconds.
+const HEARTBEAT_SILENCE: Duration = Duration::from_secs(120);
+
+/// Tracks when the node's heartbeat file last changed.
+struct Beat {
+    last_seen: Option<std::time::SystemTime>,
+    changed_at: Instant,
+    checked_at: Instant,
+}
+
+impl Beat {
+    fn new(started: Instant) -> Self {
+        Beat {
+            last_seen: None,
+            changed_at: started,
+            checked_at: started,
+        }
+    }
+
+    /// How long the heartbeat at `path` has not changed (checked at most
+    /// once a second).
+    fn silent_for(&mut self, path: &Path) -> Duration {
+        let now = Instant::now();
+        if now.duration_since(self.checked_at) >= Duration::from_secs(1) {
+            self.checked_at = now;
+            let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if stamp.is_some() && stamp != self.last_seen {
+                self.last_seen = stamp;
+                self.changed_at = now;
+            }
+        }
+        now.duration_since(self.changed_at)
+    }
+}
+
+/// Asks the node's init for its process list (through the scratch share)
+/// and waits briefly for the answer; what a hung command was doing.
+fn request_process_list(sdir: &Path) -> String {
+    let answer = sdir.join("processes.txt");
+    if std::fs::write(sdir.join("dump"), b"").is_err() {
+        return "(could not ask the node)".into();
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        if let Ok(text) = std::fs::read_to_string(&answer) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    "(the node did not answer)".into()
 }
 
 /// Kills and reaps QEMU if the harness returns early.
@@ -559,6 +638,29 @@ mkdir -p /host$scratch
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 scratch /host$scratch || say "mounting the scratch share failed"
 ip link set lo up 2>/dev/null
 [ -e /dev/kvm ] || say "/dev/kvm is missing"
+# Heartbeat for the harness (a node whose emulated CPUs stopped goes
+# silent), and the process list when the harness asks for it.
+beat() {
+  n=0
+  while :; do
+    sleep 5
+    n=$((n + 1))
+    echo $n > /host$scratch/alive
+    if [ -e /host$scratch/dump ]; then
+      rm -f /host$scratch/dump
+      { cat /proc/loadavg; grep -E 'MemTotal|MemAvailable' /proc/meminfo
+        for d in /proc/[0-9]*; do
+          p=${d#/proc/}
+          st=$(cut -d' ' -f3 $d/stat 2>/dev/null)
+          echo "$p $st $(cat $d/wchan 2>/dev/null) $(tr '\0' ' ' < $d/cmdline 2>/dev/null | cut -c1-200)"
+        done; } > /host$scratch/processes.tmp 2>&1
+      mv /host$scratch/processes.tmp /host$scratch/processes.txt
+    fi
+  done
+}
+beat < /dev/null > /dev/null 2>&1 &
+echo $! > /host$scratch/beat.pid
+renice -n -20 -p $! > /dev/null 2>&1
 echo "@@moat-node:begin@@" > /dev/console
 chroot /host /bin/sh -c ". $scratch/env.sh && exec /bin/sh $scratch/cmd.sh" < /dev/null > /dev/console 2>&1
 rc=$?

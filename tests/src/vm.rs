@@ -18,6 +18,10 @@ pub struct VmRun {
     pub elapsed: Duration,
 }
 
+/// How many times a command is run again in a fresh test node after the
+/// node itself locked up.
+const NODE_RETRIES: usize = 2;
+
 /// Runs `script` with `sh` where KVM guests can boot, failing clearly if
 /// neither the host nor the test node can run them.
 pub fn run_vm_script(script: &str, timeout: Duration) -> anyhow::Result<VmRun> {
@@ -27,12 +31,15 @@ pub fn run_vm_script(script: &str, timeout: Duration) -> anyhow::Result<VmRun> {
             let mut cfg = NodeConfig::detect()?;
             cfg.timeout = timeout;
             let mut result = cfg.run(script);
-            if let Err(NodeError::Lockup { console }) = &result {
+            for _ in 0..NODE_RETRIES {
+                let Err(NodeError::Lockup { why, console }) = &result else {
+                    break;
+                };
                 // The emulated machine failed, not the command: say so and
-                // run the command once more in a fresh node.
+                // run the command again in a fresh node.
                 let tail: Vec<&str> = console.lines().rev().take(5).collect();
                 eprintln!(
-                    "moat: the test node's kernel locked up (emulator fault); running again in a fresh node. Last console lines:\n{}",
+                    "moat: the test node's kernel locked up ({why}; an emulator fault); running again in a fresh node. Last console lines:\n{}",
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
                 result = cfg.run(script);

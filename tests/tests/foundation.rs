@@ -59,15 +59,50 @@ fn hung_node_is_killed_at_the_time_limit_with_its_console_kept() {
     node.timeout = Duration::from_secs(20);
     let started = std::time::Instant::now();
     match node.run("echo about-to-hang; sleep 3600") {
-        Err(NodeError::Timeout { secs, console }) => {
+        Err(NodeError::Timeout {
+            secs,
+            processes,
+            console,
+        }) => {
             assert_eq!(secs, 20);
             assert!(
                 console.contains("about-to-hang"),
                 "console not kept:\n{console}"
             );
-            assert!(started.elapsed() < Duration::from_secs(40));
+            assert!(
+                processes.contains("sleep 3600"),
+                "the hung command is not in the node's process list:\n{processes}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(60));
         }
         other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+/// A node that stops beating (here: its heartbeat writer is frozen, as when
+/// the emulated CPUs stop) is reported as locked up and killed long before
+/// the time limit.
+#[test]
+fn silent_node_is_reported_as_locked_up() {
+    let Ok(mut node) = NodeConfig::detect() else {
+        assert!(
+            matches!(probe(), VmSupport::Direct { .. }),
+            "the test node is required here"
+        );
+        return;
+    };
+    node.timeout = Duration::from_secs(300);
+    node.heartbeat_silence = Duration::from_secs(15);
+    let started = std::time::Instant::now();
+    let script = "s=$(sed -n 's/.*moat_scratch=\\([^ ]*\\).*/\\1/p' /proc/cmdline); \
+                  kill -STOP $(cat $s/beat.pid) && echo frozen; sleep 3600";
+    match node.run(script) {
+        Err(NodeError::Lockup { why, console }) => {
+            assert!(why.contains("no heartbeat"), "{why}");
+            assert!(console.contains("frozen"), "console:\n{console}");
+            assert!(started.elapsed() < Duration::from_secs(120));
+        }
+        other => panic!("expected a lockup, got {other:?}"),
     }
 }
 
