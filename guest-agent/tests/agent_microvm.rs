@@ -6,9 +6,9 @@
 //!
 //! Needs (and fails loudly without): `build/vmlinux` (make artifacts),
 //! `target/release/moat-vmm` and `moat-rootfs` (cargo build --release), and
-//! the static agent `target/x86_64-unknown-linux-gnu/release/moat-agent`
-//! (RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p
-//! moat-agent --target x86_64-unknown-linux-gnu). Runs inside the test node
+//! the static agent `target/x86_64-unknown-linux-gnu/guest/moat-agent`
+//! (RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile guest -p
+//! moat-agent --target x86_64-unknown-linux-gnu, as `make agent` does). Runs inside the test node
 //! unless `MOAT_AGENT_TEST_DIRECT=1` (a host with working KVM).
 
 mod common;
@@ -50,8 +50,8 @@ fn agent_in_a_moat_vmm_microvm() {
         "run `cargo build --release -p moat-rootfs`",
     );
     let agent = require(
-        target.join("x86_64-unknown-linux-gnu/release/moat-agent"),
-        "build the static agent: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p moat-agent --target x86_64-unknown-linux-gnu",
+        target.join("x86_64-unknown-linux-gnu/guest/moat-agent"),
+        "build the static agent: RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile guest -p moat-agent --target x86_64-unknown-linux-gnu (or `make agent`)",
     );
     assert_fresh(&agent);
     let direct = matches!(

@@ -234,7 +234,9 @@ impl NodeConfig {
             memory_mib: env_u64("MOAT_NODE_MEMORY_MIB").unwrap_or(3072) as u32,
             cpus: 2,
             timeout: Duration::from_secs(env_u64("MOAT_NODE_TIMEOUT_SECS").unwrap_or(600)),
-            heartbeat_silence: HEARTBEAT_SILENCE,
+            heartbeat_silence: env_u64("MOAT_NODE_HEARTBEAT_SECS")
+                .map(Duration::from_secs)
+                .unwrap_or(HEARTBEAT_SILENCE),
             echo_console: false,
             echo_output: false,
         })

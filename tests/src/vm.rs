@@ -3,6 +3,7 @@
 
 use crate::node::{NodeConfig, NodeError};
 use crate::probe::{probe, VmSupport};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// Output of a script run in a VM-capable environment.
@@ -38,7 +39,10 @@ pub fn run_vm_script(script: &str, timeout: Duration) -> anyhow::Result<VmRun> {
                 // The emulated machine failed, not the command: say so and
                 // run the command again in a fresh node.
                 let tail: Vec<&str> = console.lines().rev().take(5).collect();
-                eprintln!(
+                // Straight to stderr, past the test harness's capture, so a
+                // retry shows in the log of a passing run too.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "moat: the test node's kernel locked up ({why}; an emulator fault); running again in a fresh node. Last console lines:\n{}",
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );

@@ -117,17 +117,28 @@ struct PendingDevice {
 
 /// Builds the VM described by `config` and starts its vCPUs.
 pub fn build(config: VmConfig, process_start: Instant) -> Result<Vmm, BuildError> {
+    let phase = |what: &str| {
+        tracing::debug!(
+            "{what} {} us after process start",
+            process_start.elapsed().as_micros()
+        )
+    };
+    phase("building");
     config.validate()?;
     arch::check_host()?;
     let vm = Vm::new()?;
+    phase("VM created");
     let mem_size = config.memory_mib << 20;
     let mem = create_guest_memory(config.memory_mib)?;
     vm.register_memory(&mem)?;
+    phase("memory registered");
     let entry = arch::load_kernel(&mem, &config.kernel)?;
+    phase("kernel loaded");
     let initrd = match &config.initrd {
         Some(p) => Some(arch::load_initrd(&mem, mem_size, p)?),
         None => None,
     };
+    phase("initramfs loaded");
 
     let exit = Arc::new(ExitRequest::new().map_err(dev_err)?);
     let mut event_loop = EventLoop::new().map_err(dev_err)?;
@@ -256,8 +267,10 @@ pub fn build(config: VmConfig, process_start: Instant) -> Result<Vmm, BuildError
         });
     }
 
+    phase("devices set up");
     let cmdline = build_cmdline(&config, &mmio_slots)?;
     arch::configure_system(&mem, mem_size, &cmdline, initrd, config.cpus)?;
+    phase("boot tables written");
 
     let buses = Arc::new(buses);
     let control = VcpuControl::new()?;
@@ -276,6 +289,7 @@ pub fn build(config: VmConfig, process_start: Instant) -> Result<Vmm, BuildError
         v.configure(&base_cpuid, config.cpus, (i == 0).then_some(entry))?;
         vcpus.push(v);
     }
+    phase("vCPUs configured");
     let mut handles = Vec::new();
     for v in vcpus {
         handles.push(v.start(process_start)?);

@@ -73,11 +73,17 @@ impl Vm {
         &self.fd
     }
 
-    /// CPUID leaves KVM supports on this host.
+    /// CPUID leaves KVM supports on this host, plus the TSC-deadline timer
+    /// where KVM emulates it.
     pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
-        self.kvm
+        let mut cpuid = self
+            .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))
+            .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        if self.kvm.check_extension(Cap::TscDeadlineTimer) {
+            crate::arch::x86_64::cpuid::offer_tsc_deadline(cpuid.as_mut_slice());
+        }
+        Ok(cpuid)
     }
 
     /// Maximum vCPUs KVM allows.
