@@ -8,8 +8,9 @@
 //! `target/release/moat-vmm` and `moat-rootfs` (cargo build --release), and
 //! the static agent `target/x86_64-unknown-linux-gnu/guest/moat-agent`
 //! (RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile guest -p
-//! moat-agent --target x86_64-unknown-linux-gnu, as `make agent` does). Runs inside the test node
-//! unless `MOAT_AGENT_TEST_DIRECT=1` (a host with working KVM).
+//! moat-agent --target x86_64-unknown-linux-gnu, as `make agent` does).
+//! Runs inside the test node unless `MOAT_AGENT_TEST_DIRECT=1` (a host with
+//! working KVM).
 
 mod common;
 

@@ -361,29 +361,19 @@ impl NodeConfig {
             let locked_up = state.lock().map(|s| s.lockup).unwrap_or(false);
             let silent = beat.silent_for(&heartbeat);
             if locked_up || silent >= self.heartbeat_silence {
-                drop(guard);
-                if let Some(r) = reader {
-                    let _ = r.join();
-                }
+                let console = stop(guard, reader, &state);
                 let why = if locked_up {
                     format!("a CPU stuck for {} s or more", LOCKUP_SECS)
                 } else {
                     format!("no heartbeat for {} s", silent.as_secs())
                 };
-                return Err(NodeError::Lockup {
-                    why,
-                    console: take_console(&state),
-                });
+                return Err(NodeError::Lockup { why, console });
             }
             match guard.0.try_wait() {
                 Ok(Some(status)) => break status,
                 Ok(None) if Instant::now() >= deadline => {
                     let processes = request_process_list(sdir);
-                    drop(guard);
-                    if let Some(r) = reader {
-                        let _ = r.join();
-                    }
-                    let console = take_console(&state);
+                    let console = stop(guard, reader, &state);
                     return Err(NodeError::Timeout {
                         secs: self.timeout.as_secs(),
                         processes,
@@ -477,6 +467,20 @@ fn request_process_list(sdir: &Path) -> String {
         std::thread::sleep(Duration::from_millis(200));
     }
     "(the node did not answer)".into()
+}
+
+/// Kills the node early and returns everything it printed (once the console
+/// reader has seen QEMU's output end).
+fn stop(
+    guard: KillOnDrop<'_>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    state: &Mutex<ConsoleState>,
+) -> String {
+    drop(guard);
+    if let Some(r) = reader {
+        let _ = r.join();
+    }
+    take_console(state)
 }
 
 /// Kills and reaps QEMU if the harness returns early.

@@ -8,6 +8,21 @@ use moat_tests::probe::{probe, VmSupport};
 use moat_tests::vm::run_vm_script;
 use std::time::Duration;
 
+/// The test node's config, or None on a host with hardware virtualization,
+/// where the node is optional (anywhere else it must be available).
+fn node_or_direct() -> Option<NodeConfig> {
+    match NodeConfig::detect() {
+        Ok(node) => Some(node),
+        Err(e) => {
+            assert!(
+                matches!(probe(), VmSupport::Direct { .. }),
+                "the test node is required here: {e}"
+            );
+            None
+        }
+    }
+}
+
 #[test]
 fn probe_reports_a_vm_capable_environment() {
     let support = probe();
@@ -20,12 +35,7 @@ fn probe_reports_a_vm_capable_environment() {
 
 #[test]
 fn node_runs_a_command_with_kvm_and_returns_its_status() {
-    let Ok(mut node) = NodeConfig::detect() else {
-        // On a host with hardware virtualization the node is optional.
-        assert!(
-            matches!(probe(), VmSupport::Direct { .. }),
-            "the test node is required here"
-        );
+    let Some(mut node) = node_or_direct() else {
         return;
     };
     node.timeout = Duration::from_secs(120);
@@ -49,11 +59,7 @@ fn node_runs_a_command_with_kvm_and_returns_its_status() {
 
 #[test]
 fn hung_node_is_killed_at_the_time_limit_with_its_console_kept() {
-    let Ok(mut node) = NodeConfig::detect() else {
-        assert!(
-            matches!(probe(), VmSupport::Direct { .. }),
-            "the test node is required here"
-        );
+    let Some(mut node) = node_or_direct() else {
         return;
     };
     node.timeout = Duration::from_secs(20);
@@ -84,11 +90,7 @@ fn hung_node_is_killed_at_the_time_limit_with_its_console_kept() {
 /// the time limit.
 #[test]
 fn silent_node_is_reported_as_locked_up() {
-    let Ok(mut node) = NodeConfig::detect() else {
-        assert!(
-            matches!(probe(), VmSupport::Direct { .. }),
-            "the test node is required here"
-        );
+    let Some(mut node) = node_or_direct() else {
         return;
     };
     node.timeout = Duration::from_secs(300);

@@ -426,12 +426,15 @@ async fn stats_of(
     })
 }
 
-/// Stats of a pod's running containers (PodSandboxStats); containers
-/// whose stats cannot be read are left out.
-pub async fn pod_container_stats(d: &Daemon, sb: &SandboxRecord) -> Vec<ContainerStats> {
+/// Stats of a pod's running containers among `containers` (PodSandboxStats);
+/// containers whose stats cannot be read are left out.
+pub async fn pod_container_stats(
+    d: &Daemon,
+    sb: &SandboxRecord,
+    containers: &[ContainerRecord],
+) -> Vec<ContainerStats> {
     let mut out = Vec::new();
-    let recs = d.containers.list().unwrap_or_default();
-    for rec in recs
+    for rec in containers
         .iter()
         .filter(|r| r.sandbox_id == sb.id && r.state == ContainerState::Running)
     {

@@ -2,6 +2,7 @@
 //! time and resident memory (guest memory the guest has touched included),
 //! with each running container's usage from the guest's cgroups.
 
+use crate::container::ContainerRecord;
 use crate::cri::{status_from_pod_error, Daemon};
 use crate::pod::SandboxRecord;
 use moat_proto::cri::*;
@@ -80,13 +81,24 @@ pub fn sandbox_stats(rec: &SandboxRecord) -> PodSandboxStats {
     }
 }
 
-/// A sandbox's stats with those of its running containers (from the guest).
-async fn with_containers(d: &Daemon, rec: &SandboxRecord) -> PodSandboxStats {
+/// A sandbox's stats with those of its running containers among
+/// `containers` (from the guest).
+async fn with_containers(
+    d: &Daemon,
+    rec: &SandboxRecord,
+    containers: &[ContainerRecord],
+) -> PodSandboxStats {
     let mut stats = sandbox_stats(rec);
     if let Some(linux) = stats.linux.as_mut() {
-        linux.containers = crate::cri::container::pod_container_stats(d, rec).await;
+        linux.containers = crate::cri::container::pod_container_stats(d, rec, containers).await;
     }
     stats
+}
+
+/// Every container record, for the pods' container stats; a store that
+/// cannot be read leaves them out rather than failing the pod stats.
+fn all_containers(d: &Daemon) -> Vec<ContainerRecord> {
+    d.containers.list().unwrap_or_default()
 }
 
 /// PodSandboxStats.
@@ -99,7 +111,7 @@ pub async fn pod_sandbox_stats(
         .get(&req.pod_sandbox_id)
         .map_err(status_from_pod_error)?;
     Ok(PodSandboxStatsResponse {
-        stats: Some(with_containers(d, &rec).await),
+        stats: Some(with_containers(d, &rec, &all_containers(d)).await),
     })
 }
 
@@ -122,9 +134,10 @@ pub async fn list_pod_sandbox_stats(
                 .all(|(k, v)| r.config.labels.get(k) == Some(v))
         })
         .collect();
+    let containers = all_containers(d);
     let mut stats = Vec::new();
     for rec in &pods {
-        stats.push(with_containers(d, rec).await);
+        stats.push(with_containers(d, rec, &containers).await);
     }
     Ok(ListPodSandboxStatsResponse { stats })
 }
