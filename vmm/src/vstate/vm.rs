@@ -73,17 +73,11 @@ impl Vm {
         &self.fd
     }
 
-    /// CPUID leaves KVM supports on this host, plus the TSC-deadline timer
-    /// where KVM emulates it.
+    /// CPUID leaves KVM supports on this host.
     pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
-        let mut cpuid = self
-            .kvm
+        self.kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-        if self.kvm.check_extension(Cap::TscDeadlineTimer) {
-            crate::arch::x86_64::cpuid::offer_tsc_deadline(cpuid.as_mut_slice());
-        }
-        Ok(cpuid)
+            .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))
     }
 
     /// Maximum vCPUs KVM allows.

@@ -12,7 +12,6 @@ const LEAF_AMD_SIZE: u32 = 0x8000_0008;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR_BIT: u32 = 1 << 31;
-const ECX_TSC_DEADLINE_BIT: u32 = 1 << 24;
 const EDX_HTT_BIT: u32 = 1 << 28;
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
@@ -23,17 +22,6 @@ fn id_bits(n: u32) -> u32 {
         0
     } else {
         32 - (n - 1).leading_zeros()
-    }
-}
-
-/// Offers the TSC-deadline timer, which KVM emulates but reports through
-/// `KVM_CAP_TSC_DEADLINE_TIMER` rather than in its supported CPUID. With it
-/// the guest arms its local APIC timer directly instead of calibrating the
-/// timer against another clock at boot, which takes a tenth of a second or
-/// more.
-pub fn offer_tsc_deadline(entries: &mut [kvm_cpuid_entry2]) {
-    for e in entries.iter_mut().filter(|e| e.function == LEAF_FEATURES) {
-        e.ecx |= ECX_TSC_DEADLINE_BIT;
     }
 }
 
@@ -145,13 +133,5 @@ mod tests {
         assert_eq!(id_bits(2), 1);
         assert_eq!(id_bits(3), 2);
         assert_eq!(id_bits(8), 3);
-    }
-
-    #[test]
-    fn tsc_deadline_is_offered_in_leaf_1_only() {
-        let mut e = vec![entry(1, 0), entry(0xb, 0)];
-        offer_tsc_deadline(&mut e);
-        assert_ne!(e[0].ecx & ECX_TSC_DEADLINE_BIT, 0);
-        assert_eq!(e[1].ecx, 0);
     }
 }
