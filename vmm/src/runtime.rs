@@ -316,6 +316,7 @@ impl Vmm {
             "uptime_ms": self.p.start.elapsed().as_millis() as u64,
             "vsock": self.p.config.vsock.as_ref().map(|v| serde_json::json!({"uds": v.uds, "cid": v.cid})),
             "slots": slots,
+            "registers": self.p.control.paused_registers(),
         })
     }
 
@@ -329,6 +330,7 @@ impl Vmm {
         serde_json::json!({
             "exits": self.p.counters.to_json(),
             "devices": devices,
+            "memory": crate::vstate::memory::rss_split(&self.p.mem),
         })
     }
 

@@ -2,6 +2,7 @@
 
 pub mod boot_params;
 pub mod cpuid;
+pub mod dump;
 pub mod gdt;
 pub mod layout;
 pub mod mptable;
@@ -15,6 +16,7 @@ use kvm_ioctls::VcpuFd;
 use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::vstate::mapped_file::MappedFileReader;
 use layout::{CMDLINE_START, HIMEM_START};
 
 /// Errors loading the kernel/initramfs or writing boot structures.
@@ -95,18 +97,27 @@ pub fn check_cpuinfo(info: &str) -> Result<(), HostError> {
     }
 }
 
-/// Loads an ELF `vmlinux` into guest memory; returns the 64-bit entry point.
+/// Loads an ELF `vmlinux` into guest memory, its page-aligned segments
+/// mapped rather than copied; returns the 64-bit entry point.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, BootError> {
-    let mut file = File::open(path).map_err(|err| BootError::KernelFile {
+    let file_err = |err| BootError::KernelFile {
         path: path.display().to_string(),
         err,
-    })?;
-    let res = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+    };
+    let file = File::open(path).map_err(file_err)?;
+    let mut reader = MappedFileReader::new(file, mem).map_err(file_err)?;
+    let res = Elf::load(mem, None, &mut reader, Some(GuestAddress(HIMEM_START)))
         .map_err(BootError::KernelLoad)?;
+    tracing::debug!(
+        "kernel: {} of {} bytes mapped",
+        reader.mapped_bytes(),
+        reader.file_len()
+    );
     Ok(res.kernel_load.0)
 }
 
-/// Copies the initramfs to the top of low memory; returns `(address, size)`.
+/// Puts the initramfs at the top of low memory, mapped rather than copied;
+/// returns `(address, size)`.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     mem_size: u64,
@@ -116,10 +127,11 @@ pub fn load_initrd(
         path: path.display().to_string(),
         err,
     };
-    let mut file = File::open(path).map_err(file_err)?;
-    let size = file.metadata().map_err(file_err)?.len();
+    let file = File::open(path).map_err(file_err)?;
+    let mut reader = MappedFileReader::new(file, mem).map_err(file_err)?;
+    let size = reader.file_len();
     let addr = boot_params::initrd_address(mem_size, size).ok_or(BootError::InitrdTooBig(size))?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut reader, size as usize)
         .map_err(BootError::InitrdCopy)?;
     Ok((addr, size))
 }
