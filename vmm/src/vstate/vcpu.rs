@@ -11,7 +11,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::vm::{Vm, VmError};
-use crate::arch::x86_64::{cpuid::patch_cpuid, regs, set_lint};
+use crate::arch::x86_64::{cpuid::patch_cpuid, dump, regs, set_lint};
 use crate::devices::bus::IoBuses;
 use crate::devices::lock;
 use crate::exit::{ExitCode, ExitRequest};
@@ -81,6 +81,9 @@ impl ExitCounters {
 pub struct VcpuControl {
     paused: AtomicBool,
     parked: Mutex<usize>,
+    /// Each parked vCPU's registers, as [`dump::describe`] put them when it
+    /// parked (index order).
+    registers: Mutex<std::collections::BTreeMap<u8, String>>,
     cv: Condvar,
     threads: Mutex<Vec<libc::pthread_t>>,
     started: AtomicUsize,
@@ -114,6 +117,7 @@ impl VcpuControl {
         Ok(Arc::new(Self {
             paused: AtomicBool::new(false),
             parked: Mutex::new(0),
+            registers: Mutex::new(std::collections::BTreeMap::new()),
             cv: Condvar::new(),
             threads: Mutex::new(Vec::new()),
             started: AtomicUsize::new(0),
@@ -125,7 +129,18 @@ impl VcpuControl {
         self.paused.load(Ordering::SeqCst)
     }
 
-    fn park(&self) {
+    /// The registers of every vCPU as it parked, while the VM is paused;
+    /// empty while it runs (they would be stale).
+    pub fn paused_registers(&self) -> std::collections::BTreeMap<u8, String> {
+        if self.is_paused() {
+            lock(&self.registers).clone()
+        } else {
+            Default::default()
+        }
+    }
+
+    fn park(&self, index: u8, registers: String) {
+        lock(&self.registers).insert(index, registers);
         let mut parked = lock(&self.parked);
         *parked += 1;
         self.cv.notify_all();
@@ -256,7 +271,8 @@ impl Vcpu {
         }
         loop {
             if self.control.is_paused() {
-                self.control.park();
+                // Out of KVM_RUN, so the registers are readable and settled.
+                self.control.park(self.index, dump::describe(&self.fd));
                 continue;
             }
             if self.exit.is_requested() {
@@ -302,7 +318,10 @@ impl Vcpu {
                 c.hlt.fetch_add(1, Ordering::Relaxed);
             }
             Ok(VcpuExit::Shutdown) => {
-                self.exit.guest_reset(&format!("triple fault on vcpu{i}"));
+                let state = dump::describe(&self.fd);
+                tracing::warn!("vcpu{i}: triple fault: {state}");
+                self.exit
+                    .guest_reset(&format!("triple fault on vcpu{i}: {state}"));
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
                 self.exit
@@ -311,7 +330,10 @@ impl Vcpu {
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
                 return Err((
                     ExitCode::KvmError,
-                    format!("vcpu{i}: KVM entry failed (hardware reason {reason:#x}, cpu {cpu})"),
+                    format!(
+                        "vcpu{i}: KVM entry failed (hardware reason {reason:#x}, cpu {cpu}): {}",
+                        dump::describe(&self.fd)
+                    ),
                 ));
             }
             Ok(VcpuExit::InternalError) => {
@@ -322,8 +344,9 @@ impl Vcpu {
                 return Err((
                     ExitCode::KvmError,
                     format!(
-                        "vcpu{i}: KVM internal error (suberror {sub}{})",
-                        if sub == 1 { ": emulation failure" } else { "" }
+                        "vcpu{i}: KVM internal error (suberror {sub}{}): {}",
+                        if sub == 1 { ": emulation failure" } else { "" },
+                        dump::describe(&self.fd)
                     ),
                 ));
             }
