@@ -35,6 +35,7 @@ initramfs: build agent
 	@mkdir -p $(BUILD)
 	strip -o $(BUILD)/moat-agent $(AGENT_BIN)
 	target/release/moat-rootfs initramfs --agent $(BUILD)/moat-agent --out $(BUILD)/initramfs.cpio
+	target/release/moat-rootfs poweroff-initramfs --out $(BUILD)/poweroff.cpio
 
 ## The busybox test image (OCI layout), made from Debian's busybox-static.
 images:

@@ -51,6 +51,21 @@ pub fn build(agent: &Path, extra: &[ExtraFile]) -> anyhow::Result<Archive> {
     Ok(a)
 }
 
+/// Builds the boot benchmark's initramfs: only [`crate::poweroff_init`] as
+/// `/init` (and `/dev/console`, which the kernel opens for it), so a boot
+/// ends as soon as the kernel hands over to user space.
+pub fn build_poweroff(exit_port: u16, exit_value: u8) -> anyhow::Result<Archive> {
+    let mut a = Archive::new();
+    a.dir("dev", 0o755)?;
+    a.char_dev("dev/console", 0o600, 5, 1)?;
+    a.file(
+        "init",
+        0o755,
+        crate::poweroff_init::elf(exit_port, exit_value),
+    )?;
+    Ok(a)
+}
+
 /// Writes `archive` to `out` atomically (temporary file, then rename).
 pub fn write_atomic(archive: &Archive, out: &Path) -> anyhow::Result<u64> {
     let dir = out

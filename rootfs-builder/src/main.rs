@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use moat_proto::{GUEST_EXIT_PORT, GUEST_EXIT_POWEROFF};
 use moat_rootfs::initramfs::{self, ExtraFile};
 use std::path::PathBuf;
 
@@ -25,6 +26,12 @@ enum Cmd {
         /// Extra file as HOST_PATH:GUEST_PATH[:OCTAL_MODE] (repeatable).
         #[arg(long = "add", value_name = "SRC:DEST[:MODE]")]
         add: Vec<String>,
+    },
+    /// Write the boot benchmark's initramfs, whose /init powers off at once.
+    PoweroffInitramfs {
+        /// Output archive.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -53,6 +60,11 @@ fn main() -> anyhow::Result<()> {
                 .map(|s| parse_extra(s))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let archive = initramfs::build(&agent, &extra)?;
+            let size = initramfs::write_atomic(&archive, &out)?;
+            eprintln!("moat-rootfs: wrote {} ({size} bytes)", out.display());
+        }
+        Cmd::PoweroffInitramfs { out } => {
+            let archive = initramfs::build_poweroff(GUEST_EXIT_PORT, GUEST_EXIT_POWEROFF)?;
             let size = initramfs::write_atomic(&archive, &out)?;
             eprintln!("moat-rootfs: wrote {} ({size} bytes)", out.display());
         }

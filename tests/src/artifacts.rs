@@ -46,6 +46,12 @@ pub fn initramfs() -> anyhow::Result<PathBuf> {
     existing(build_dir().join("initramfs.cpio"), "guest initramfs")
 }
 
+/// The boot benchmark's initramfs, whose `/init` powers off at once
+/// (`build/poweroff.cpio`).
+pub fn poweroff_initramfs() -> anyhow::Result<PathBuf> {
+    existing(build_dir().join("poweroff.cpio"), "poweroff initramfs")
+}
+
 /// A release binary of the workspace (`target/release/<name>`).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     existing(target_dir().join("release").join(name), "binary")

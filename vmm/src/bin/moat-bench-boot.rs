@@ -1,11 +1,18 @@
-//! moat-bench-boot: boots the same kernel and initramfs N times with
-//! moat-vmm and with QEMU `-machine microvm` and prints a table of
-//! spawn → exit (guest powers off at once via `moat.test=poweroff`),
-//! moat-vmm spawn → agent ready (vsock `CONNECT 1024` answered `OK`),
-//! time to vCPU0's first KVM_RUN, and moat-vmm's RSS without guest memory.
+//! moat-bench-boot: boots the same kernel N times with moat-vmm and with
+//! QEMU `-machine microvm` and prints a table of spawn → exit for an
+//! initramfs whose `/init` powers off at once (the same for all), moat-vmm
+//! spawn → agent ready (vsock `CONNECT 1024` answered `OK`) with the agent
+//! initramfs, time to vCPU0's first KVM_RUN, and moat-vmm's RSS without
+//! guest memory.
 //!
-//! Run it where KVM guests boot, e.g.
-//! `moat-node run -- target/release/moat-bench-boot --kernel build/vmlinux --initrd build/initramfs.cpio`.
+//! The spawn → exit boots have no devices in either VMM; the agent-ready
+//! boot has moat-vmm's pod devices (vsock and the empty block slots).
+//! QEMU runs twice per round: lean (`-nodefaults`, no ACPI, no serial: the
+//! closest QEMU gets to moat-vmm's machine) and with the microvm machine's
+//! own defaults (ACPI tables, ISA serial, RTC), as QEMU starts when given
+//! only `-machine microvm`.
+//!
+//! Run it where KVM guests boot, e.g. `scripts/bench-boot.sh`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -14,16 +21,21 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use moat_vmm::builder::BASE_CMDLINE;
 
 #[derive(Parser, Debug)]
 #[command(about = "Boot benchmark: moat-vmm vs QEMU microvm")]
 struct Args {
     /// Guest kernel (ELF vmlinux).
-    #[arg(long)]
-    kernel: PathBuf,
-    /// Initramfs with moat-agent as /init.
-    #[arg(long)]
-    initrd: PathBuf,
+    #[arg(long, required_unless_present = "table_from")]
+    kernel: Option<PathBuf>,
+    /// Initramfs whose /init powers off at once (`moat-rootfs
+    /// poweroff-initramfs`), booted for spawn → exit.
+    #[arg(long, required_unless_present = "table_from")]
+    poweroff_initrd: Option<PathBuf>,
+    /// Initramfs with moat-agent as /init, booted for spawn → agent ready.
+    #[arg(long, required_unless_present = "table_from")]
+    agent_initrd: Option<PathBuf>,
     /// Boots per configuration.
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -45,9 +57,11 @@ struct Args {
     /// Per-boot timeout in seconds.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// Boot nothing: print the table over the `@round` lines of these saved
+    /// outputs (rounds from runs cut short and resumed).
+    #[arg(long, value_name = "FILE")]
+    table_from: Vec<PathBuf>,
 }
-
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodules i8042.noaux i8042.nomux i8042.dumbkbd 8250.nr_uarts=1 quiet";
 
 fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Result<i32, String> {
     let start = Instant::now();
@@ -81,29 +95,6 @@ fn time_exit(mut cmd: Command, timeout: Duration) -> Result<Duration, String> {
     Ok(t)
 }
 
-/// RSS of `pid` in KiB: (total, guest memory mapping).
-fn rss_kib(pid: u32, guest_bytes: u64) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let (mut total, mut guest, mut cur_is_guest) = (0u64, 0u64, false);
-    for line in text.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((a, b)) = first.split_once('-') {
-            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
-                cur_is_guest = b - a == guest_bytes;
-                continue;
-            }
-        }
-        if let Some(v) = line.strip_prefix("Rss:") {
-            let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-            total += kib;
-            if cur_is_guest {
-                guest += kib;
-            }
-        }
-    }
-    Some((total, guest))
-}
-
 fn api(sock: &Path, req: &str) -> Option<serde_json::Value> {
     let mut s = UnixStream::connect(sock).ok()?;
     s.write_all(format!("{req}\n").as_bytes()).ok()?;
@@ -119,7 +110,14 @@ struct ReadyRun {
     exits: serde_json::Value,
 }
 
-fn time_ready(a: &Args, vmm: &Path, i: usize) -> Result<ReadyRun, String> {
+/// The boot files, present unless only a table is printed.
+struct Files {
+    kernel: PathBuf,
+    poweroff_initrd: PathBuf,
+    agent_initrd: PathBuf,
+}
+
+fn time_ready(a: &Args, f: &Files, vmm: &Path, i: usize) -> Result<ReadyRun, String> {
     let uds = a
         .scratch
         .join(format!("bench-{}-{i}.vsock", std::process::id()));
@@ -130,9 +128,9 @@ fn time_ready(a: &Args, vmm: &Path, i: usize) -> Result<ReadyRun, String> {
     let mut child = Command::new(vmm)
         .args([
             "--kernel".as_ref(),
-            a.kernel.as_os_str(),
+            f.kernel.as_os_str(),
             "--initrd".as_ref(),
-            a.initrd.as_os_str(),
+            f.agent_initrd.as_os_str(),
         ])
         .args(["--memory-mib", &a.memory_mib.to_string(), "--serial", "off"])
         .arg("--vsock-uds")
@@ -165,8 +163,19 @@ fn time_ready(a: &Args, vmm: &Path, i: usize) -> Result<ReadyRun, String> {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let (total, guest) = rss_kib(child.id(), a.memory_mib << 20).unwrap_or((0, 0));
     let counters = api(&api_sock, r#"{"op":"counters"}"#).unwrap_or_default();
+    let memory = &counters["result"]["memory"];
+    let (total, guest) = (
+        memory["total_kib"].as_u64().unwrap_or(0),
+        memory["guest_kib"].as_u64().unwrap_or(0),
+    );
+    if total == 0 {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!(
+            "no memory counters from the control API: {counters}"
+        ));
+    }
     let exits = counters["result"]["exits"].clone();
     let first_run_us = exits["first_run_us"].as_u64().unwrap_or(0);
     // SAFETY: plain kill(2) of our child.
@@ -199,84 +208,104 @@ fn row(name: &str, v: &[f64], unit: &str) {
     );
 }
 
-fn main() {
-    let a = Args::parse();
-    let vmm = a.vmm.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("moat-vmm")))
-            .unwrap_or_else(|| PathBuf::from("moat-vmm"))
-    });
-    let timeout = Duration::from_secs(a.timeout_secs);
-    let (mut vmm_exit, mut qemu_exit, mut ready, mut rss, mut first) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let mut last_exits = serde_json::Value::Null;
-    for i in 0..a.runs {
-        let mut c = Command::new(&vmm);
-        c.args([
-            "--kernel".as_ref(),
-            a.kernel.as_os_str(),
-            "--initrd".as_ref(),
-            a.initrd.as_os_str(),
-        ])
-        .args(["--memory-mib", &a.memory_mib.to_string(), "--serial", "off"])
-        .args(["--cmdline-extra", "moat.test=poweroff"]);
-        match time_exit(c, timeout) {
-            Ok(t) => vmm_exit.push(t.as_secs_f64() * 1000.0),
-            Err(e) => eprintln!("moat-vmm run {i}: {e}"),
-        }
-        match time_ready(&a, &vmm, i) {
-            Ok(r) => {
-                ready.push(r.ready.as_secs_f64() * 1000.0);
-                rss.push(r.overhead_kib as f64 / 1024.0);
-                first.push(r.first_run_us as f64 / 1000.0);
-                last_exits = r.exits;
-            }
-            Err(e) => eprintln!("moat-vmm ready run {i}: {e}"),
-        }
-        if !a.skip_qemu {
-            let mut q = Command::new(&a.qemu);
-            q.args([
-                "-machine",
-                "microvm,acpi=off",
-                "-enable-kvm",
-                "-cpu",
-                "host",
-                "-smp",
-                "1",
-            ])
-            .args(["-m", &a.memory_mib.to_string()])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-nographic",
-                "-no-reboot",
-                "-serial",
-                "none",
-            ])
-            .arg("-kernel")
-            .arg(&a.kernel)
-            .arg("-initrd")
-            .arg(&a.initrd)
-            // QEMU's microvm machine has no i8042: its guest resets by
-            // triple fault (`reboot=t`), which `-no-reboot` turns into exit.
-            .args([
-                "-append",
-                &format!(
-                    "{} moat.test=poweroff",
-                    CMDLINE.replace("reboot=k", "reboot=t")
-                ),
-            ]);
-            match time_exit(q, timeout) {
-                Ok(t) => qemu_exit.push(t.as_secs_f64() * 1000.0),
-                Err(e) => eprintln!("qemu run {i}: {e}"),
-            }
-        }
-        eprintln!("run {}/{} done", i + 1, a.runs);
+/// The QEMU command for one spawn → exit boot. Lean: no default devices,
+/// no ACPI, no serial. Defaults: the microvm machine as QEMU sets it up
+/// (ACPI tables, ISA serial as the console, RTC), output discarded.
+/// QEMU's microvm machine has no i8042: its guest resets by triple fault
+/// (`reboot=t`), which `-no-reboot` turns into exit.
+fn qemu_command(a: &Args, f: &Files, lean: bool) -> Command {
+    let mut q = Command::new(&a.qemu);
+    // moat-vmm does not offer the TSC-deadline timer; QEMU's `host` CPU
+    // would, sparing its guest the APIC timer calibration ours does.
+    q.args(["-enable-kvm", "-cpu", "host,tsc-deadline=off", "-smp", "1"])
+        .args(["-m", &a.memory_mib.to_string()])
+        .args(["-no-user-config", "-nographic", "-no-reboot"]);
+    if lean {
+        q.args([
+            "-machine",
+            "microvm,acpi=off",
+            "-nodefaults",
+            "-serial",
+            "none",
+        ]);
+    } else {
+        q.args(["-machine", "microvm"]);
     }
+    q.arg("-kernel")
+        .arg(&f.kernel)
+        .arg("-initrd")
+        .arg(&f.poweroff_initrd)
+        .arg("-append")
+        .arg(format!("{BASE_CMDLINE} quiet").replace("reboot=k", "reboot=t"));
+    q
+}
+
+/// One round's measurements (milliseconds, RSS in MiB); a boot that
+/// failed is `None`. Printed as a `@round` JSON line as soon as the round
+/// ends, so a run cut short still leaves the rounds it finished.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Round {
+    vmm_exit: Option<f64>,
+    qemu_lean: Option<f64>,
+    qemu_default: Option<f64>,
+    ready: Option<f64>,
+    first_run: Option<f64>,
+    rss_mib: Option<f64>,
+    exits: Option<serde_json::Value>,
+}
+
+const ROUND_TAG: &str = "@round ";
+
+fn run_round(a: &Args, f: &Files, vmm: &Path, i: usize) -> Round {
+    let timeout = Duration::from_secs(a.timeout_secs);
+    let ms = |t: Duration| t.as_secs_f64() * 1000.0;
+    let mut r = Round::default();
+    let mut c = Command::new(vmm);
+    c.args([
+        "--kernel".as_ref(),
+        f.kernel.as_os_str(),
+        "--initrd".as_ref(),
+        f.poweroff_initrd.as_os_str(),
+    ])
+    // No devices, like QEMU's lean run: both guests do the same work.
+    .args(["--blk-slots", "0"])
+    .args(["--memory-mib", &a.memory_mib.to_string(), "--serial", "off"]);
+    match time_exit(c, timeout) {
+        Ok(t) => r.vmm_exit = Some(ms(t)),
+        Err(e) => eprintln!("moat-vmm run {i}: {e}"),
+    }
+    match time_ready(a, f, vmm, i) {
+        Ok(x) => {
+            r.ready = Some(ms(x.ready));
+            r.rss_mib = Some(x.overhead_kib as f64 / 1024.0);
+            r.first_run = Some(x.first_run_us as f64 / 1000.0);
+            r.exits = Some(x.exits);
+        }
+        Err(e) => eprintln!("moat-vmm ready run {i}: {e}"),
+    }
+    if !a.skip_qemu {
+        match time_exit(qemu_command(a, f, true), timeout) {
+            Ok(t) => r.qemu_lean = Some(ms(t)),
+            Err(e) => eprintln!("qemu (lean) run {i}: {e}"),
+        }
+        match time_exit(qemu_command(a, f, false), timeout) {
+            Ok(t) => r.qemu_default = Some(ms(t)),
+            Err(e) => eprintln!("qemu (defaults) run {i}: {e}"),
+        }
+    }
+    r
+}
+
+/// Prints the table over `rounds`; false if moat-vmm never booted.
+fn print_table(rounds: &[Round], memory_mib: u64) -> bool {
+    let col = |f: fn(&Round) -> Option<f64>| rounds.iter().filter_map(f).collect::<Vec<f64>>();
+    let vmm_exit = col(|r| r.vmm_exit);
+    let qemu_lean = col(|r| r.qemu_lean);
+    let qemu_default = col(|r| r.qemu_default);
+    let ready = col(|r| r.ready);
     println!(
-        "moat boot benchmark: 1 vCPU, {} MiB, same kernel + initramfs, {} runs",
-        a.memory_mib, a.runs
+        "moat boot benchmark: 1 vCPU, {memory_mib} MiB, same kernel, {} rounds",
+        rounds.len()
     );
     println!(
         "| {:<40} | {:>9} | {:>9} | unit | n   |",
@@ -284,20 +313,92 @@ fn main() {
     );
     println!("|{:-<42}|{:->11}|{:->11}|------|-----|", "", "", "");
     row("moat-vmm spawn -> exit (poweroff)", &vmm_exit, "ms");
-    if !a.skip_qemu {
-        row("qemu microvm spawn -> exit (poweroff)", &qemu_exit, "ms");
+    if !qemu_lean.is_empty() || !qemu_default.is_empty() {
+        row("qemu microvm lean spawn -> exit", &qemu_lean, "ms");
+        row("qemu microvm defaults spawn -> exit", &qemu_default, "ms");
     }
     row("moat-vmm spawn -> agent ready (vsock OK)", &ready, "ms");
-    row("moat-vmm spawn -> first KVM_RUN", &first, "ms");
-    row("moat-vmm RSS without guest memory", &rss, "MiB");
-    if !a.skip_qemu && !vmm_exit.is_empty() && !qemu_exit.is_empty() {
-        println!(
-            "moat-vmm / qemu spawn->exit (median): {:.2}x",
-            percentile(&vmm_exit, 0.5) / percentile(&qemu_exit, 0.5)
-        );
+    row(
+        "moat-vmm spawn -> first KVM_RUN",
+        &col(|r| r.first_run),
+        "ms",
+    );
+    row(
+        "moat-vmm RSS without guest memory",
+        &col(|r| r.rss_mib),
+        "MiB",
+    );
+    for (name, q) in [("lean", &qemu_lean), ("defaults", &qemu_default)] {
+        if !vmm_exit.is_empty() && !q.is_empty() {
+            println!(
+                "moat-vmm / qemu microvm {name}, spawn->exit (median): {:.2}x",
+                percentile(&vmm_exit, 0.5) / percentile(q, 0.5)
+            );
+        }
     }
-    println!("moat-vmm exits until agent ready (last run): {last_exits}");
-    if vmm_exit.is_empty() || ready.is_empty() {
+    if let Some(exits) = rounds.iter().rev().find_map(|r| r.exits.as_ref()) {
+        println!("moat-vmm exits until agent ready (last run): {exits}");
+    }
+    !vmm_exit.is_empty() && !ready.is_empty()
+}
+
+/// The `@round` lines of a saved benchmark output.
+fn read_rounds(path: &Path) -> Result<Vec<Round>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&text);
+    Ok(text
+        .lines()
+        .filter_map(|l| l.find(ROUND_TAG).map(|at| &l[at + ROUND_TAG.len()..]))
+        .filter_map(|j| serde_json::from_str(j.trim()).ok())
+        .collect())
+}
+
+fn main() {
+    let a = Args::parse();
+    if !a.table_from.is_empty() {
+        let mut rounds = Vec::new();
+        for p in &a.table_from {
+            match read_rounds(p) {
+                Ok(r) => rounds.extend(r),
+                Err(e) => {
+                    eprintln!("moat-bench-boot: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        let ok = print_table(&rounds, a.memory_mib);
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    let vmm = a.vmm.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("moat-vmm")))
+            .unwrap_or_else(|| PathBuf::from("moat-vmm"))
+    });
+    let (Some(kernel), Some(poweroff_initrd), Some(agent_initrd)) = (
+        a.kernel.clone(),
+        a.poweroff_initrd.clone(),
+        a.agent_initrd.clone(),
+    ) else {
+        eprintln!("moat-bench-boot: --kernel, --poweroff-initrd and --agent-initrd are required");
+        std::process::exit(2);
+    };
+    let files = Files {
+        kernel,
+        poweroff_initrd,
+        agent_initrd,
+    };
+    let mut rounds = Vec::new();
+    for i in 0..a.runs {
+        let r = run_round(&a, &files, &vmm, i);
+        match serde_json::to_string(&r) {
+            Ok(j) => println!("{ROUND_TAG}{j}"),
+            Err(e) => eprintln!("round {i}: {e}"),
+        }
+        rounds.push(r);
+        eprintln!("run {}/{} done", i + 1, a.runs);
+    }
+    if !print_table(&rounds, a.memory_mib) {
         std::process::exit(1);
     }
 }
