@@ -315,6 +315,11 @@ fn bad_sandbox_requests_and_a_vm_that_cannot_boot() {
         assert!(pods.is_empty(), "failed sandbox still listed: {pods:?}");
         assert_eq!(vmm_pids(), before, "a VMM leaked");
         assert!(
+            !m.log().contains("booting a new one"),
+            "a VMM that cannot start was started again:\n{}",
+            m.log()
+        );
+        assert!(
             Moatd::entries(&m.run_dir().join("netns")).is_empty(),
             "netns leaked"
         );
@@ -325,6 +330,77 @@ fn bad_sandbox_requests_and_a_vm_that_cannot_boot() {
         assert!(leftovers.is_empty(), "VM dirs leaked: {leftovers:?}");
         let _ = std::fs::remove_file(&bogus);
     });
+}
+
+/// A guest that resets while booting (here: a kernel panic, as its
+/// initramfs is not a cpio archive) is booted once more in a fresh VM, then
+/// RunPodSandbox fails with the reason and leaves nothing behind.
+fn boot_crash_body() {
+    tokio_runtime().block_on(async {
+        let junk = std::env::temp_dir().join(format!("moat-not-a-cpio-{}", std::process::id()));
+        std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
+        let extra = format!(
+            "[runtime_handlers.panics]\nkernel = {:?}\ninitramfs = {junk:?}\nvmm = {:?}\n",
+            moat_tests::artifacts::vmlinux().unwrap(),
+            moat_tests::artifacts::binary("moat-vmm").unwrap()
+        );
+        let m = Moatd::start(&extra).expect("moatd");
+        let mut rt = m.runtime().await.unwrap();
+        let before = vmm_pids();
+        let e = rt
+            .run_pod_sandbox(run_req(pod_config("panics", &[]), "panics"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Internal);
+        assert!(
+            e.message().contains("guest reset"),
+            "not reported as a guest reset: {e:?}"
+        );
+        let log = m.log();
+        assert_eq!(
+            log.matches("booting a new one").count(),
+            1,
+            "expected exactly one more boot:\n{log}"
+        );
+        assert_eq!(
+            log.matches("pod sandbox failed to start").count(),
+            2,
+            "expected two failed boots:\n{log}"
+        );
+        let pods = rt
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert!(pods.is_empty(), "failed sandbox still listed: {pods:?}");
+        assert_eq!(vmm_pids(), before, "a VMM leaked");
+        assert!(
+            Moatd::entries(&m.run_dir().join("netns")).is_empty(),
+            "netns leaked"
+        );
+        let leftovers: Vec<_> = Moatd::entries(&m.run_dir())
+            .into_iter()
+            .filter(|e| e != "netns")
+            .collect();
+        assert!(leftovers.is_empty(), "VM dirs leaked: {leftovers:?}");
+        let _ = std::fs::remove_file(&junk);
+    });
+}
+
+#[test]
+fn a_guest_that_resets_while_booting_gets_one_fresh_vm() {
+    run_where_vms_boot(
+        "a_guest_that_resets_while_booting_gets_one_fresh_vm_inner",
+        TIMEOUT,
+        boot_crash_body,
+    );
+}
+
+#[test]
+#[ignore = "run where microVMs boot by a_guest_that_resets_while_booting_gets_one_fresh_vm"]
+fn a_guest_that_resets_while_booting_gets_one_fresh_vm_inner() {
+    boot_crash_body();
 }
 
 fn pod_lifecycle_body() {

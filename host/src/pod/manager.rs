@@ -36,6 +36,9 @@ pub enum PodError {
     /// The VM booted but its agent never answered (Internal).
     #[error("{0}")]
     BootTimeout(String),
+    /// The guest reset before its agent answered (Internal).
+    #[error("{0}")]
+    BootCrash(String),
     /// The state store failed (Internal).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -286,10 +289,12 @@ impl Pods {
                     tracing::warn!(%id, "pod sandbox failed to start: {e}");
                     self.tear_down(&mut rec).await;
                     let _ = std::fs::remove_dir_all(&rec.vm_paths.dir);
-                    // A guest that hung while booting gets one fresh VM; a
-                    // VM that failed outright does not.
-                    if matches!(e, PodError::BootTimeout(_)) && boots < 2 {
-                        tracing::warn!(%id, "the pod VM hung while booting; booting a new one");
+                    // A guest that hung or reset while booting (only moat's
+                    // kernel and agent had run, no pod code) gets one fresh
+                    // VM, sooner than kubelet's back-off would retry; a VM
+                    // that could not start at all does not.
+                    if matches!(e, PodError::BootTimeout(_) | PodError::BootCrash(_)) && boots < 2 {
+                        tracing::warn!(%id, "the pod VM failed while booting; booting a new one");
                         continue;
                     }
                     self.store.delete(SANDBOXES, &id)?;
@@ -331,6 +336,7 @@ impl Pods {
             net = Some((info.tap, info.mac));
             netns = Some(ns);
         }
+        let network_ms = started.elapsed().as_millis() as u64;
         let spec = VmSpec {
             vmm: handler.vmm_binary(),
             kernel: handler.kernel.clone(),
@@ -347,12 +353,16 @@ impl Pods {
         let timeout = Duration::from_secs(self.config.agent_timeout_secs);
         let mut agent = wait_for_agent(&rec.vm_paths, &mut child, timeout)
             .await
-            .map_err(
-                |e| match e.downcast_ref::<crate::vm::launch::AgentTimeout>() {
-                    Some(t) => PodError::BootTimeout(t.to_string()),
-                    None => failed(format!("{e:#}")),
-                },
-            )?;
+            .map_err(|e| {
+                match (
+                    e.downcast_ref::<crate::vm::launch::AgentTimeout>(),
+                    e.downcast_ref::<crate::vm::launch::VmStopped>(),
+                ) {
+                    (Some(t), _) => PodError::BootTimeout(t.to_string()),
+                    (_, Some(s)) if s.guest_reset() => PodError::BootCrash(s.to_string()),
+                    _ => failed(format!("{e:#}")),
+                }
+            })?;
         // moatd reaps its own child; after a restart the VMM is watched by pid.
         tokio::spawn(async move {
             let _ = child.wait().await;
@@ -404,7 +414,13 @@ impl Pods {
             .map_err(|_| late("ConfigureNetwork"))?
             .map_err(|s| failed(format!("agent ConfigureNetwork: {}", s.message())))?;
         }
-        tracing::info!(id = %rec.id, agent_ready_ms = booted_ms, ms = started.elapsed().as_millis() as u64, "pod sandbox ready");
+        tracing::info!(
+            id = %rec.id,
+            network_ms,
+            agent_ready_ms = booted_ms,
+            ms = started.elapsed().as_millis() as u64,
+            "pod sandbox ready"
+        );
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 use crate::network::NetNs;
 use moat_proto::agent::agent_client::AgentClient;
 use moat_vmm::config::{NetConfig, VmConfig, VsockConfig};
+use moat_vmm::exit::ExitCode;
 use serde::{Deserialize, Serialize};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -176,7 +177,6 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Waits until the agent answers a Ping, or the VMM dies, or `timeout`.
 /// The VM runs but its agent did not answer in time (a guest that hung
 /// while booting).
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +190,27 @@ pub struct AgentTimeout {
     pub console: String,
 }
 
+/// The VMM exited before the agent answered.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct VmStopped {
+    /// Why moat-vmm exited, where its status says so.
+    pub exit: Option<ExitCode>,
+    /// The status with the VMM log's and console's last lines.
+    pub message: String,
+}
+
+impl VmStopped {
+    /// True when the guest itself reset before its agent answered: only
+    /// moat's own kernel and agent had run, so a fresh VM may well boot.
+    /// A VMM that could not start (bad config, no KVM) would fail again.
+    pub fn guest_reset(&self) -> bool {
+        self.exit == Some(ExitCode::GuestReset)
+    }
+}
+
+/// Waits until the agent answers a Ping, or the VMM dies ([`VmStopped`]),
+/// or `timeout` ([`AgentTimeout`]).
 pub async fn wait_for_agent(
     paths: &VmPaths,
     child: &mut tokio::process::Child,
@@ -199,16 +220,17 @@ pub async fn wait_for_agent(
     let mut last_err = String::from("no attempt");
     loop {
         if let Some(status) = child.try_wait()? {
-            let why = status
-                .code()
-                .and_then(moat_vmm::exit::ExitCode::from_code)
-                .map(|c| c.describe())
-                .unwrap_or("killed");
-            anyhow::bail!(
-                "the pod VM stopped before its agent answered: moat-vmm {status} ({why}); vmm log:\n{}\nconsole:\n{}",
-                tail(&paths.vmm_log(), 10),
-                tail(&paths.console(), 20)
-            );
+            let exit = status.code().and_then(ExitCode::from_code);
+            let why = exit.map(|c| c.describe()).unwrap_or("killed");
+            return Err(VmStopped {
+                exit,
+                message: format!(
+                    "the pod VM stopped before its agent answered: moat-vmm {status} ({why}); vmm log:\n{}\nconsole:\n{}",
+                    tail(&paths.vmm_log(), 10),
+                    tail(&paths.console(), 20)
+                ),
+            }
+            .into());
         }
         if paths.vsock().exists() {
             match crate::agent::connect(paths.vsock(), moat_proto::AGENT_VSOCK_PORT).await {
