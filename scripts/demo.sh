@@ -82,7 +82,8 @@ $C rm "$ctr" >/dev/null
 $C stopp "$pod"
 $C rmp "$pod"
 $C pods
-echo "== moatd log (last lines)"
+echo "== moatd log (pod start, then the last lines)"
+grep "pod sandbox ready" "$W/moatd.log" | sed 's/^/  | /'
 tail -5 "$W/moatd.log" | sed 's/^/  | /'
 SH
 case "$probe" in

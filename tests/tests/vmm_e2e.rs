@@ -33,18 +33,24 @@ const API_PY: &str = r#"api() { python3 -c 'import socket,sys
 s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall((sys.argv[2]+"\n").encode())
 print(s.makefile().readline().strip())' "$@"; }"#;
 
+/// The agent's poweroff and the boot benchmark's tiny poweroff `/init` both
+/// end the VM with status 0.
 #[test]
 fn poweroff_exits_zero() {
     let p = paths();
+    let bench_initrd = artifacts::poweroff_initramfs().expect("poweroff initramfs");
     let script = format!(
-        "{vmm} --kernel {k} --initrd {i} --serial /tmp/console.log --cmdline-extra moat.test=poweroff; echo \"vmm-exit=$?\"; cat /tmp/console.log",
+        "{vmm} --kernel {k} --initrd {i} --serial /tmp/console.log --cmdline-extra moat.test=poweroff; echo \"vmm-exit=$?\"; cat /tmp/console.log
+{vmm} --kernel {k} --initrd {b} --serial /tmp/bench.log; echo \"bench-exit=$?\"; tail -3 /tmp/bench.log",
         vmm = p.vmm,
         k = p.kernel,
-        i = p.initrd
+        i = p.initrd,
+        b = bench_initrd.display()
     );
     let run = run_vm_script(&script, TIMEOUT).unwrap();
     assert!(run.output.contains("vmm-exit=0"), "{}", run.output);
     assert!(run.output.contains("moat-agent ready"), "{}", run.output);
+    assert!(run.output.contains("bench-exit=0"), "{}", run.output);
 }
 
 #[test]
@@ -101,6 +107,14 @@ ls $T
             && out.contains(r#""state":"paused""#),
         "{out}"
     );
+    // Paused, every vCPU's registers are in the state; running, none are.
+    let line = |prefix: &str| out.lines().find(|l| l.starts_with(prefix)).unwrap_or("");
+    let paused = line("paused: ");
+    assert!(
+        paused.contains(r#""registers":{"0":"rip=0x"#) && paused.contains(r#""1":"rip=0x"#),
+        "{paused}"
+    );
+    assert!(line("state: ").contains(r#""registers":{}"#), "{out}");
     assert!(
         out.contains(r#"bad: {"error":"slot: 42 is not below blk_slots (4)","ok":false}"#),
         "{out}"
