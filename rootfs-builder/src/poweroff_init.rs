@@ -28,39 +28,32 @@ const REBOOT_CMD_RESTART: u32 = 0x0123_4567;
 
 /// Machine code: ioperm(port, 1, 1); outb(value, port); reboot(RESTART); exit(0).
 fn code(port: u16, value: u8) -> Vec<u8> {
+    // `mov r32, imm32` is one opcode byte (0xb8 + register) and the value.
+    const EAX: u8 = 0xb8;
+    const EDX: u8 = 0xba;
+    const ESI: u8 = 0xbe;
+    const EDI: u8 = 0xbf;
     let mut c = Vec::new();
-    let mov_eax = |c: &mut Vec<u8>, v: u32| {
-        c.push(0xb8);
-        c.extend_from_slice(&v.to_le_bytes());
-    };
-    let mov_edi = |c: &mut Vec<u8>, v: u32| {
-        c.push(0xbf);
-        c.extend_from_slice(&v.to_le_bytes());
-    };
-    let mov_esi = |c: &mut Vec<u8>, v: u32| {
-        c.push(0xbe);
-        c.extend_from_slice(&v.to_le_bytes());
-    };
-    let mov_edx = |c: &mut Vec<u8>, v: u32| {
-        c.push(0xba);
+    let mov = |c: &mut Vec<u8>, reg: u8, v: u32| {
+        c.push(reg);
         c.extend_from_slice(&v.to_le_bytes());
     };
     let syscall = |c: &mut Vec<u8>| c.extend_from_slice(&[0x0f, 0x05]);
 
-    mov_eax(&mut c, SYS_IOPERM);
-    mov_edi(&mut c, u32::from(port));
-    mov_esi(&mut c, 1);
-    mov_edx(&mut c, 1);
+    mov(&mut c, EAX, SYS_IOPERM);
+    mov(&mut c, EDI, u32::from(port));
+    mov(&mut c, ESI, 1);
+    mov(&mut c, EDX, 1);
     syscall(&mut c);
-    mov_edx(&mut c, u32::from(port));
+    mov(&mut c, EDX, u32::from(port));
     c.extend_from_slice(&[0xb0, value]); // mov al, value
     c.push(0xee); // out dx, al
-    mov_eax(&mut c, SYS_REBOOT);
-    mov_edi(&mut c, REBOOT_MAGIC1);
-    mov_esi(&mut c, REBOOT_MAGIC2);
-    mov_edx(&mut c, REBOOT_CMD_RESTART);
+    mov(&mut c, EAX, SYS_REBOOT);
+    mov(&mut c, EDI, REBOOT_MAGIC1);
+    mov(&mut c, ESI, REBOOT_MAGIC2);
+    mov(&mut c, EDX, REBOOT_CMD_RESTART);
     syscall(&mut c);
-    mov_eax(&mut c, SYS_EXIT);
+    mov(&mut c, EAX, SYS_EXIT);
     c.extend_from_slice(&[0x31, 0xff]); // xor edi, edi
     syscall(&mut c);
     c

@@ -217,6 +217,32 @@ fn runtime_info_and_image_service() {
     });
 }
 
+/// After a RunPodSandbox that failed: no sandbox listed, no VMM, netns or
+/// VM directory left behind.
+async fn assert_failed_pod_left_nothing(
+    rt: &mut runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    m: &Moatd,
+    vmms_before: &[u32],
+) {
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "failed sandbox still listed: {pods:?}");
+    assert_eq!(vmm_pids(), vmms_before, "a VMM leaked");
+    assert!(
+        Moatd::entries(&m.run_dir().join("netns")).is_empty(),
+        "netns leaked"
+    );
+    let leftovers: Vec<_> = Moatd::entries(&m.run_dir())
+        .into_iter()
+        .filter(|e| e != "netns")
+        .collect();
+    assert!(leftovers.is_empty(), "VM dirs leaked: {leftovers:?}");
+}
+
 /// Sandbox requests that are wrong, or whose VM cannot boot, fail cleanly
 /// and leave nothing behind. The VMM fails before KVM is touched, so this
 /// runs on any host.
@@ -306,28 +332,12 @@ fn bad_sandbox_requests_and_a_vm_that_cannot_boot() {
                 .contains("pod VM stopped before its agent answered"),
             "{e:?}"
         );
-        let pods = rt
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
-        assert!(pods.is_empty(), "failed sandbox still listed: {pods:?}");
-        assert_eq!(vmm_pids(), before, "a VMM leaked");
+        assert_failed_pod_left_nothing(&mut rt, &m, &before).await;
         assert!(
             !m.log().contains("booting a new one"),
             "a VMM that cannot start was started again:\n{}",
             m.log()
         );
-        assert!(
-            Moatd::entries(&m.run_dir().join("netns")).is_empty(),
-            "netns leaked"
-        );
-        let leftovers: Vec<_> = Moatd::entries(&m.run_dir())
-            .into_iter()
-            .filter(|e| e != "netns")
-            .collect();
-        assert!(leftovers.is_empty(), "VM dirs leaked: {leftovers:?}");
         let _ = std::fs::remove_file(&bogus);
     });
 }
@@ -367,23 +377,7 @@ fn boot_crash_body() {
             2,
             "expected two failed boots:\n{log}"
         );
-        let pods = rt
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
-        assert!(pods.is_empty(), "failed sandbox still listed: {pods:?}");
-        assert_eq!(vmm_pids(), before, "a VMM leaked");
-        assert!(
-            Moatd::entries(&m.run_dir().join("netns")).is_empty(),
-            "netns leaked"
-        );
-        let leftovers: Vec<_> = Moatd::entries(&m.run_dir())
-            .into_iter()
-            .filter(|e| e != "netns")
-            .collect();
-        assert!(leftovers.is_empty(), "VM dirs leaked: {leftovers:?}");
+        assert_failed_pod_left_nothing(&mut rt, &m, &before).await;
         let _ = std::fs::remove_file(&junk);
     });
 }
