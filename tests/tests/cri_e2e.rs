@@ -217,6 +217,15 @@ fn runtime_info_and_image_service() {
     });
 }
 
+/// moatd config for one more runtime handler booting `kernel` and
+/// `initramfs` with the built moat-vmm.
+fn handler_toml(name: &str, kernel: &std::path::Path, initramfs: &std::path::Path) -> String {
+    format!(
+        "[runtime_handlers.{name}]\nkernel = {kernel:?}\ninitramfs = {initramfs:?}\nvmm = {:?}\n",
+        moat_tests::artifacts::binary("moat-vmm").unwrap()
+    )
+}
+
 /// After a RunPodSandbox that failed: no sandbox listed, no VMM, netns or
 /// VM directory left behind.
 async fn assert_failed_pod_left_nothing(
@@ -252,10 +261,10 @@ fn bad_sandbox_requests_and_a_vm_that_cannot_boot() {
         // A handler whose "kernel" is not an ELF file: moat-vmm exits at once.
         let bogus = std::env::temp_dir().join(format!("moat-not-a-kernel-{}", std::process::id()));
         std::fs::write(&bogus, b"not a kernel").unwrap();
-        let extra = format!(
-            "[runtime_handlers.broken]\nkernel = {bogus:?}\ninitramfs = {:?}\nvmm = {:?}\n",
-            moat_tests::artifacts::initramfs().unwrap(),
-            moat_tests::artifacts::binary("moat-vmm").unwrap()
+        let extra = handler_toml(
+            "broken",
+            &bogus,
+            &moat_tests::artifacts::initramfs().unwrap(),
         );
         let m = Moatd::start(&extra).expect("moatd");
         let mut rt = m.runtime().await.unwrap();
@@ -349,11 +358,7 @@ fn boot_crash_body() {
     tokio_runtime().block_on(async {
         let junk = std::env::temp_dir().join(format!("moat-not-a-cpio-{}", std::process::id()));
         std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
-        let extra = format!(
-            "[runtime_handlers.panics]\nkernel = {:?}\ninitramfs = {junk:?}\nvmm = {:?}\n",
-            moat_tests::artifacts::vmlinux().unwrap(),
-            moat_tests::artifacts::binary("moat-vmm").unwrap()
-        );
+        let extra = handler_toml("panics", &moat_tests::artifacts::vmlinux().unwrap(), &junk);
         let m = Moatd::start(&extra).expect("moatd");
         let mut rt = m.runtime().await.unwrap();
         let before = vmm_pids();

@@ -318,10 +318,9 @@ impl Vcpu {
                 c.hlt.fetch_add(1, Ordering::Relaxed);
             }
             Ok(VcpuExit::Shutdown) => {
-                let state = dump::describe(&self.fd);
-                tracing::warn!("vcpu{i}: triple fault: {state}");
-                self.exit
-                    .guest_reset(&format!("triple fault on vcpu{i}: {state}"));
+                // Logged here, as an exit requested earlier would win.
+                tracing::warn!("vcpu{i}: triple fault: {}", dump::describe(&self.fd));
+                self.exit.guest_reset(&format!("triple fault on vcpu{i}"));
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
                 self.exit
