@@ -13,8 +13,8 @@ packages=(
   protobuf-compiler
   # container images: registry, image tools, block images
   docker-registry umoci skopeo erofs-utils e2fsprogs
-  # networking: CNI plugins, ip
-  containernetworking-plugins iproute2
+  # networking: CNI plugins, ip; iptables for the portmap plugin (hostPort)
+  containernetworking-plugins iproute2 iptables
 )
 
 missing=()

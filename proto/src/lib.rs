@@ -38,3 +38,45 @@ pub const SANDBOX_NS_DIR: &str = "/run/moat/sandbox/ns";
 /// Kernel command-line key the agent reads to learn test-only behaviour
 /// (`moat.test=poweroff`: power off right after boot, for boot benchmarks).
 pub const CMDLINE_TEST_KEY: &str = "moat.test";
+
+/// The Linux namespace a pod sysctl belongs to (`"ipc"`, `"uts"` or
+/// `"net"`), as runc and kubelet classify them; `None` for a sysctl that is
+/// not namespaced, which a pod may not set.
+pub fn sysctl_namespace(key: &str) -> Option<&'static str> {
+    const IPC: [&str; 8] = [
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+    ];
+    let key = key.replace('/', ".");
+    if IPC.contains(&key.as_str()) || key.starts_with("fs.mqueue.") {
+        Some("ipc")
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        Some("uts")
+    } else if key.starts_with("net.") {
+        Some("net")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sysctls_are_classified_by_namespace() {
+        use super::sysctl_namespace as ns;
+        assert_eq!(ns("kernel.shm_rmid_forced"), Some("ipc"));
+        assert_eq!(ns("fs.mqueue.msg_max"), Some("ipc"));
+        assert_eq!(ns("kernel/msgmax"), Some("ipc"));
+        assert_eq!(ns("net.ipv4.ip_forward"), Some("net"));
+        assert_eq!(ns("kernel.domainname"), Some("uts"));
+        assert_eq!(ns("kernel.pid_max"), None);
+        assert_eq!(ns("vm.overcommit_memory"), None);
+        assert_eq!(ns("kernel.shm_next_id"), None);
+    }
+}

@@ -3,6 +3,7 @@
 //! KVM cannot boot an ordinary guest), and the build artefacts tests use.
 
 pub mod artifacts;
+pub mod cri;
 pub mod moatd;
 pub mod node;
 pub mod probe;

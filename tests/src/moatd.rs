@@ -56,18 +56,25 @@ impl Moatd {
     /// Starts moatd with the default microvm handler; `extra_toml` is
     /// appended to its config (e.g. another runtime handler).
     pub fn start(extra_toml: &str) -> anyhow::Result<Self> {
+        Self::start_with(extra_toml, &[])
+    }
+
+    /// As [`Moatd::start`], with more CNI plugins chained after the bridge
+    /// (e.g. `portmap`).
+    pub fn start_with(extra_toml: &str, plugins: &[serde_json::Value]) -> anyhow::Result<Self> {
         let registry = Registry::start()?;
         let dir = tempfile::Builder::new().prefix("moatd-e2e-").tempdir()?;
         let d = dir.path();
         let n = std::process::id() % 200 + 20;
         let bridge = format!("moatbr{n}");
         std::fs::create_dir_all(d.join("net.d"))?;
-        let cni = serde_json::json!({
-            "cniVersion": "1.0.0", "name": "moat-e2e",
-            "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+        let mut chain = vec![
+            serde_json::json!({"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
                 "ipam": {"type": "host-local", "dataDir": d.join("ipam"),
-                         "ranges": [[{"subnet": format!("10.{n}.0.0/16")}]], "routes": [{"dst": "0.0.0.0/0"}]}}]
-        });
+                         "ranges": [[{"subnet": format!("10.{n}.0.0/16")}]], "routes": [{"dst": "0.0.0.0/0"}]}}),
+        ];
+        chain.extend(plugins.iter().cloned());
+        let cni = serde_json::json!({"cniVersion": "1.0.0", "name": "moat-e2e", "plugins": chain});
         std::fs::write(d.join("net.d/10-moat.conflist"), cni.to_string())?;
         let socket = d.join("moat.sock");
         let config = format!(

@@ -619,6 +619,12 @@ say() { echo "moat-node: $*" > /dev/console; }
 for m in $(cat /modules/order); do
   insmod /modules/$m.ko 2>/dev/null || say "insmod $m failed"
 done
+# Modules the kernel asks for later (the netfilter tables, matches and
+# targets iptables needs for the portmap CNI plugin) come from the host's
+# /lib/modules, through its modprobe.
+printf '#!/bin/busybox sh\nexec chroot /host /sbin/modprobe "$@"\n' > /sbin/modprobe-host
+chmod 755 /sbin/modprobe-host
+echo /sbin/modprobe-host > /proc/sys/kernel/modprobe
 scratch=$(sed -n 's/.*moat_scratch=\([^ ]*\).*/\1/p' /proc/cmdline)
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /host || say "mounting the host root failed"
 for d in proc sys dev tmp run var/tmp; do [ -d /host/$d ] || say "missing /host/$d"; done

@@ -87,14 +87,17 @@ fn runtime_info_and_image_service() {
         rt.update_runtime_config(UpdateRuntimeConfigRequest::default())
             .await
             .unwrap();
-        // moat exposes no extra metrics: both metric RPCs answer empty lists.
-        assert!(rt
+        // cAdvisor-style metrics: described up front; no pods, no values.
+        let descriptors = rt
             .list_metric_descriptors(ListMetricDescriptorsRequest::default())
             .await
             .unwrap()
             .into_inner()
-            .descriptors
-            .is_empty());
+            .descriptors;
+        assert!(descriptors
+            .iter()
+            .any(|d| d.name == "container_cpu_usage_seconds_total"
+                && d.label_keys.contains(&"pod".to_string())));
         assert!(rt
             .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest::default())
             .await

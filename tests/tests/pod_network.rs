@@ -49,6 +49,7 @@ async fn cni_bridge_and_tap_redirect_in_a_pod_netns() {
         netns: ns.path(),
         ifname: "eth0",
         pod: Some(("web", "default")),
+        capability_args: &serde_json::Map::new(),
     };
     let result = net.add(&att).await.expect("CNI ADD");
     let ips = result.ips();

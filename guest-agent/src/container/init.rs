@@ -43,7 +43,8 @@ pub fn main() -> ! {
             uts,
             pid,
             hostname,
-        } => holder(ipc, uts, pid, hostname.as_deref(), &chan),
+            sysctls,
+        } => holder(ipc, uts, pid, hostname.as_deref(), &sysctls, &chan),
     };
     match result {
         Ok(()) => std::process::exit(0),
@@ -144,6 +145,7 @@ fn holder(
     uts: bool,
     pid: bool,
     hostname: Option<&str>,
+    sysctls: &[(String, String)],
     chan: &Channel,
 ) -> anyhow::Result<()> {
     let mut kinds = Vec::new();
@@ -157,6 +159,12 @@ fn holder(
         if let Some(h) = hostname {
             nix::unistd::sethostname(h).context("sethostname")?;
         }
+    }
+    // After unshare: /proc/sys/kernel/{shm,msg,sem}*, fs/mqueue and the
+    // UTS names resolve to this process's new namespaces.
+    for (key, value) in sysctls {
+        std::fs::write(Path::new("/proc/sys").join(key), value)
+            .with_context(|| format!("sysctl {key}"))?;
     }
     if fork_child(chan)?.is_none() {
         return Ok(());

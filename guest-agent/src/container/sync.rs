@@ -40,6 +40,9 @@ pub enum InitRequest {
         pid: bool,
         /// Hostname to set in the new UTS namespace.
         hostname: Option<String>,
+        /// Sysctls of the new IPC/UTS namespaces: (path under
+        /// `/proc/sys`, value).
+        sysctls: Vec<(String, String)>,
     },
 }
 

@@ -49,6 +49,7 @@ pub(super) async fn create(state: &State, req: CreateSandboxRequest) -> R<Create
     let hosts = files::hosts_file(&req.hostname, &req.hosts).map_err(invalid)?;
     let resolv = files::resolv_conf(&req.dns.clone().unwrap_or_default()).map_err(invalid)?;
     let mut sysctls = Vec::new();
+    let mut holder_sysctls = Vec::new();
     let mut keys: Vec<_> = req.sysctls.keys().collect();
     keys.sort();
     for k in keys {
@@ -60,7 +61,20 @@ pub(super) async fn create(state: &State, req: CreateSandboxRequest) -> R<Create
                 "sysctls[{k:?}]: value too long or has NUL"
             )));
         }
-        sysctls.push((rel, v.clone()));
+        // IPC and UTS sysctls belong to the pod's own namespaces, held by
+        // the holder process when the pod shares them; the rest (net.*)
+        // to the guest's network namespace, the pod's.
+        let in_holder = match moat_proto::sysctl_namespace(k) {
+            Some("ipc") => req.share_ipc,
+            Some("uts") => req.share_uts,
+            Some(_) => false,
+            None => return Err(invalid(format!("sysctls[{k:?}]: not a namespaced sysctl"))),
+        };
+        if in_holder {
+            holder_sysctls.push((rel, v.clone()));
+        } else {
+            sysctls.push((rel, v.clone()));
+        }
     }
 
     let mut guard = state.sandbox.lock().await;
@@ -104,7 +118,7 @@ pub(super) async fn create(state: &State, req: CreateSandboxRequest) -> R<Create
         ..Default::default()
     };
     if req.share_ipc || req.share_pid || req.share_uts {
-        let (pid, paths) = start_holder(state, &req).await?;
+        let (pid, paths) = start_holder(state, &req, holder_sysctls).await?;
         sandbox.holder_pid = Some(pid);
         sandbox.ns_paths = paths;
     }
@@ -128,6 +142,7 @@ pub(super) async fn create(state: &State, req: CreateSandboxRequest) -> R<Create
 async fn start_holder(
     state: &State,
     req: &CreateSandboxRequest,
+    sysctls: Vec<(String, String)>,
 ) -> Result<(i32, HashMap<String, PathBuf>), Status> {
     let holder_cg = Cgroup::create(
         &state.config.cgroup_root,
@@ -140,6 +155,7 @@ async fn start_holder(
         uts: req.share_uts,
         pid: req.share_pid,
         hostname: (!req.hostname.is_empty()).then(|| req.hostname.clone()),
+        sysctls,
     };
     let launched = tokio::task::spawn_blocking(move || {
         let null = || {

@@ -769,6 +769,25 @@ impl Containers {
     }
 }
 
+impl Containers {
+    /// How many processes run in a container (from the guest).
+    pub async fn process_count(
+        &self,
+        rec: &ContainerRecord,
+        sb: &SandboxRecord,
+    ) -> Result<u64, ContainerError> {
+        let mut agent = self.agent(sb).await?;
+        let list = agent
+            .list_processes(moat_proto::agent::ListProcessesRequest {
+                container_id: rec.id.clone(),
+            })
+            .await
+            .map_err(agent_err("agent ListProcesses"))?
+            .into_inner();
+        Ok(list.processes.len() as u64)
+    }
+}
+
 fn mark_exited(rec: &mut ContainerRecord, code: i32, reason: &str, message: &str) {
     rec.state = ContainerState::Exited;
     rec.finished_at = now_ns();
@@ -835,43 +854,28 @@ async fn channels_of(inner: &Inner, sb: &SandboxRecord) -> Result<AgentChannels,
     Ok(channels)
 }
 
-/// Reads a `Localhost` seccomp profile named by the request.
+/// Reads the `Localhost` seccomp profile the request names, if any.
 fn read_localhost_seccomp(config: &ContainerConfig) -> Result<Option<String>, ContainerError> {
-    use moat_proto::cri::security_profile::ProfileType;
-    let Some(p) = config
+    let sc = config
         .linux
         .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.seccomp.as_ref())
-        .filter(|p| p.profile_type == ProfileType::Localhost as i32)
-    else {
+        .and_then(|l| l.security_context.as_ref());
+    let choice = super::seccomp::choice(sc).map_err(|e| ContainerError::Invalid(e.0))?;
+    let super::seccomp::SeccompChoice::Localhost(path) = choice else {
         return Ok(None);
     };
-    let path = p
-        .localhost_ref
-        .strip_prefix("localhost/")
-        .unwrap_or(&p.localhost_ref);
-    if !path.starts_with('/') {
+    let field = "security_context.seccomp";
+    let path = path.display();
+    let meta = std::fs::metadata(path.to_string())
+        .map_err(|e| ContainerError::Invalid(format!("{field}: {path}: {e}")))?;
+    if !meta.is_file() || meta.len() > 1 << 20 {
         return Err(ContainerError::Invalid(format!(
-            "security_context.seccomp.localhost_ref: {:?} is not an absolute path",
-            p.localhost_ref
+            "{field}: {path} is not a file of at most 1 MiB"
         )));
     }
-    let meta = std::fs::metadata(path).map_err(|e| {
-        ContainerError::Invalid(format!(
-            "security_context.seccomp.localhost_ref: {path}: {e}"
-        ))
-    })?;
-    if meta.len() > 1 << 20 {
-        return Err(ContainerError::Invalid(format!(
-            "security_context.seccomp.localhost_ref: {path} is larger than 1 MiB"
-        )));
-    }
-    std::fs::read_to_string(path).map(Some).map_err(|e| {
-        ContainerError::Invalid(format!(
-            "security_context.seccomp.localhost_ref: {path}: {e}"
-        ))
-    })
+    std::fs::read_to_string(path.to_string())
+        .map(Some)
+        .map_err(|e| ContainerError::Invalid(format!("{field}: {path}: {e}")))
 }
 
 /// Watches a running container: copies its output to the log and records

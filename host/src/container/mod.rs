@@ -2,6 +2,7 @@
 //!
 //! - [`record`]: what is stored about a container (survives moatd restarts).
 //! - [`spec`]: CRI container config + image config → OCI runtime spec.
+//! - [`seccomp`]: the seccomp profile CRI asks for, as an OCI profile.
 //! - [`mounts`]: host paths a container mounts, copied into the guest.
 //! - [`io`]: process output into CRI logs or ExecSync answers.
 //! - [`manager`]: create, start, stop, remove, exec, update, stats, recovery.
@@ -10,6 +11,7 @@ pub mod io;
 pub mod manager;
 pub mod mounts;
 pub mod record;
+pub mod seccomp;
 pub mod spec;
 
 pub use manager::Containers;

@@ -12,7 +12,7 @@ use moat_proto::cri::{
 };
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxCapabilities, LinuxCpu, LinuxMemory, LinuxNamespace,
-    LinuxNamespaceType, LinuxResources, LinuxSeccomp, Mount, Spec, User,
+    LinuxNamespaceType, LinuxResources, Mount, Spec, User,
 };
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -117,53 +117,6 @@ const ALL_CAPS: [&str; 41] = [
     "PERFMON",
     "BPF",
     "CHECKPOINT_RESTORE",
-];
-
-/// Syscalls the RuntimeDefault profile refuses with EPERM: those docker's
-/// default profile leaves out that matter inside a pod (kernel modules,
-/// kexec, reboot, clock setting, mounts and namespaces, tracing and
-/// foreign-memory access, keyrings, BPF, perf, userfaultfd).
-const DENIED_SYSCALLS: [&str; 40] = [
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "move_mount",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "umount2",
-    "unshare",
-    "userfaultfd",
 ];
 
 fn image_section(image: &serde_json::Value) -> &serde_json::Value {
@@ -282,6 +235,14 @@ pub fn resolve_user(
     let id = |v: i64, field: &str| {
         u32::try_from(v).map_err(|_| bad(field, format!("{v} is not a valid id")))
     };
+    if let Some(sc) = sc {
+        if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+            return Err(bad(
+                "run_as_group",
+                "only allowed together with run_as_user or run_as_username",
+            ));
+        }
+    }
     let image_user = image_section(image)["User"].as_str().unwrap_or("");
     let (user_part, group_part) = match image_user.split_once(':') {
         Some((u, g)) => (u.to_string(), Some(g.to_string())),
@@ -401,49 +362,6 @@ pub fn capabilities(
         .set_inheritable(Some(ambient.clone()))
         .set_ambient(Some(ambient));
     Ok(caps)
-}
-
-/// The RuntimeDefault seccomp profile: allow, except the syscalls above.
-pub fn runtime_default_seccomp() -> LinuxSeccomp {
-    let v = serde_json::json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64"],
-        "syscalls": [{"names": DENIED_SYSCALLS.to_vec(), "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
-    });
-    // The JSON above is fixed and matches the OCI schema.
-    serde_json::from_value(v).unwrap_or_default()
-}
-
-/// The seccomp profile the security context asks for (None: unconfined).
-fn seccomp(
-    sc: Option<&LinuxContainerSecurityContext>,
-    localhost: Option<&str>,
-) -> Result<Option<LinuxSeccomp>, SpecError> {
-    use moat_proto::cri::security_profile::ProfileType;
-    let Some(sc) = sc else {
-        return Ok(None);
-    };
-    if sc.privileged {
-        return Ok(None);
-    }
-    let profile = sc.seccomp.as_ref();
-    let kind = profile.map(|p| p.profile_type).unwrap_or(0);
-    if kind == ProfileType::RuntimeDefault as i32 {
-        return Ok(Some(runtime_default_seccomp()));
-    }
-    if kind == ProfileType::Localhost as i32 {
-        let Some(text) = localhost else {
-            return Err(bad("security_context.seccomp.localhost_ref", "required"));
-        };
-        let parsed: LinuxSeccomp = serde_json::from_str(text).map_err(|e| {
-            bad(
-                "security_context.seccomp.localhost_ref",
-                format!("not a seccomp profile: {e}"),
-            )
-        })?;
-        return Ok(Some(parsed));
-    }
-    Ok(None)
 }
 
 /// OCI cgroup limits from CRI resources (CreateContainer and
@@ -608,7 +526,14 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         user.set_additional_gids(Some(extra));
     }
     process.set_user(user);
-    process.set_capabilities(Some(capabilities(sc)?));
+    let caps = capabilities(sc)?;
+    let bounding: Vec<String> = caps
+        .bounding()
+        .iter()
+        .flatten()
+        .map(|c| format!("CAP_{c}"))
+        .collect();
+    process.set_capabilities(Some(caps));
     process.set_no_new_privileges(Some(sc.is_some_and(|s| s.no_new_privs)));
     let limits = c.linux.as_ref().and_then(|l| l.resources.as_ref());
     if let Some(r) = limits {
@@ -681,7 +606,11 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
             linux.set_readonly_paths(Some(sc.readonly_paths.clone()));
         }
     }
-    linux.set_seccomp(seccomp(sc, input.localhost_seccomp)?);
+    linux.set_seccomp(super::seccomp::profile(
+        &super::seccomp::choice(sc)?,
+        &bounding,
+        input.localhost_seccomp,
+    )?);
     spec.set_linux(Some(linux));
     spec.set_annotations(Some(c.annotations.clone().into_iter().collect()));
     Ok(spec)
@@ -771,6 +700,12 @@ mod tests {
             resolve_user(Some(&sc), &image(), PASSWD, GROUP).unwrap(),
             (4242, 7, vec![])
         );
+        let sc = LinuxContainerSecurityContext {
+            run_as_group: Some(Int64Value { value: 7 }),
+            ..Default::default()
+        };
+        let e = resolve_user(Some(&sc), &image(), PASSWD, GROUP).unwrap_err();
+        assert!(e.0.starts_with("run_as_group"), "{e}");
         let img = serde_json::json!({"config": {"User": "1000:extra"}});
         assert_eq!(
             resolve_user(None, &img, PASSWD, GROUP).unwrap(),
@@ -836,17 +771,6 @@ mod tests {
             ..Default::default()
         };
         assert!(capabilities(Some(&sc)).unwrap_err().0.contains("FLY"));
-    }
-
-    #[test]
-    fn runtime_default_seccomp_denies_mount() {
-        let s = serde_json::to_value(runtime_default_seccomp()).unwrap();
-        assert_eq!(s["defaultAction"], "SCMP_ACT_ALLOW");
-        assert!(s["syscalls"][0]["names"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n == "mount"));
     }
 
     #[test]
@@ -929,13 +853,32 @@ mod tests {
             .iter()
             .any(|m| m["destination"] == "/etc/resolv.conf"));
         assert!(v["linux"].get("seccomp").is_none());
-        // RuntimeDefault (CRI's zero value) gets the default profile.
-        let sc = LinuxContainerSecurityContext {
-            seccomp: Some(SecurityProfile::default()),
+        // RuntimeDefault (CRI's zero value) gets the default allow-list,
+        // gated by the container's own capabilities.
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                seccomp: Some(SecurityProfile::default()),
+                ..Default::default()
+            }),
             ..Default::default()
-        };
-        assert!(seccomp(Some(&sc), None).unwrap().is_some());
-        assert!(seccomp(None, None).unwrap().is_none());
+        });
+        let spec = build(&SpecInput {
+            config: &c,
+            image_config: &image(),
+            passwd: PASSWD,
+            group: GROUP,
+            guest: &guest,
+            mounts: &[],
+            localhost_seccomp: None,
+        })
+        .unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert!(v["linux"]["seccomp"]["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["names"].as_array().unwrap().iter().any(|n| n == "chroot")));
     }
 
     #[test]

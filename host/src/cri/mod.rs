@@ -6,12 +6,13 @@
 //! - [`runtime_service`]: the RuntimeService trait, dispatching to
 //!   [`runtime_info`] (Version, Status, RuntimeConfig, UpdateRuntimeConfig),
 //!   [`sandbox`] (the pod sandbox RPCs), [`container`] (the container
-//!   RPCs), [`stats`] and [`events`].
+//!   RPCs), [`stats`], [`metrics`] (cAdvisor-style metrics) and [`events`].
 
 pub mod client;
 pub mod container;
 pub mod events;
 pub mod image_service;
+pub mod metrics;
 pub mod runtime_info;
 pub mod runtime_service;
 pub mod sandbox;

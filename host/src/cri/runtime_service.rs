@@ -1,7 +1,7 @@
 //! The CRI `RuntimeService` trait, dispatching each RPC to the module that
 //! holds it.
 
-use crate::cri::{container, runtime_info, sandbox, stats, Daemon};
+use crate::cri::{container, metrics, runtime_info, sandbox, stats, Daemon};
 use moat_proto::cri::runtime_service_server::RuntimeService;
 use moat_proto::cri::*;
 use std::pin::Pin;
@@ -223,9 +223,8 @@ impl RuntimeService for CriRuntime {
         &self,
         _req: Request<ListMetricDescriptorsRequest>,
     ) -> Rpc<ListMetricDescriptorsResponse> {
-        // moat exposes no CRI-level metrics beyond the stats RPCs.
         ok(ListMetricDescriptorsResponse {
-            descriptors: Vec::new(),
+            descriptors: metrics::descriptors(),
         })
     }
 
@@ -233,9 +232,9 @@ impl RuntimeService for CriRuntime {
         &self,
         _req: Request<ListPodSandboxMetricsRequest>,
     ) -> Rpc<ListPodSandboxMetricsResponse> {
-        ok(ListPodSandboxMetricsResponse {
-            pod_metrics: Vec::new(),
-        })
+        metrics::list_pod_sandbox_metrics(&self.d)
+            .await
+            .map(Response::new)
     }
 
     async fn runtime_config(

@@ -73,10 +73,15 @@ pub async fn stop(
     d: &Daemon,
     req: StopPodSandboxRequest,
 ) -> Result<StopPodSandboxResponse, Status> {
-    let rec = d
-        .pods
-        .get(&req.pod_sandbox_id)
-        .map_err(status_from_pod_error)?;
+    let rec = match d.pods.get(&req.pod_sandbox_id) {
+        Ok(rec) => rec,
+        // CRI: StopPodSandbox is idempotent and must not fail once
+        // everything is reclaimed, so a sandbox already removed is stopped.
+        Err(crate::pod::PodError::NotFound(_)) if !req.pod_sandbox_id.is_empty() => {
+            return Ok(StopPodSandboxResponse {})
+        }
+        Err(e) => return Err(status_from_pod_error(e)),
+    };
     d.containers
         .pod_stopping(&rec)
         .await

@@ -116,6 +116,22 @@ pub struct Attachment<'a> {
     pub ifname: &'a str,
     /// Pod name and namespace, passed as K8S_POD_* CNI_ARGS.
     pub pod: Option<(&'a str, &'a str)>,
+    /// CNI capability arguments by capability name (`portMappings`,
+    /// `bandwidth`, `dns`, `cgroupPath`, …): each plugin gets, as its
+    /// `runtimeConfig`, those it declares in its `capabilities`.
+    pub capability_args: &'a serde_json::Map<String, Value>,
+}
+
+/// The `runtimeConfig` a plugin gets: the capability arguments it declares
+/// (`"capabilities": {"portMappings": true}`), as libcni passes them.
+fn runtime_config(plugin_conf: &Value, args: &serde_json::Map<String, Value>) -> Option<Value> {
+    let caps = plugin_conf["capabilities"].as_object()?;
+    let rc: serde_json::Map<String, Value> = caps
+        .iter()
+        .filter(|(_, on)| on.as_bool() == Some(true))
+        .filter_map(|(name, _)| Some((name.clone(), args.get(name)?.clone())))
+        .collect();
+    (!rc.is_empty()).then_some(Value::Object(rc))
 }
 
 impl CniNetwork {
@@ -203,6 +219,9 @@ impl CniNetwork {
         conf["cniVersion"] = json!(self.version);
         if let Some(p) = prev {
             conf["prevResult"] = p.clone();
+        }
+        if let Some(rc) = runtime_config(plugin_conf, att.capability_args) {
+            conf["runtimeConfig"] = rc;
         }
         let fail = |message: String| CniError::Plugin {
             plugin: plugin.clone(),
@@ -307,6 +326,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn plugins_get_only_the_capability_args_they_declare() {
+        let args: serde_json::Map<String, Value> = serde_json::from_value(json!({
+            "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+            "dns": {"servers": ["10.96.0.10"]}
+        }))
+        .unwrap();
+        let portmap =
+            json!({"type": "portmap", "capabilities": {"portMappings": true, "bandwidth": true}});
+        assert_eq!(
+            runtime_config(&portmap, &args),
+            Some(
+                json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]})
+            )
+        );
+        let off = json!({"type": "x", "capabilities": {"dns": false}});
+        assert_eq!(runtime_config(&off, &args), None);
+        assert_eq!(runtime_config(&json!({"type": "bridge"}), &args), None);
+    }
+
+    #[test]
     fn parses_lists_and_single_configs() {
         let n = CniNetwork::parse(
             r#"{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"},{"type":"portmap"}]}"#,
@@ -358,6 +397,7 @@ mod tests {
             netns: Path::new("/proc/self/ns/net"),
             ifname: "eth0",
             pod: None,
+            capability_args: &serde_json::Map::new(),
         };
         let e = n.add(&att).await.unwrap_err().to_string();
         assert!(

@@ -6,6 +6,7 @@
 use super::record::{SandboxRecord, SandboxState};
 use super::sizing::vm_size;
 use crate::config::Config;
+use crate::network::capability_args::capability_args;
 use crate::network::cni::Attachment;
 use crate::network::{tap, CniNetwork, NetNs};
 use crate::store::{Found, Store, StoreError, SANDBOXES};
@@ -49,7 +50,7 @@ fn failed(e: impl std::fmt::Display) -> PodError {
 }
 
 /// Interface the CNI plugins create in the pod namespace.
-const POD_IFNAME: &str = "eth0";
+use crate::network::POD_IFNAME;
 /// The TAP joined to it.
 const POD_TAP: &str = "tap0";
 
@@ -91,10 +92,73 @@ fn validate(config: &PodSandboxConfig) -> Result<(), PodError> {
             )));
         }
     }
-    if config.hostname.len() > 64 {
-        return Err(PodError::Invalid(
-            "config.hostname: longer than 64 bytes".into(),
-        ));
+    pod_hostname(config)?;
+    run_as_group_needs_user(config)?;
+    capability_args(config).map_err(PodError::Invalid)?;
+    for key in config.linux.iter().flat_map(|l| l.sysctls.keys()) {
+        if moat_proto::sysctl_namespace(key).is_none() {
+            return Err(PodError::Invalid(format!(
+                "config.linux.sysctls[{key:?}]: not a namespaced sysctl; a pod may set \
+                 kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, kernel.hostname, \
+                 kernel.domainname and net.*"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The pod's hostname: `config.hostname`, or, when empty, the pod name cut
+/// to 63 characters with trailing `-` and `.` trimmed, as kubelet derives
+/// it. Either must be an RFC 1123 hostname of 1..=64 bytes.
+pub(crate) fn pod_hostname(config: &PodSandboxConfig) -> Result<String, PodError> {
+    let (field, hostname) = if config.hostname.is_empty() {
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.as_str())
+            .unwrap_or_default();
+        let cut: String = name.chars().take(63).collect();
+        (
+            "config.metadata.name (the hostname when config.hostname is empty)",
+            cut.trim_end_matches(['-', '.']).to_string(),
+        )
+    } else {
+        ("config.hostname", config.hostname.clone())
+    };
+    if hostname.is_empty() || hostname.len() > 64 {
+        return Err(PodError::Invalid(format!(
+            "{field}: {hostname:?} must be 1..=64 bytes"
+        )));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if !hostname.split('.').all(label_ok) {
+        return Err(PodError::Invalid(format!(
+            "{field}: {hostname:?} is not an RFC 1123 hostname"
+        )));
+    }
+    Ok(hostname)
+}
+
+/// CRI: `run_as_group` may only be set together with `run_as_user` or
+/// `run_as_username`.
+fn run_as_group_needs_user(config: &PodSandboxConfig) -> Result<(), PodError> {
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    if let Some(sc) = sc {
+        if sc.run_as_group.is_some() && sc.run_as_user.is_none() {
+            return Err(PodError::Invalid(
+                "config.linux.security_context.run_as_group: only allowed together with run_as_user"
+                    .into(),
+            ));
+        }
     }
     Ok(())
 }
@@ -128,12 +192,14 @@ fn attachment<'a>(
     id: &'a str,
     md: &'a PodSandboxMetadata,
     netns: &'a std::path::Path,
+    capability_args: &'a serde_json::Map<String, serde_json::Value>,
 ) -> Attachment<'a> {
     Attachment {
         container_id: id,
         netns,
         ifname: POD_IFNAME,
         pod: Some((&md.name, &md.namespace)),
+        capability_args,
     }
 }
 
@@ -319,8 +385,9 @@ impl Pods {
             rec.netns = Some(ns.path().to_path_buf());
             self.store.put(SANDBOXES, &rec.id, rec)?;
             let md = rec.metadata();
+            let args = capability_args(&rec.config).map_err(PodError::Invalid)?;
             let result = cni
-                .add(&attachment(&rec.id, &md, ns.path()))
+                .add(&attachment(&rec.id, &md, ns.path(), &args))
                 .await
                 .map_err(failed)?;
             rec.ips = result
@@ -371,11 +438,7 @@ impl Pods {
         let (share_ipc, share_pid) = pod_shares(&rec.config);
         let dns = rec.config.dns_config.clone().unwrap_or_default();
         let linux = rec.config.linux.clone().unwrap_or_default();
-        let hostname = if rec.config.hostname.is_empty() {
-            rec.metadata().name
-        } else {
-            rec.config.hostname.clone()
-        };
+        let hostname = pod_hostname(&rec.config)?;
         let limit = Duration::from_secs(30);
         let late = |what: &str| failed(format!("agent {what}: no answer within 30 s"));
         let created = tokio::time::timeout(
@@ -459,8 +522,12 @@ impl Pods {
             let ns = NetNs::at(path);
             if let Some(cni) = &self.cni {
                 let md = rec.metadata();
+                let args = capability_args(&rec.config).unwrap_or_default();
                 if let Err(e) = cni
-                    .del(&attachment(&rec.id, &md, ns.path()), rec.cni.as_ref())
+                    .del(
+                        &attachment(&rec.id, &md, ns.path(), &args),
+                        rec.cni.as_ref(),
+                    )
                     .await
                 {
                     tracing::warn!(id = %rec.id, "CNI DEL: {e}");
@@ -583,6 +650,72 @@ mod tests {
             uid: "u".into(),
             attempt: 0,
         });
+        assert!(validate(&c).is_ok());
+    }
+
+    #[test]
+    fn hostname_defaults_to_the_pod_name_as_kubelet_cuts_it() {
+        let mut c = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: format!("{}-{}", "a".repeat(62), "b".repeat(40)),
+                namespace: "n".into(),
+                uid: "u".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        };
+        // 63 characters end in '-': trimmed, as kubelet does.
+        assert_eq!(pod_hostname(&c).unwrap(), "a".repeat(62));
+        assert!(validate(&c).is_ok());
+        c.hostname = "web-0".into();
+        assert_eq!(pod_hostname(&c).unwrap(), "web-0");
+        c.hostname = "x".repeat(65);
+        assert!(validate(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("config.hostname"));
+        c.hostname = "bad_name".into();
+        assert!(validate(&c).unwrap_err().to_string().contains("RFC 1123"));
+    }
+
+    #[test]
+    fn run_as_group_alone_is_refused() {
+        use moat_proto::cri::{Int64Value, LinuxPodSandboxConfig, LinuxSandboxSecurityContext};
+        let mut c = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "p".into(),
+                namespace: "n".into(),
+                uid: "u".into(),
+                attempt: 0,
+            }),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    run_as_group: Some(Int64Value { value: 5 }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(validate(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("run_as_group"));
+        if let Some(l) = c.linux.as_mut() {
+            l.sysctls.insert("kernel.pid_max".into(), "1000".into());
+        }
+        assert!(validate(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("kernel.pid_max"));
+        if let Some(l) = c.linux.as_mut() {
+            l.sysctls.clear();
+            l.sysctls
+                .insert("kernel.shm_rmid_forced".into(), "1".into());
+        }
+        if let Some(sc) = c.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+            sc.run_as_user = Some(Int64Value { value: 5 });
+        }
         assert!(validate(&c).is_ok());
     }
 
