@@ -7,16 +7,21 @@
 #   scripts/registry.sh status
 # Environment: MOAT_REGISTRY_ADDR (127.0.0.1:5000), MOAT_REGISTRY_DIR
 # (/tmp/moat-registry: config, storage, pid, log), MOAT_TEST_IMAGE_LAYOUT
-# (build/images/busybox, made by scripts/build-test-image.sh).
+# (build/images/busybox, made by scripts/build-test-image.sh),
+# MOAT_REGISTRY_TLS_CERT and MOAT_REGISTRY_TLS_KEY (PEM files: serve HTTPS).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 addr=${MOAT_REGISTRY_ADDR:-127.0.0.1:5000}
 dir=${MOAT_REGISTRY_DIR:-/tmp/moat-registry}
 layout=${MOAT_TEST_IMAGE_LAYOUT:-$here/build/images/busybox}
 pidfile=$dir/registry.pid
+tls_cert=${MOAT_REGISTRY_TLS_CERT:-}
+tls_key=${MOAT_REGISTRY_TLS_KEY:-}
+scheme=http
+[ -z "$tls_cert" ] || scheme=https
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
-answering() { curl -fsS -o /dev/null "http://$addr/v2/" 2>/dev/null; }
+answering() { curl -fsSk -o /dev/null "$scheme://$addr/v2/" 2>/dev/null; }
 
 start() {
   if ! running; then
@@ -33,6 +38,9 @@ storage:
 http:
   addr: $addr
 YML
+    if [ -n "$tls_cert" ]; then
+      printf '  tls:\n    certificate: %s\n    key: %s\n' "$tls_cert" "$tls_key" >> "$dir/config.yml"
+    fi
     nohup docker-registry serve "$dir/config.yml" > "$dir/registry.log" 2>&1 &
     echo $! > "$pidfile"
   fi

@@ -63,6 +63,12 @@ pub struct Config {
     pub agent_timeout_secs: u64,
     /// Registries spoken to over plain HTTP besides loopback ones (default none).
     pub insecure_registries: Vec<String>,
+    /// Registry mirrors and per-registry TLS settings: containerd's
+    /// `certs.d` layout, one directory per registry host (`docker.io`,
+    /// `127.0.0.1:5000`, `_default`) holding a `hosts.toml`; read at each
+    /// pull (default `/etc/moat/certs.d`; containerd's is
+    /// `/etc/containerd/certs.d`).
+    pub registry_config_dir: PathBuf,
     /// Cgroup driver reported to kubelet: "systemd" or "cgroupfs" (default "systemd").
     pub cgroup_driver: String,
 }
@@ -121,6 +127,7 @@ impl Default for Config {
             cni_bin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
             agent_timeout_secs: 60,
             insecure_registries: Vec::new(),
+            registry_config_dir: "/etc/moat/certs.d".into(),
             cgroup_driver: "systemd".into(),
         }
     }
@@ -246,6 +253,19 @@ mod tests {
         assert_eq!(h.kernel, Path::new("/k"));
         assert_eq!(h.default_memory_mib, 128);
         assert_eq!(h.default_vcpus, 1);
+    }
+
+    #[test]
+    fn registry_config_dir_is_read() {
+        assert_eq!(
+            Config::default().registry_config_dir,
+            Path::new("/etc/moat/certs.d")
+        );
+        let cfg = Config::parse("registry_config_dir = \"/etc/containerd/certs.d\"", "t").unwrap();
+        assert_eq!(
+            cfg.registry_config_dir,
+            Path::new("/etc/containerd/certs.d")
+        );
     }
 
     #[test]

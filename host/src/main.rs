@@ -31,6 +31,10 @@ fn main() -> anyhow::Result<()> {
     };
     if cli.check_config {
         println!("{config:#?}");
+        let registries = moatd::image::hosts::check_config_dir(&config.registry_config_dir)?;
+        for (registry, hosts) in registries {
+            println!("registry {registry}: tries {}", hosts.join(", then "));
+        }
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -17,9 +17,30 @@ fn script() -> PathBuf {
     crate::artifacts::workspace_root().join("scripts/registry.sh")
 }
 
+/// The test image's OCI layout: `MOAT_TEST_IMAGE_LAYOUT`, else
+/// `images/busybox` in the build directory (`MOAT_BUILD_DIR`).
+fn test_image_layout() -> PathBuf {
+    std::env::var_os("MOAT_TEST_IMAGE_LAYOUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::artifacts::build_dir().join("images/busybox"))
+}
+
 impl Registry {
     /// Starts a registry on a free loopback port and pushes the test image.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Registry::start`], serving HTTPS with the PEM certificate
+    /// `cert` and its key `key`.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Self> {
+        Self::start_with(&[
+            ("MOAT_REGISTRY_TLS_CERT", cert.as_os_str()),
+            ("MOAT_REGISTRY_TLS_KEY", key.as_os_str()),
+        ])
+    }
+
+    fn start_with(env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
         let dir = tempfile::Builder::new()
@@ -30,6 +51,8 @@ impl Registry {
             .arg("start")
             .env("MOAT_REGISTRY_ADDR", &addr)
             .env("MOAT_REGISTRY_DIR", dir.path())
+            .env("MOAT_TEST_IMAGE_LAYOUT", test_image_layout())
+            .envs(env.iter().copied())
             .output()?;
         let reg = Self { addr, dir };
         if !out.status.success() {

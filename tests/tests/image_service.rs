@@ -122,3 +122,288 @@ async fn pull_errors_are_clear() {
         .count();
     assert_eq!(tmp, 0, "failed pulls left files behind");
 }
+
+/// A loopback port nothing listens on (bound once, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes `<dir>/<registry>/hosts.toml`.
+fn hosts_toml(dir: &Path, registry: &str, text: &str) {
+    std::fs::create_dir_all(dir.join(registry)).unwrap();
+    std::fs::write(dir.join(registry).join("hosts.toml"), text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_go_through_mirrors_from_hosts_toml() {
+    let registry = Registry::start().expect("registry");
+    let state = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let svc = ImageService::open(state.path(), Store::open(state.path()).unwrap(), vec![])
+        .unwrap()
+        .with_registry_config_dir(certs.path());
+    let auth = PullAuth::default();
+
+    // The image's own registry is down; the first mirror is down too; the
+    // second mirror is the real registry.
+    let (down_registry, down_mirror) = (closed_port(), closed_port());
+    let upstream = format!("127.0.0.1:{down_registry}");
+    hosts_toml(
+        certs.path(),
+        &upstream,
+        &format!(
+            "[host.\"http://127.0.0.1:{down_mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n\
+             [host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            registry.addr
+        ),
+    );
+    let image = format!("{upstream}/moat/busybox:latest");
+    let rec = svc
+        .pull(&image, &auth)
+        .await
+        .expect("pull through the mirror");
+    assert_eq!(rec.layers.len(), 2);
+    assert_eq!(
+        rec.repo_tags,
+        vec![image.clone()],
+        "recorded under the name given"
+    );
+    assert!(
+        rec.repo_digests[0].starts_with(&format!("{upstream}/moat/busybox@sha256:")),
+        "{:?}",
+        rec.repo_digests
+    );
+    assert_eq!(
+        svc.resolve(&image).unwrap().map(|r| r.id),
+        Some(rec.id.clone())
+    );
+    let digest_ref = rec.repo_digests[0].clone();
+    assert!(svc.remove(&image).unwrap());
+
+    // A mirror without the resolve capability may not turn the tag into a
+    // digest: with the server down the tag cannot be pulled...
+    hosts_toml(
+        certs.path(),
+        &upstream,
+        &format!(
+            "[host.\"http://{}\"]\n  capabilities = [\"pull\"]\n",
+            registry.addr
+        ),
+    );
+    let e = svc.pull(&image, &auth).await.unwrap_err();
+    assert!(matches!(e, ImageError::Pull(_)), "{e}");
+    assert!(e.to_string().contains(&upstream), "{e}");
+    assert!(
+        !e.to_string().contains(&registry.addr),
+        "the pull-only mirror was asked to resolve: {e}"
+    );
+    // ...but the digest can, from the same (edited, re-read) file.
+    let rec2 = svc.pull(&digest_ref, &auth).await.expect("pull by digest");
+    assert_eq!(rec2.id, rec.id);
+    assert!(svc.remove(&digest_ref).unwrap());
+
+    // No host answers: the error names every host tried, in order.
+    let other_mirror = closed_port();
+    hosts_toml(
+        certs.path(),
+        &upstream,
+        &format!(
+            "[host.\"http://127.0.0.1:{down_mirror}\"]\n[host.\"http://127.0.0.1:{other_mirror}\"]\n"
+        ),
+    );
+    let e = svc.pull(&image, &auth).await.unwrap_err();
+    assert!(matches!(e, ImageError::Pull(_)), "{e}");
+    let msg = e.to_string();
+    eprintln!("every host down: {msg}");
+    let positions: Vec<usize> = [
+        format!("mirror http://127.0.0.1:{down_mirror}"),
+        format!("mirror http://127.0.0.1:{other_mirror}"),
+        format!("server http://{upstream}"),
+    ]
+    .iter()
+    .map(|h| {
+        msg.find(h.as_str())
+            .unwrap_or_else(|| panic!("{h} missing in {msg}"))
+    })
+    .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{msg}");
+    assert!(msg.contains("every registry host failed"), "{msg}");
+
+    // A malformed file fails the pull with its path and key, and the fix
+    // takes effect at the next pull without reopening the service.
+    hosts_toml(
+        certs.path(),
+        &upstream,
+        &format!(
+            "[host.\"http://{}\"]\n  capabilites = [\"pull\"]\n",
+            registry.addr
+        ),
+    );
+    let e = svc.pull(&image, &auth).await.unwrap_err().to_string();
+    eprintln!("malformed hosts.toml: {e}");
+    assert!(e.contains("hosts.toml") && e.contains("capabilites"), "{e}");
+    hosts_toml(
+        certs.path(),
+        &upstream,
+        &format!("[host.\"http://{}\"]\n", registry.addr),
+    );
+    svc.pull(&image, &auth)
+        .await
+        .expect("pull after fixing hosts.toml");
+
+    assert!(svc.remove(&image).unwrap());
+    let tmp = std::fs::read_dir(state.path().join("images/tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(tmp, 0, "failed pulls left files behind");
+}
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`ca.crt`) and a certificate for 127.0.0.1 it signed
+/// (`server.crt`, `server.key`) in `dir`.
+fn make_ca_and_server_cert(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=moat test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_mirror_is_verified_with_the_ca_from_hosts_toml() {
+    let pki = tempfile::tempdir().unwrap();
+    make_ca_and_server_cert(pki.path());
+    let registry = Registry::start_tls(
+        &pki.path().join("server.crt"),
+        &pki.path().join("server.key"),
+    )
+    .expect("TLS registry");
+    let state = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let svc = ImageService::open(state.path(), Store::open(state.path()).unwrap(), vec![])
+        .unwrap()
+        .with_registry_config_dir(certs.path());
+    let auth = PullAuth::default();
+    let upstream = format!("127.0.0.1:{}", closed_port());
+    let image = format!("{upstream}/moat/busybox:latest");
+    // The CA sits beside hosts.toml and is named relative to it.
+    std::fs::create_dir_all(certs.path().join(&upstream)).unwrap();
+    std::fs::copy(
+        pki.path().join("ca.crt"),
+        certs.path().join(&upstream).join("mirror-ca.crt"),
+    )
+    .unwrap();
+
+    // Without the CA the mirror's certificate is rejected.
+    hosts_toml(
+        certs.path(),
+        &upstream,
+        &format!("[host.\"https://{}\"]\n", registry.addr),
+    );
+    let e = svc.pull(&image, &auth).await.unwrap_err().to_string();
+    eprintln!("TLS mirror without its CA: {e}");
+    assert!(e.contains("certificate"), "{e}");
+    assert!(
+        e.contains(&format!("mirror https://{}", registry.addr)),
+        "{e}"
+    );
+    assert!(svc.list().unwrap().is_empty());
+
+    // With it, the pull is served by the mirror over verified TLS.
+    hosts_toml(
+        certs.path(),
+        &upstream,
+        &format!(
+            "[host.\"https://{}\"]\n  ca = \"mirror-ca.crt\"\n",
+            registry.addr
+        ),
+    );
+    let rec = svc.pull(&image, &auth).await.expect("pull over TLS");
+    assert_eq!(rec.repo_tags, vec![image.clone()]);
+    assert!(svc.remove(&image).unwrap());
+
+    // skip_verify accepts the certificate without the CA.
+    hosts_toml(
+        certs.path(),
+        &upstream,
+        &format!(
+            "[host.\"https://{}\"]\n  skip_verify = true\n",
+            registry.addr
+        ),
+    );
+    svc.pull(&image, &auth)
+        .await
+        .expect("pull with skip_verify");
+    assert!(svc.remove(&image).unwrap());
+}

@@ -71,11 +71,14 @@ impl Daemon {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let store = Store::open(&config.state_dir)?;
-        let images = Arc::new(ImageService::open(
-            &config.state_dir,
-            store.clone(),
-            config.insecure_registries.clone(),
-        )?);
+        let images = Arc::new(
+            ImageService::open(
+                &config.state_dir,
+                store.clone(),
+                config.insecure_registries.clone(),
+            )?
+            .with_registry_config_dir(&config.registry_config_dir),
+        );
         let cni = match CniNetwork::load_dir(&config.cni_conf_dir, config.cni_bin_dirs.clone()) {
             Ok(n) => {
                 tracing::info!(network = n.name(), "CNI network loaded");

@@ -2,12 +2,14 @@
 //! unpacked once per image and turned into a read-only erofs block image that
 //! every pod using the image attaches to its VM.
 //!
+//! - [`hosts`]: registry mirrors and per-registry TLS (containerd's `hosts.toml`).
 //! - [`pull`]: the registry client (manifest lists → linux/amd64, digest checks).
 //! - [`unpack`]: layers applied in order with whiteouts.
 //! - [`block`]: the erofs block image.
 //! - [`service`]: the image store behind the CRI ImageService.
 
 pub mod block;
+pub mod hosts;
 pub mod pull;
 pub mod service;
 pub mod unpack;

@@ -1,11 +1,14 @@
 //! Fetching images from OCI registries with `oci-client`.
 
-use oci_client::client::{ClientConfig, ClientProtocol};
+use super::hosts::{RegistryHost, RegistryHosts, Role, Scheme};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// Credentials for a pull (CRI `AuthConfig`).
@@ -58,6 +61,24 @@ pub enum PullError {
         /// What is wrong.
         reason: String,
     },
+    /// Every host configured for the registry failed.
+    #[error("pulling {reference}: every registry host failed to {what}: {}", .failures.join("; "))]
+    AllHostsFailed {
+        /// The image.
+        reference: String,
+        /// What was being done.
+        what: String,
+        /// `<host>: <failure>` for each host tried, in order.
+        failures: Vec<String>,
+    },
+    /// The registry host configuration (hosts.toml) cannot be used.
+    #[error("pulling {reference}: {source}")]
+    HostsConfig {
+        /// The image.
+        reference: String,
+        /// What is wrong, naming the file and key.
+        source: super::hosts::HostsError,
+    },
     /// Local I/O failed.
     #[error("pulling {reference}: {context}: {source}")]
     Io {
@@ -68,6 +89,27 @@ pub enum PullError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+impl PullError {
+    /// The error without the "pulling <image>" prefix.
+    pub fn reason(&self) -> String {
+        match self {
+            PullError::BadReference { reason, .. }
+            | PullError::Registry { reason, .. }
+            | PullError::BadContent { reason, .. } => reason.clone(),
+            PullError::AllHostsFailed { what, failures, .. } => {
+                format!(
+                    "every registry host failed to {what}: {}",
+                    failures.join("; ")
+                )
+            }
+            PullError::HostsConfig { source, .. } => source.to_string(),
+            PullError::Io {
+                context, source, ..
+            } => format!("{context}: {source}"),
+        }
+    }
 }
 
 /// Parses an image reference, normalized the way kubelet and containerd do
@@ -86,16 +128,6 @@ pub fn parse_reference(image: &str) -> Result<Reference, PullError> {
             reference: image.into(),
             reason: e.to_string(),
         })
-}
-
-/// True for registries on the loopback interface, which are spoken to over
-/// plain HTTP like containerd does for localhost.
-fn is_loopback_registry(registry: &str) -> bool {
-    let host = registry
-        .rsplit_once(':')
-        .map(|(h, _)| h)
-        .unwrap_or(registry);
-    host == "localhost" || host == "[::1]" || host.starts_with("127.")
 }
 
 /// Makes rustls use *ring* for TLS to registries (once per process; a
@@ -119,59 +151,229 @@ pub struct ResolvedImage {
     pub config: String,
 }
 
-/// A registry client for one pull.
-pub struct Puller {
+/// One host a pull may use, with its own client (TLS settings are per
+/// client) and the reference as that host is asked for it.
+struct Endpoint {
+    host: RegistryHost,
     client: Client,
-    auth: RegistryAuth,
+    /// The image's reference, with the host set as its mirror when the host
+    /// is not the registry itself (the client then adds `?ns=<registry>`,
+    /// as containerd does).
     reference: Reference,
+    /// `mirror http://…` / `server https://…`, for logs and errors.
+    label: String,
+}
+
+/// A registry client for one pull: the image's reference as the user gave
+/// it, and the hosts to fetch it from, in order (mirrors, then the server).
+pub struct Puller {
+    reference: Reference,
+    auth: RegistryAuth,
+    endpoints: Vec<Endpoint>,
+    /// Endpoints that failed to connect during this pull; later blobs skip
+    /// them instead of waiting for each connect to fail again.
+    unreachable: std::sync::Mutex<Vec<bool>>,
+}
+
+/// Whether an error is a failure to reach the host at all.
+fn is_connect_error(e: &OciDistributionError) -> bool {
+    matches!(e, OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout())
+}
+
+/// An error with its sources (reqwest's own message omits the cause, such
+/// as "Connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !msg.contains(&part) {
+            msg.push_str(": ");
+            msg.push_str(&part);
+        }
+        source = s.source();
+    }
+    msg
 }
 
 impl Puller {
-    /// Prepares a pull of `reference`; `insecure` lists extra registries
-    /// spoken to over plain HTTP.
-    pub fn new(reference: Reference, auth: &PullAuth, insecure: &[String]) -> Self {
+    /// Prepares a pull of `reference` from `hosts` (see
+    /// [`super::hosts::registry_hosts`]).
+    pub fn new(
+        reference: Reference,
+        auth: &PullAuth,
+        hosts: &RegistryHosts,
+    ) -> Result<Self, PullError> {
         install_crypto_provider();
-        let mut plain: Vec<String> = insecure.to_vec();
-        let registry = reference.resolve_registry().to_string();
-        if is_loopback_registry(&registry) {
-            plain.push(registry);
+        let mut endpoints = Vec::new();
+        for host in &hosts.hosts {
+            let registry = host.registry();
+            let mut host_ref = reference.clone();
+            if registry != reference.registry() {
+                host_ref.set_mirror_registry(registry);
+            }
+            let role = match host.role {
+                Role::Mirror => "mirror",
+                Role::Server => "server",
+            };
+            let label = format!(
+                "{role} {}://{}",
+                host.scheme.as_str(),
+                host_ref.resolve_registry()
+            );
+            let config = ClientConfig {
+                protocol: match host.scheme {
+                    Scheme::Http => ClientProtocol::Http,
+                    Scheme::Https => ClientProtocol::Https,
+                },
+                accept_invalid_certificates: host.skip_verify,
+                extra_root_certificates: host
+                    .ca
+                    .iter()
+                    .map(|(_, pem)| Certificate {
+                        encoding: CertificateEncoding::Pem,
+                        data: pem.clone(),
+                    })
+                    .collect(),
+                connect_timeout: Some(host.dial_timeout.unwrap_or(Duration::from_secs(10))),
+                read_timeout: Some(Duration::from_secs(60)),
+                https_proxy: host.proxy.clone(),
+                http_proxy: host.proxy.clone(),
+                ..Default::default()
+            };
+            // Client::new would fall back to a default client on a bad
+            // setting (e.g. an unusable CA), silently dropping it.
+            let client = Client::try_from(config).map_err(|e| PullError::Registry {
+                reference: reference.whole(),
+                reason: format!("setting up a client for {label}: {}", error_chain(&e)),
+            })?;
+            endpoints.push(Endpoint {
+                host: host.clone(),
+                client,
+                reference: host_ref,
+                label,
+            });
         }
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain),
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
-            ..Default::default()
-        };
-        Self {
-            client: Client::new(config),
-            auth: auth.to_registry_auth(),
+        let unreachable = std::sync::Mutex::new(vec![false; endpoints.len()]);
+        Ok(Self {
             reference,
+            auth: auth.to_registry_auth(),
+            endpoints,
+            unreachable,
+        })
+    }
+
+    /// The hosts this pull tries, in order (`mirror http://…`, `server https://…`).
+    pub fn hosts(&self) -> Vec<String> {
+        self.endpoints.iter().map(|e| e.label.clone()).collect()
+    }
+
+    fn mark_unreachable(&self, i: usize) {
+        if let Ok(mut u) = self.unreachable.lock() {
+            u[i] = true;
         }
     }
 
-    fn registry_err(&self, e: impl std::fmt::Display) -> PullError {
-        PullError::Registry {
+    fn is_unreachable(&self, i: usize) -> bool {
+        self.unreachable.lock().map(|u| u[i]).unwrap_or(false)
+    }
+
+    /// The error once every host failed: a single host's error as it is,
+    /// else every host with its failure.
+    fn all_failed(&self, what: &str, mut failures: Vec<(String, PullError)>) -> PullError {
+        if failures.len() == 1 {
+            return failures.remove(0).1;
+        }
+        PullError::AllHostsFailed {
             reference: self.reference.whole(),
-            reason: e.to_string(),
+            what: what.to_string(),
+            failures: failures
+                .into_iter()
+                .map(|(label, e)| format!("{label}: {}", e.reason()))
+                .collect(),
         }
     }
 
-    /// Fetches the manifest (picking linux/amd64 from an index) and config.
+    /// Fetches the manifest (picking linux/amd64 from an index) and config,
+    /// from the first host that can: mirrors in order, then the server. A
+    /// tag needs a host with the `resolve` capability; a digest, `pull`.
     pub async fn resolve(&self) -> Result<ResolvedImage, PullError> {
-        let (manifest, manifest_digest, config, index_digest) = self
-            .client
-            .pull_manifest_and_config_and_list_digest(&self.reference, &self.auth)
-            .await
-            .map_err(|e| self.registry_err(e))?;
-        let got = format!("sha256:{}", hex::encode(Sha256::digest(config.as_bytes())));
-        if got != manifest.config.digest {
-            return Err(PullError::BadContent {
+        let by_digest = self.reference.digest().is_some();
+        let mut failures = Vec::new();
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            let caps = ep.host.capabilities;
+            let allowed = caps.pull && (by_digest || caps.resolve);
+            if !allowed {
+                let why = if by_digest {
+                    "it lacks the pull capability"
+                } else {
+                    "it lacks the pull and resolve capabilities"
+                };
+                tracing::info!(image = %self.reference, host = %ep.label, "not resolving from this host: {why}");
+                continue;
+            }
+            match self.resolve_on(ep).await {
+                Ok(resolved) => {
+                    tracing::info!(
+                        image = %self.reference,
+                        host = %ep.label,
+                        digest = %resolved.manifest_digest,
+                        skipped = failures.len(),
+                        "resolved"
+                    );
+                    return Ok(resolved);
+                }
+                Err((e, connect)) => {
+                    if connect {
+                        self.mark_unreachable(i);
+                    }
+                    tracing::warn!(image = %self.reference, host = %ep.label, "resolving failed, trying the next host: {}", e.reason());
+                    failures.push((ep.label.clone(), e));
+                }
+            }
+        }
+        if failures.is_empty() {
+            return Err(PullError::Registry {
                 reference: self.reference.whole(),
                 reason: format!(
-                    "config digest {got} does not match the manifest's {}",
-                    manifest.config.digest
+                    "no configured host may resolve it (hosts: {}; a tag needs the pull and resolve capabilities)",
+                    self.hosts().join(", ")
                 ),
             });
+        }
+        Err(self.all_failed("resolve", failures))
+    }
+
+    async fn resolve_on(&self, ep: &Endpoint) -> Result<ResolvedImage, (PullError, bool)> {
+        let (manifest, manifest_digest, config, index_digest) = ep
+            .client
+            .pull_manifest_and_config_and_list_digest(&ep.reference, &self.auth)
+            .await
+            .map_err(|e| (self.registry_err(&e), is_connect_error(&e)))?;
+        let got = format!("sha256:{}", hex::encode(Sha256::digest(config.as_bytes())));
+        if got != manifest.config.digest {
+            return Err((
+                PullError::BadContent {
+                    reference: self.reference.whole(),
+                    reason: format!(
+                        "config digest {got} does not match the manifest's {}",
+                        manifest.config.digest
+                    ),
+                },
+                false,
+            ));
+        }
+        if let Some(want) = self.reference.digest() {
+            let pinned = index_digest.as_deref().unwrap_or(&manifest_digest);
+            if pinned != want {
+                return Err((
+                    PullError::BadContent {
+                        reference: self.reference.whole(),
+                        reason: format!("the host served {pinned} for {want}"),
+                    },
+                    false,
+                ));
+            }
         }
         Ok(ResolvedImage {
             manifest,
@@ -181,27 +383,94 @@ impl Puller {
         })
     }
 
+    fn registry_err(&self, e: &OciDistributionError) -> PullError {
+        PullError::Registry {
+            reference: self.reference.whole(),
+            reason: error_chain(e),
+        }
+    }
+
     /// Downloads blob `digest` (a layer of the resolved manifest) to `dest`,
-    /// verifying its sha256 while writing.
+    /// verifying its sha256 while writing, from the first host with the
+    /// `pull` capability that serves it. Returns its size and the host.
     pub async fn fetch_blob(
         &self,
         layer: &oci_client::manifest::OciDescriptor,
         dest: &Path,
-    ) -> Result<u64, PullError> {
-        let io = |context: &str| {
-            let reference = self.reference.whole();
-            let context = context.to_string();
-            move |source| PullError::Io {
-                reference,
-                context,
-                source,
-            }
-        };
+    ) -> Result<(u64, String), PullError> {
         let Some(want) = layer.digest.strip_prefix("sha256:") else {
             return Err(PullError::BadContent {
                 reference: self.reference.whole(),
                 reason: format!("unsupported digest algorithm in {}", layer.digest),
             });
+        };
+        let mut failures = Vec::new();
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if !ep.host.capabilities.pull {
+                continue;
+            }
+            if self.is_unreachable(i) {
+                failures.push((
+                    ep.label.clone(),
+                    PullError::Registry {
+                        reference: self.reference.whole(),
+                        reason: "skipped: unreachable earlier in this pull".into(),
+                    },
+                ));
+                continue;
+            }
+            match self.fetch_blob_from(ep, layer, want, dest).await {
+                Ok(len) => {
+                    if !failures.is_empty() {
+                        tracing::info!(image = %self.reference, layer = %layer.digest, host = %ep.label, skipped = failures.len(), "layer served by a later host");
+                    }
+                    return Ok((len, ep.label.clone()));
+                }
+                Err((e, connect)) => {
+                    if matches!(e, PullError::Io { .. }) {
+                        return Err(e);
+                    }
+                    if connect {
+                        self.mark_unreachable(i);
+                    }
+                    tracing::warn!(image = %self.reference, layer = %layer.digest, host = %ep.label, "fetching the layer failed, trying the next host: {}", e.reason());
+                    failures.push((ep.label.clone(), e));
+                }
+            }
+        }
+        if failures.is_empty() {
+            return Err(PullError::Registry {
+                reference: self.reference.whole(),
+                reason: format!(
+                    "no configured host may pull layer {} (hosts: {})",
+                    layer.digest,
+                    self.hosts().join(", ")
+                ),
+            });
+        }
+        Err(self.all_failed(&format!("fetch layer {}", layer.digest), failures))
+    }
+
+    async fn fetch_blob_from(
+        &self,
+        ep: &Endpoint,
+        layer: &oci_client::manifest::OciDescriptor,
+        want: &str,
+        dest: &Path,
+    ) -> Result<u64, (PullError, bool)> {
+        let io = |context: &str| {
+            let reference = self.reference.whole();
+            let context = context.to_string();
+            move |source| {
+                (
+                    PullError::Io {
+                        reference,
+                        context,
+                        source,
+                    },
+                    false,
+                )
+            }
         };
         let file = tokio::fs::File::create(dest)
             .await
@@ -211,10 +480,14 @@ impl Puller {
             hasher: Sha256::new(),
             len: 0,
         };
-        self.client
-            .pull_blob(&self.reference, layer, &mut writer)
+        // The auth for this host's client (resolving may have used another).
+        ep.client
+            .store_auth_if_needed(ep.reference.resolve_registry(), &self.auth)
+            .await;
+        ep.client
+            .pull_blob(&ep.reference, layer, &mut writer)
             .await
-            .map_err(|e| self.registry_err(e))?;
+            .map_err(|e| (self.registry_err(&e), is_connect_error(&e)))?;
         writer.inner.flush().await.map_err(io("writing the blob"))?;
         writer
             .inner
@@ -224,10 +497,13 @@ impl Puller {
             .map_err(io("syncing the blob"))?;
         let got = hex::encode(writer.hasher.finalize());
         if got != want {
-            return Err(PullError::BadContent {
-                reference: self.reference.whole(),
-                reason: format!("layer {} arrived with digest sha256:{got}", layer.digest),
-            });
+            return Err((
+                PullError::BadContent {
+                    reference: self.reference.whole(),
+                    reason: format!("layer {} arrived with digest sha256:{got}", layer.digest),
+                },
+                false,
+            ));
         }
         Ok(writer.len)
     }
@@ -285,11 +561,35 @@ mod tests {
     }
 
     #[test]
-    fn loopback_registries_use_http() {
-        assert!(is_loopback_registry("127.0.0.1:5000"));
-        assert!(is_loopback_registry("localhost:5000"));
-        assert!(is_loopback_registry("localhost"));
-        assert!(!is_loopback_registry("registry.example.com"));
-        assert!(!is_loopback_registry("localhost.evil.com:5000"));
+    fn pullers_try_mirrors_in_order_then_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts.toml");
+        let hosts = super::super::hosts::parse_hosts_file(
+            "[host.\"http://10.0.0.9:5000\"]\ncapabilities = [\"pull\"]\n[host.\"https://mirror.example/cache\"]\n",
+            dir.path(),
+            &file,
+            "docker.io",
+            Scheme::Https,
+        )
+        .unwrap();
+        let reference = parse_reference("busybox").unwrap();
+        let hosts = RegistryHosts {
+            dir: Some(dir.path().to_path_buf()),
+            hosts,
+        };
+        let p = Puller::new(reference.clone(), &PullAuth::default(), &hosts).unwrap();
+        assert_eq!(
+            p.hosts(),
+            [
+                "mirror http://10.0.0.9:5000",
+                "mirror https://mirror.example/cache",
+                "server https://index.docker.io"
+            ]
+        );
+        // Mirrors are asked with the image's own registry as `ns`; the
+        // image keeps its name.
+        assert_eq!(p.endpoints[0].reference.namespace(), Some("docker.io"));
+        assert_eq!(p.endpoints[2].reference.namespace(), None);
+        assert_eq!(p.reference.whole(), "docker.io/library/busybox:latest");
     }
 }

@@ -6,6 +6,7 @@
 //! live in the state store's `images` table, keyed by image id (the config
 //! digest, as containerd's CRI uses).
 
+use super::hosts::registry_hosts;
 use super::pull::{parse_reference, PullAuth, PullError, Puller};
 use super::{block, unpack};
 use crate::store::{Store, StoreError, IMAGES};
@@ -114,6 +115,9 @@ pub struct ImageService {
     root: PathBuf,
     store: Store,
     insecure_registries: Vec<String>,
+    /// containerd-style `hosts.toml` directory (mirrors, per-registry TLS),
+    /// read at every pull.
+    registry_config_dir: Option<PathBuf>,
     /// Pulls are serialized: they share blobs, tags and disk bandwidth.
     pull_lock: tokio::sync::Mutex<()>,
 }
@@ -144,8 +148,16 @@ impl ImageService {
             root,
             store,
             insecure_registries,
+            registry_config_dir: None,
             pull_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Reads registry mirrors and per-registry settings from `dir`
+    /// (containerd's `certs.d` layout with `hosts.toml` files) at each pull.
+    pub fn with_registry_config_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.registry_config_dir = Some(dir.into());
+        self
     }
 
     fn blob_path(&self, digest: &str) -> Option<PathBuf> {
@@ -160,7 +172,20 @@ impl ImageService {
         let whole = reference.whole();
         tracing::info!(image = %whole, "pulling");
         let started = std::time::Instant::now();
-        let puller = Puller::new(reference.clone(), auth, &self.insecure_registries);
+        let hosts = registry_hosts(
+            self.registry_config_dir.as_deref(),
+            reference.registry(),
+            &self.insecure_registries,
+        )
+        .map_err(|source| PullError::HostsConfig {
+            reference: whole.clone(),
+            source,
+        })?;
+        if let Some(dir) = &hosts.dir {
+            let urls: Vec<String> = hosts.hosts.iter().map(|h| h.url()).collect();
+            tracing::info!(image = %whole, dir = %dir.display(), hosts = ?urls, "registry hosts configured");
+        }
+        let puller = Puller::new(reference.clone(), auth, &hosts)?;
         let resolved = puller.resolve().await?;
         let id = resolved.manifest.config.digest.clone();
         if hex_of(&id).is_none() {
@@ -238,10 +263,14 @@ impl ImageService {
                     .join("tmp")
                     .join(format!("blob-{}", hex_of(&layer.digest).unwrap_or("x")));
                 tracing::info!(image, layer = %layer.digest, bytes = layer.size, "downloading layer");
-                let fetched = puller.fetch_blob(layer, &tmp).await;
-                if let Err(e) = fetched {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e.into());
+                match puller.fetch_blob(layer, &tmp).await {
+                    Ok((bytes, host)) => {
+                        tracing::info!(image, layer = %layer.digest, bytes, %host, "layer downloaded")
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(e.into());
+                    }
                 }
                 std::fs::rename(&tmp, &path).map_err(io_err("storing a layer"))?;
             }
