@@ -6,5 +6,6 @@ pub mod artifacts;
 pub mod moatd;
 pub mod node;
 pub mod probe;
+pub mod python;
 pub mod registry;
 pub mod vm;
