@@ -7,13 +7,18 @@ AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT_BIN    := target/$(AGENT_TARGET)/guest/moat-agent
 export MOAT_BUILD_DIR := $(CURDIR)/$(BUILD)
 
-.PHONY: all deps kernel build agent initramfs images artifacts lint test demo bench-boot clean
+.PHONY: all deps pyenv kernel build agent initramfs images artifacts lint test demo bench-boot clean
 
 all: artifacts
 
 ## Debian packages (idempotent).
 deps:
 	scripts/install-deps.sh
+
+## Python gRPC clients for the CRI tests (grpcio, grpcio-tools, h2) in a venv
+## under ~/.cache/moat/pyenv (idempotent; PyPI on the first run).
+pyenv:
+	scripts/python-cri-env.sh >/dev/null
 
 ## Guest kernel: built once per source version + config, cached in ~/.cache/moat.
 kernel:
@@ -48,7 +53,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## Everything CI runs.
-test: deps artifacts lint
+test: deps pyenv artifacts lint
 	target/release/moat-node probe
 	$(CARGO) test --release --workspace
 

@@ -7,5 +7,6 @@ pub mod cri;
 pub mod moatd;
 pub mod node;
 pub mod probe;
+pub mod python;
 pub mod registry;
 pub mod vm;

@@ -1,6 +1,8 @@
 //! The CRI gRPC server (runtime.v1) on a Unix socket, in containerd's
 //! shape: one module per RPC group over shared stores.
 //!
+//! - [`authority`]: the shim in front of tonic that lets clients send any
+//!   HTTP/2 `:authority` (a socket path, an empty string).
 //! - [`client`]: a channel to the CRI socket, for clients.
 //! - [`image_service`]: the ImageService.
 //! - [`runtime_service`]: the RuntimeService trait, dispatching to
@@ -8,6 +10,7 @@
 //!   [`sandbox`] (the pod sandbox RPCs), [`container`] (the container
 //!   RPCs), [`stats`], [`metrics`] (cAdvisor-style metrics) and [`events`].
 
+pub mod authority;
 pub mod client;
 pub mod container;
 pub mod events;
@@ -125,7 +128,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
     }
     tracing::info!(socket = %socket.display(), "serving CRI");
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    // Every connection goes through the authority shim: h2 would reset the
+    // streams of clients that send the socket path as `:authority`.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        |conn| conn.map(authority::accept),
+    );
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
