@@ -42,9 +42,11 @@ initramfs: build agent
 	target/release/moat-rootfs initramfs --agent $(BUILD)/moat-agent --out $(BUILD)/initramfs.cpio
 	target/release/moat-rootfs poweroff-initramfs --out $(BUILD)/poweroff.cpio
 
-## The busybox test image (OCI layout), made from Debian's busybox-static.
+## The test images (OCI layouts): busybox from Debian's busybox-static, and
+## netadmin (busybox + Debian's iptables) for in-pod networking tests.
 images:
 	scripts/build-test-image.sh $(BUILD)/images/busybox
+	scripts/build-netadmin-image.sh $(BUILD)/images/netadmin
 
 artifacts: kernel initramfs images
 

@@ -14,7 +14,7 @@ packages=(
   # container images: registry, image tools, block images
   docker-registry umoci skopeo erofs-utils e2fsprogs
   # networking: CNI plugins, ip; iptables for the portmap plugin (hostPort)
-  containernetworking-plugins iproute2 iptables
+  containernetworking-plugins iproute2 iptables curl
   # the Python gRPC clients of the CRI tests (a venv from scripts/python-cri-env.sh)
   python3 python3-venv
 )

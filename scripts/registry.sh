@@ -52,6 +52,11 @@ YML
   answering || { echo "registry: not answering on $addr" >&2; exit 1; }
   [ -f "$layout/index.json" ] || "$here/scripts/build-test-image.sh" "$layout"
   skopeo copy -q --dest-tls-verify=false "oci:$layout:latest" "docker://$addr/moat/busybox:latest"
+  # The netadmin image (busybox + iptables) beside it, when it was built.
+  netadmin=$(dirname "$layout")/netadmin
+  if [ -f "$netadmin/index.json" ]; then
+    skopeo copy -q --dest-tls-verify=false "oci:$netadmin:latest" "docker://$addr/moat/netadmin:latest"
+  fi
   echo "registry: serving on $addr with moat/busybox:latest" >&2
 }
 

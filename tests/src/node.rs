@@ -599,6 +599,25 @@ fn env_script(cwd: &Path) -> String {
             out.push_str(&format!("export {k}={}\n", sh_quote(&v)));
         }
     }
+    // HOME is /tmp in the node: the host's caches the tests read (the
+    // Python venv, the cargo registry) are named by their host paths.
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        let home = PathBuf::from(home);
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".cache"));
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".cargo"));
+        for (k, v) in [
+            ("MOAT_PYENV", cache.join("moat/pyenv")),
+            ("MOAT_CARGO_HOME", cargo_home),
+        ] {
+            if std::env::var_os(k).is_none() {
+                out.push_str(&format!("export {k}={}\n", sh_quote(&v.to_string_lossy())));
+            }
+        }
+    }
     out.push_str("export MOAT_IN_TEST_NODE=1 HOME=/tmp\n");
     out.push_str(&format!(
         "cd {} || exit 125\n",

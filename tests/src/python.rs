@@ -34,6 +34,46 @@ pub fn python() -> anyhow::Result<PathBuf> {
 /// The CRI runtime.v1 proto in the source of the `k8s-cri` crate the
 /// workspace builds against (found through `cargo metadata`).
 pub fn cri_proto() -> anyhow::Result<PathBuf> {
+    match cri_proto_from_metadata() {
+        Ok(p) => Ok(p),
+        // In the test node (no writable cargo home, HOME elsewhere): the
+        // version Cargo.lock pins, in the host's registry sources.
+        Err(e) => cri_proto_from_lock().map_err(|e2| anyhow::anyhow!("{e:#}; {e2:#}")),
+    }
+}
+
+/// The proto of the `k8s-cri` version `Cargo.lock` pins, in the cargo
+/// registry's unpacked sources (`MOAT_CARGO_HOME`, `CARGO_HOME` or
+/// `~/.cargo`).
+fn cri_proto_from_lock() -> anyhow::Result<PathBuf> {
+    let lock = std::fs::read_to_string(workspace_root().join("Cargo.lock"))?;
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"k8s-cri\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_string())
+        .ok_or_else(|| anyhow::anyhow!("k8s-cri is not in Cargo.lock"))?;
+    let home = std::env::var_os("MOAT_CARGO_HOME")
+        .or_else(|| std::env::var_os("CARGO_HOME"))
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .ok_or_else(|| anyhow::anyhow!("no cargo home"))?;
+    let src = home.join("registry/src");
+    for index in std::fs::read_dir(&src)?.flatten() {
+        let proto = index
+            .path()
+            .join(format!("k8s-cri-{version}/proto/v1.proto"));
+        if proto.exists() {
+            return Ok(proto);
+        }
+    }
+    anyhow::bail!(
+        "k8s-cri-{version}/proto/v1.proto is not under {}",
+        src.display()
+    )
+}
+
+fn cri_proto_from_metadata() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // Only this platform's packages: the others need not be downloaded.
     let platform = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);

@@ -69,6 +69,12 @@ impl Registry {
     pub fn busybox(&self) -> String {
         format!("{}/moat/busybox:latest", self.addr)
     }
+
+    /// Full reference of the netadmin image (busybox + iptables), pushed
+    /// when `make images` built it beside the busybox image.
+    pub fn netadmin(&self) -> String {
+        format!("{}/moat/netadmin:latest", self.addr)
+    }
 }
 
 impl Drop for Registry {

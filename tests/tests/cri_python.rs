@@ -139,3 +139,80 @@ fn raw_http2_with_path_and_empty_authority() {
         }
     }
 }
+
+/// grpcio with its default authority drives a pod in a microVM: RunPodSandbox,
+/// CreateContainer, StartContainer, ExecSync, then stop and remove.
+fn grpcio_pod_body() {
+    let m = Moatd::start("").expect("moatd");
+    let busybox = m.registry.busybox();
+    let call = |calls: &[String]| {
+        let run = grpc_calls(&m.socket, None, calls).expect("cri_client.py");
+        assert!(run.success, "{run:#?}\nmoatd log:\n{}", m.log());
+        run.results
+    };
+    let logs = m.dir.path().join("pods/py");
+    let r = call(&[
+        format!(
+            "ImageService/PullImage={}",
+            json!({"image": {"image": busybox}})
+        ),
+        format!(
+            "RuntimeService/RunPodSandbox={}",
+            json!({"config": {
+                "metadata": {"name": "py", "uid": "uid-py", "namespace": "default"},
+                "hostname": "py", "log_directory": logs}})
+        ),
+    ]);
+    let pod = ok(&r, "RuntimeService/RunPodSandbox")["pod_sandbox_id"]
+        .as_str()
+        .expect("pod_sandbox_id")
+        .to_string();
+    let r = call(&[format!(
+        "RuntimeService/CreateContainer={}",
+        json!({"pod_sandbox_id": pod, "config": {
+            "metadata": {"name": "c"}, "image": {"image": busybox},
+            "command": ["sleep", "3600"], "log_path": "c/0.log"}})
+    )]);
+    let id = ok(&r, "RuntimeService/CreateContainer")["container_id"]
+        .as_str()
+        .expect("container_id")
+        .to_string();
+    let r = call(&[
+        format!(
+            "RuntimeService/StartContainer={}",
+            json!({"container_id": id})
+        ),
+        format!(
+            "RuntimeService/ExecSync={}",
+            json!({"container_id": id, "cmd": ["sh", "-c", "echo from-$(hostname)"], "timeout": 60})
+        ),
+        format!(
+            "RuntimeService/StopPodSandbox={}",
+            json!({"pod_sandbox_id": pod})
+        ),
+        format!(
+            "RuntimeService/RemovePodSandbox={}",
+            json!({"pod_sandbox_id": pod})
+        ),
+    ]);
+    let e = ok(&r, "RuntimeService/ExecSync");
+    assert_eq!(e["exit_code"].as_i64().unwrap_or(0), 0, "{e}");
+    // bytes fields come back base64-encoded in the JSON.
+    let stdout = e["stdout"].as_str().expect("stdout");
+    assert_eq!(stdout, "ZnJvbS1weQo=", "stdout is not \"from-py\\n\": {e}");
+}
+
+#[test]
+fn grpcio_drives_a_pod_in_a_microvm() {
+    moat_tests::vm::run_where_vms_boot(
+        "grpcio_drives_a_pod_in_a_microvm_inner",
+        std::time::Duration::from_secs(900),
+        grpcio_pod_body,
+    );
+}
+
+#[test]
+#[ignore = "run where microVMs boot by grpcio_drives_a_pod_in_a_microvm"]
+fn grpcio_drives_a_pod_in_a_microvm_inner() {
+    grpcio_pod_body();
+}

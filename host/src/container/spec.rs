@@ -478,6 +478,20 @@ fn bind(dest: &str, source: &str, readonly: bool) -> Mount {
     m
 }
 
+/// The guest devices a privileged container gets besides the default ones.
+fn privileged_devices() -> Vec<oci_spec::runtime::LinuxDevice> {
+    [("/dev/net/tun", 10, 200)]
+        .into_iter()
+        .filter_map(|(path, major, minor)| {
+            serde_json::from_value(serde_json::json!({
+                "path": path, "type": "c", "major": major, "minor": minor,
+                "fileMode": 0o666, "uid": 0, "gid": 0
+            }))
+            .ok()
+        })
+        .collect()
+}
+
 /// Builds the spec.
 pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let c = input.config;
@@ -598,6 +612,9 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     linux.set_resources(Some(res));
     if privileged {
         linux.set_masked_paths(None).set_readonly_paths(None);
+        // A privileged container gets the guest's devices a pod may use
+        // (runc gives it the host's): /dev/net/tun for VPN sidecars.
+        linux.set_devices(Some(privileged_devices()));
     } else {
         if let Some(sc) = sc.filter(|s| !s.masked_paths.is_empty()) {
             linux.set_masked_paths(Some(sc.masked_paths.clone()));
@@ -879,6 +896,31 @@ mod tests {
             .unwrap()
             .iter()
             .any(|r| r["names"].as_array().unwrap().iter().any(|n| n == "chroot")));
+    }
+
+    #[test]
+    fn privileged_containers_get_the_tun_device() {
+        let mut c = config();
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                privileged: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let spec = build(&SpecInput {
+            config: &c,
+            image_config: &image(),
+            passwd: PASSWD,
+            group: GROUP,
+            guest: &GuestSandbox::default(),
+            mounts: &[],
+            localhost_seccomp: None,
+        })
+        .unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["linux"]["devices"][0]["path"], "/dev/net/tun");
+        assert_eq!(v["linux"]["devices"][0]["major"], 10);
     }
 
     #[test]

@@ -223,10 +223,10 @@ fn container_metrics(
     stats: &moat_proto::agent::ContainerStatsResponse,
     processes: Option<u64>,
 ) -> Vec<Metric> {
-    let cpu = stats.cpu.clone().unwrap_or_default();
-    let mem = stats.memory.clone().unwrap_or_default();
-    let pids = stats.pids.clone().unwrap_or_default();
-    let io = stats.io.clone().unwrap_or_default();
+    let cpu = stats.cpu.unwrap_or_default();
+    let mem = stats.memory.unwrap_or_default();
+    let pids = stats.pids.unwrap_or_default();
+    let io = stats.io.unwrap_or_default();
     let limit = if mem.limit_bytes >= u64::MAX / 2 {
         0
     } else {
@@ -443,7 +443,7 @@ mod tests {
         let get = |n: &str| {
             ms.iter()
                 .find(|m| m.name == n)
-                .and_then(|m| m.value.clone())
+                .and_then(|m| m.value)
                 .map(|v| v.value)
         };
         assert_eq!(get("container_cpu_usage_seconds_total"), Some(3));
