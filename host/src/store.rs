@@ -48,6 +48,9 @@ pub const SANDBOXES: Table = Table("sandboxes");
 /// Containers by id.
 pub const CONTAINERS: Table = Table("containers");
 
+/// moatd-wide settings kubelet sends (UpdateRuntimeConfig), by name.
+pub const RUNTIME: Table = Table("runtime");
+
 /// What [`Store::find`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Found<T> {

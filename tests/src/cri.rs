@@ -56,19 +56,24 @@ pub fn security_context(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityC
 
 /// Pulls the registry's busybox image.
 pub async fn pull(m: &Moatd) {
+    pull_image(m, &m.registry.busybox()).await;
+}
+
+/// Pulls `image`, which must succeed.
+pub async fn pull_image(m: &Moatd, image: &str) {
     m.images()
         .await
         .unwrap()
         .pull_image(PullImageRequest {
             image: Some(ImageSpec {
-                image: m.registry.busybox(),
+                image: image.into(),
                 ..Default::default()
             }),
             auth: None,
             sandbox_config: None,
         })
         .await
-        .unwrap_or_else(|e| panic!("PullImage: {e:?}\n{}", m.log()));
+        .unwrap_or_else(|e| panic!("PullImage {image}: {e:?}\n{}", m.log()));
 }
 
 /// RunPodSandbox with the default handler.
@@ -183,9 +188,17 @@ pub async fn exec_sh(rt: &mut Rt, id: &str, script: &str) -> (i32, String) {
 
 /// Runs `script` that must exit 0; returns its trimmed stdout.
 pub async fn exec_ok(rt: &mut Rt, id: &str, script: &str) -> String {
-    let (code, out) = exec_sh(rt, id, script).await;
-    assert_eq!(code, 0, "{script:?} in {id}: {out}");
-    out
+    let r = exec(rt, id, &["/bin/sh", "-c", script], 60)
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e:?}"));
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{script:?} in {id}: {}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).trim().to_string()
 }
 
 /// Asserts a call failed with `code`; returns the message.

@@ -7,147 +7,15 @@
 //!
 //! Needs `make artifacts` and release builds of moatd and moat-vmm.
 
-use moat_proto::cri::runtime_service_client::RuntimeServiceClient;
 use moat_proto::cri::*;
+use moat_tests::cri::*;
 use moat_tests::moatd::{tokio_runtime, vmm_pids, Moatd};
 use moat_tests::vm::run_where_vms_boot;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::Code;
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
-
-type Rt = RuntimeServiceClient<Channel>;
-
-fn pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: log_dir.join(name).display().to_string(),
-        ..Default::default()
-    }
-}
-
-fn container_config(m: &Moatd, name: &str, script: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: m.registry.busybox(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}/0.log"),
-        labels: [("app".to_string(), name.to_string())].into(),
-        ..Default::default()
-    }
-}
-
-async fn pull(m: &Moatd) {
-    m.images()
-        .await
-        .unwrap()
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: m.registry.busybox(),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PullImage: {e:?}\n{}", m.log()));
-}
-
-async fn run_pod(rt: &mut Rt, m: &Moatd, config: PodSandboxConfig) -> String {
-    rt.run_pod_sandbox(RunPodSandboxRequest {
-        config: Some(config),
-        runtime_handler: String::new(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", m.log()))
-    .into_inner()
-    .pod_sandbox_id
-}
-
-async fn create(rt: &mut Rt, pod: &str, config: ContainerConfig) -> Result<String, tonic::Status> {
-    rt.create_container(CreateContainerRequest {
-        pod_sandbox_id: pod.into(),
-        config: Some(config),
-        sandbox_config: None,
-    })
-    .await
-    .map(|r| r.into_inner().container_id)
-}
-
-async fn start(rt: &mut Rt, id: &str) {
-    rt.start_container(StartContainerRequest {
-        container_id: id.into(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer {id}: {e:?}"));
-}
-
-async fn status(rt: &mut Rt, id: &str) -> ContainerStatus {
-    rt.container_status(ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e:?}"))
-    .into_inner()
-    .status
-    .unwrap()
-}
-
-async fn wait_exited(rt: &mut Rt, id: &str) -> ContainerStatus {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = status(rt, id).await;
-        if s.state == ContainerState::ContainerExited as i32 {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{id} never exited: {s:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn exec(
-    rt: &mut Rt,
-    id: &str,
-    cmd: &[&str],
-    timeout: i64,
-) -> Result<ExecSyncResponse, tonic::Status> {
-    rt.exec_sync(ExecSyncRequest {
-        container_id: id.into(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
-        timeout,
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
-async fn exec_ok(rt: &mut Rt, id: &str, script: &str) -> String {
-    let r = exec(rt, id, &["/bin/sh", "-c", script], 60)
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e:?}"));
-    assert_eq!(
-        r.exit_code,
-        0,
-        "{script:?}: {}{}",
-        String::from_utf8_lossy(&r.stdout),
-        String::from_utf8_lossy(&r.stderr)
-    );
-    String::from_utf8_lossy(&r.stdout).trim().to_string()
-}
 
 /// Waits until the log file holds `needle`; returns its content.
 async fn wait_log(path: &Path, needle: &str) -> String {
@@ -163,16 +31,6 @@ async fn wait_log(path: &Path, needle: &str) -> String {
             path.display()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn assert_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, what: &str) -> String {
-    match r {
-        Ok(v) => panic!("{what}: expected {code:?}, got {v:?}"),
-        Err(s) => {
-            assert_eq!(s.code(), code, "{what}: {s:?}");
-            s.message().to_string()
-        }
     }
 }
 

@@ -360,18 +360,7 @@ fn fidelity_body() {
         // meshes, CNI-in-pod and VPN sidecars do: a bridge, a veth pair, a
         // tun device, and an iptables NAT REDIRECT that really redirects
         // (nf_tables and legacy back ends), with the matches meshes use.
-        m.images()
-            .await
-            .unwrap()
-            .pull_image(PullImageRequest {
-                image: Some(ImageSpec {
-                    image: m.registry.netadmin(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("PullImage netadmin: {e:?}"));
+        pull_image(&m, &m.registry.netadmin()).await;
         let mut net = container_config(
             &m,
             "netadmin",

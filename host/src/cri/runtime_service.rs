@@ -184,6 +184,12 @@ impl RuntimeService for CriRuntime {
             .and_then(|c| c.network_config)
             .map(|n| n.pod_cidr);
         tracing::info!(pod_cidr = ?cidr, "runtime config update from kubelet");
+        if let Some(cidr) = cidr {
+            self.d
+                .pods
+                .set_pod_cidr(&cidr)
+                .map_err(crate::cri::status_from_pod_error)?;
+        }
         ok(UpdateRuntimeConfigResponse {})
     }
 

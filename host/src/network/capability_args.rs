@@ -1,7 +1,8 @@
 //! The CNI capability arguments a pod's CRI config maps to, as containerd
 //! passes them: `portMappings` (hostPort entries), `bandwidth` (from the
 //! `kubernetes.io/{ingress,egress}-bandwidth` annotations), `dns` (the pod's
-//! DNS config) and `cgroupPath` (the pod's cgroup parent). A plugin gets
+//! DNS config), `cgroupPath` (the pod's cgroup parent) and `ipRanges` (the
+//! node's pod CIDRs kubelet sends with UpdateRuntimeConfig). A plugin gets
 //! those it declares in its `capabilities`.
 
 use moat_proto::cri::{PodSandboxConfig, Protocol};
@@ -11,10 +12,18 @@ use serde_json::{json, Map, Value};
 const INGRESS: &str = "kubernetes.io/ingress-bandwidth";
 const EGRESS: &str = "kubernetes.io/egress-bandwidth";
 
-/// The capability arguments for `config`; an unreadable bandwidth
-/// annotation is an error naming it.
-pub fn capability_args(config: &PodSandboxConfig) -> Result<Map<String, Value>, String> {
+/// The capability arguments for `config` on a node whose pod CIDRs are
+/// `pod_cidrs`; an unreadable bandwidth annotation is an error naming it.
+pub fn capability_args(
+    config: &PodSandboxConfig,
+    pod_cidrs: &[String],
+) -> Result<Map<String, Value>, String> {
     let mut args = Map::new();
+    if !pod_cidrs.is_empty() {
+        // One range set per CIDR (dual-stack nodes have one per family).
+        let ranges: Vec<Value> = pod_cidrs.iter().map(|c| json!([{ "subnet": c }])).collect();
+        args.insert("ipRanges".into(), Value::Array(ranges));
+    }
     let ports: Vec<Value> = config
         .port_mappings
         .iter()
@@ -74,6 +83,28 @@ pub fn capability_args(config: &PodSandboxConfig) -> Result<Map<String, Value>, 
         args.insert("cgroupPath".into(), json!(parent));
     }
     Ok(args)
+}
+
+/// Parses kubelet's `pod_cidr` (one CIDR, or two comma-separated for
+/// dual-stack) into its CIDRs; empty means none.
+pub fn parse_pod_cidrs(text: &str) -> Result<Vec<String>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            let (ip, prefix) = c
+                .split_once('/')
+                .ok_or_else(|| format!("{c:?} is not a CIDR like 10.244.1.0/24"))?;
+            let ip: std::net::IpAddr = ip
+                .parse()
+                .map_err(|_| format!("{c:?}: {ip:?} is not an IP address"))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            match prefix.parse::<u8>() {
+                Ok(p) if p <= max => Ok(c.to_string()),
+                _ => Err(format!("{c:?}: prefix must be 0..={max}")),
+            }
+        })
+        .collect()
 }
 
 /// A Kubernetes quantity (`10M`, `1Gi`, `500k`, `1e6`) as a whole number.
@@ -152,7 +183,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        let a = Value::Object(capability_args(&config).unwrap());
+        let cidrs = parse_pod_cidrs("10.244.1.0/24, fd00:10:244:1::/64").unwrap();
+        let a = Value::Object(capability_args(&config, &cidrs).unwrap());
         assert_eq!(
             a["portMappings"],
             json!([{"hostPort": 12000, "containerPort": 80, "protocol": "tcp"},
@@ -162,9 +194,16 @@ mod tests {
         assert!(a["bandwidth"].get("egressRate").is_none());
         assert_eq!(a["dns"]["servers"], json!(["10.96.0.10"]));
         assert_eq!(a["cgroupPath"], "/kubepods/pod1");
-        assert!(capability_args(&PodSandboxConfig::default())
+        assert_eq!(
+            a["ipRanges"],
+            json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]])
+        );
+        assert!(capability_args(&PodSandboxConfig::default(), &[])
             .unwrap()
             .is_empty());
+        assert_eq!(parse_pod_cidrs(""), Ok(vec![]));
+        assert!(parse_pod_cidrs("10.0.0.0/33").is_err());
+        assert!(parse_pod_cidrs("nope/8").is_err());
     }
 
     #[test]

@@ -9,7 +9,10 @@ use crate::config::Config;
 use crate::network::capability_args::capability_args;
 use crate::network::cni::Attachment;
 use crate::network::{tap, CniNetwork, NetNs};
-use crate::store::{Found, Store, StoreError, SANDBOXES};
+use crate::store::{Found, Store, StoreError, RUNTIME, SANDBOXES};
+
+/// The key of the pod CIDRs in the runtime table.
+const POD_CIDRS: &str = "pod_cidrs";
 use crate::vm::launch::{launch, wait_for_agent};
 use crate::vm::{ControlClient, VmPaths, VmSpec};
 use moat_proto::cri::{NamespaceMode, PodSandboxConfig, PodSandboxMetadata};
@@ -94,7 +97,7 @@ fn validate(config: &PodSandboxConfig) -> Result<(), PodError> {
     }
     pod_hostname(config)?;
     run_as_group_needs_user(config)?;
-    capability_args(config).map_err(PodError::Invalid)?;
+    capability_args(config, &[]).map_err(PodError::Invalid)?;
     for key in config.linux.iter().flat_map(|l| l.sysctls.keys()) {
         if moat_proto::sysctl_namespace(key).is_none() {
             return Err(PodError::Invalid(format!(
@@ -287,6 +290,21 @@ impl Pods {
         }
     }
 
+    /// Records the node's pod CIDRs kubelet sends (UpdateRuntimeConfig's
+    /// `pod_cidr`), for the CNI `ipRanges` capability of later pods.
+    pub fn set_pod_cidr(&self, pod_cidr: &str) -> Result<(), PodError> {
+        let cidrs = crate::network::capability_args::parse_pod_cidrs(pod_cidr).map_err(|e| {
+            PodError::Invalid(format!("runtime_config.network_config.pod_cidr: {e}"))
+        })?;
+        self.store.put(RUNTIME, POD_CIDRS, &cidrs)?;
+        Ok(())
+    }
+
+    /// The node's pod CIDRs, as kubelet last sent them (none until it does).
+    pub fn pod_cidrs(&self) -> Result<Vec<String>, PodError> {
+        Ok(self.store.get(RUNTIME, POD_CIDRS)?.unwrap_or_default())
+    }
+
     /// RunPodSandbox: returns the new sandbox's id once its agent answered.
     pub async fn run(
         &self,
@@ -385,7 +403,8 @@ impl Pods {
             rec.netns = Some(ns.path().to_path_buf());
             self.store.put(SANDBOXES, &rec.id, rec)?;
             let md = rec.metadata();
-            let args = capability_args(&rec.config).map_err(PodError::Invalid)?;
+            let args =
+                capability_args(&rec.config, &self.pod_cidrs()?).map_err(PodError::Invalid)?;
             let result = cni
                 .add(&attachment(&rec.id, &md, ns.path(), &args))
                 .await
@@ -522,7 +541,8 @@ impl Pods {
             let ns = NetNs::at(path);
             if let Some(cni) = &self.cni {
                 let md = rec.metadata();
-                let args = capability_args(&rec.config).unwrap_or_default();
+                let cidrs = self.pod_cidrs().unwrap_or_default();
+                let args = capability_args(&rec.config, &cidrs).unwrap_or_default();
                 if let Err(e) = cni
                     .del(
                         &attachment(&rec.id, &md, ns.path(), &args),
