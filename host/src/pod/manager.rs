@@ -721,6 +721,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("run_as_group"));
+        if let Some(sc) = c.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+            sc.run_as_user = Some(Int64Value { value: 5 });
+        }
         if let Some(l) = c.linux.as_mut() {
             l.sysctls.insert("kernel.pid_max".into(), "1000".into());
         }
