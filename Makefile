@@ -7,7 +7,7 @@ AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT_BIN    := target/$(AGENT_TARGET)/guest/moat-agent
 export MOAT_BUILD_DIR := $(CURDIR)/$(BUILD)
 
-.PHONY: all deps pyenv kernel build agent initramfs images artifacts lint test demo bench-boot clean
+.PHONY: all deps pyenv kernel build agent initramfs images artifacts lint test demo bench-boot node-stress clean
 
 all: artifacts
 
@@ -66,6 +66,15 @@ demo: deps artifacts
 ## Boot-time benchmark: moat-vmm against QEMU microvm, same kernel, same run.
 bench-boot: deps artifacts
 	scripts/bench-boot.sh
+
+## The test node's failure rate: NODES nodes in a row, each running the boot
+## benchmark's rounds and PODS pods at once through moatd; prints a table.
+## The node's settings come from MOAT_NODE_* (`moat-node stress --help`).
+NODES  ?= 4
+ROUNDS ?= 3
+PODS   ?= 3
+node-stress: deps artifacts
+	target/release/moat-node stress --nodes $(NODES) --rounds $(ROUNDS) --pods $(PODS)
 
 clean:
 	rm -rf $(BUILD)

@@ -38,3 +38,6 @@ done
 table_args=()
 for f in "$out"/attempt-*.log; do table_args+=(--table-from "$f"); done
 "$bench" "${table_args[@]}"
+used=$(ls "$out"/attempt-*.log | wc -l)
+qemu=$("${MOAT_NODE_QEMU:-qemu-system-x86_64}" --version | head -n1)
+echo "test node ($qemu): $used node attempt(s) for $done_rounds of $runs rounds, $((used - 1)) node(s) replaced after dying mid-run"

@@ -13,39 +13,16 @@ echo "demo: $probe"
 read -r -d '' script <<'SH' || true
 set -e
 W=$(mktemp -d /tmp/moat-demo.XXXXXX)
-C="target/release/moatctl --socket $W/moat.sock"
+. scripts/lib/local-moatd.sh
 cleanup() {
-  [ -n "${moatd:-}" ] && kill "$moatd" 2>/dev/null && wait "$moatd" 2>/dev/null
-  MOAT_REGISTRY_DIR=$W/registry scripts/registry.sh stop
-  ip link del moatdemo0 2>/dev/null || true
+  local_moatd_stop "$W" moatdemo0
   rm -rf "$W"
 }
 trap cleanup EXIT
 
 echo "== 1. a local OCI registry on 127.0.0.1 with the project's busybox image"
-MOAT_REGISTRY_DIR=$W/registry scripts/registry.sh start
-
 echo "== 2. moatd serving CRI on $W/moat.sock (CNI: Debian's bridge + host-local plugins)"
-mkdir -p "$W/net.d"
-cat > "$W/net.d/10-moat.conflist" <<J
-{"cniVersion":"1.0.0","name":"moat-demo","plugins":[{"type":"bridge","bridge":"moatdemo0","isGateway":true,"ipMasq":false,
- "ipam":{"type":"host-local","dataDir":"$W/ipam","ranges":[[{"subnet":"10.88.0.0/16"}]],"routes":[{"dst":"0.0.0.0/0"}]}}]}
-J
-cat > "$W/moatd.toml" <<T
-socket = "$W/moat.sock"
-state_dir = "$W/state"
-run_dir = "$W/run"
-log_dir = "$W/log"
-cni_conf_dir = "$W/net.d"
-agent_timeout_secs = 120
-[runtime_handlers.microvm]
-kernel = "$PWD/build/vmlinux"
-initramfs = "$PWD/build/initramfs.cpio"
-vmm = "$PWD/target/release/moat-vmm"
-T
-target/release/moatd --config "$W/moatd.toml" > "$W/moatd.log" 2>&1 &
-moatd=$!
-for _ in $(seq 200); do [ -S "$W/moat.sock" ] && break; sleep 0.05; done
+local_moatd_start "$W" moatdemo0 10.88.0.0/16
 $C version
 $C info
 

@@ -9,4 +9,5 @@ pub mod node;
 pub mod probe;
 pub mod python;
 pub mod registry;
+pub mod stress;
 pub mod vm;

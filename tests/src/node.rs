@@ -127,6 +127,17 @@ pub struct NodeConfig {
     pub memory_mib: u32,
     /// Node vCPUs.
     pub cpus: u32,
+    /// QEMU's `-accel` for the node: TCG, with its options
+    /// (e.g. `tcg,thread=single`).
+    pub accel: String,
+    /// QEMU's `-cpu` model for the node (it must emulate SVM).
+    pub cpu_model: String,
+    /// More QEMU arguments, after the harness's own.
+    pub qemu_args: Vec<String>,
+    /// More node kernel command-line parameters (e.g. `clocksource=hpet`).
+    pub kernel_args: String,
+    /// Parameters for the node's `kvm-amd` module (e.g. `nested=1 npt=0`).
+    pub kvm_amd_options: String,
     /// Time limit for boot plus command.
     pub timeout: Duration,
     /// How long the node's heartbeat may stay still before the node counts
@@ -179,14 +190,22 @@ fn release_key(release: &str) -> Vec<u64> {
 
 impl NodeConfig {
     /// Finds QEMU, the newest `/boot/vmlinuz-*` with its modules, and
-    /// busybox. `MOAT_NODE_KERNEL`, `MOAT_NODE_MEMORY_MIB`,
-    /// `MOAT_NODE_TIMEOUT_SECS` override the defaults.
+    /// busybox. These override the defaults: `MOAT_NODE_QEMU` (binary),
+    /// `MOAT_NODE_QEMU_ARGS` (more arguments, split on spaces),
+    /// `MOAT_NODE_KERNEL`, `MOAT_NODE_MEMORY_MIB`, `MOAT_NODE_CPUS`,
+    /// `MOAT_NODE_ACCEL` (`-accel`), `MOAT_NODE_CPU` (`-cpu` model),
+    /// `MOAT_NODE_KERNEL_ARGS`,
+    /// `MOAT_NODE_KVM_AMD` (module parameters), `MOAT_NODE_TIMEOUT_SECS`,
+    /// `MOAT_NODE_HEARTBEAT_SECS`.
     pub fn detect() -> Result<Self, NodeError> {
-        let qemu = which("qemu-system-x86_64").ok_or_else(|| {
-            NodeError::Unavailable(
-                "qemu-system-x86_64 not found (apt-get install qemu-system-x86)".into(),
-            )
-        })?;
+        let qemu = match std::env::var_os("MOAT_NODE_QEMU") {
+            Some(q) => PathBuf::from(q),
+            None => which("qemu-system-x86_64").ok_or_else(|| {
+                NodeError::Unavailable(
+                    "qemu-system-x86_64 not found (apt-get install qemu-system-x86)".into(),
+                )
+            })?,
+        };
         let busybox = ["/bin/busybox", "/usr/bin/busybox"]
             .iter()
             .map(PathBuf::from)
@@ -226,13 +245,26 @@ impl NodeConfig {
             })?;
         let modules_dir = Path::new("/lib/modules").join(release);
         let env_u64 = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        let env_str = |k: &str| std::env::var(k).unwrap_or_default().trim().to_string();
         Ok(Self {
             qemu,
             kernel: kernel.clone(),
             modules_dir,
             busybox,
             memory_mib: env_u64("MOAT_NODE_MEMORY_MIB").unwrap_or(3072) as u32,
-            cpus: 2,
+            cpus: env_u64("MOAT_NODE_CPUS").unwrap_or(2).clamp(1, 64) as u32,
+            accel: Some(env_str("MOAT_NODE_ACCEL"))
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "tcg".into()),
+            cpu_model: Some(env_str("MOAT_NODE_CPU"))
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "max".into()),
+            qemu_args: env_str("MOAT_NODE_QEMU_ARGS")
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            kernel_args: env_str("MOAT_NODE_KERNEL_ARGS"),
+            kvm_amd_options: env_str("MOAT_NODE_KVM_AMD"),
             timeout: Duration::from_secs(env_u64("MOAT_NODE_TIMEOUT_SECS").unwrap_or(600)),
             heartbeat_silence: env_u64("MOAT_NODE_HEARTBEAT_SECS")
                 .map(Duration::from_secs)
@@ -259,6 +291,12 @@ impl NodeConfig {
                 std::fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
             add(&mut a, &format!("modules/{m}.ko"), 0o644, data)?;
         }
+        add(
+            &mut a,
+            "modules/kvm-amd.options",
+            0o644,
+            self.kvm_amd_options.clone().into_bytes(),
+        )?;
         add(
             &mut a,
             "modules/order",
@@ -290,18 +328,12 @@ impl NodeConfig {
         std::fs::write(sdir.join("env.sh"), env_script(&cwd))
             .map_err(io_err("writing the environment"))?;
         let append = format!(
-            "console=ttyS0 panic=-1 quiet loglevel=3 moat_scratch={}",
-            sdir.display()
+            "console=ttyS0 panic=-1 quiet loglevel=3 moat_scratch={} {}",
+            sdir.display(),
+            self.kernel_args
         );
         let mut child = Command::new(&self.qemu)
-            .args([
-                "-machine",
-                "q35,accel=tcg",
-                "-cpu",
-                "max",
-                "-nodefaults",
-                "-no-user-config",
-            ])
+            .args(["-machine", "q35", "-nodefaults", "-no-user-config"])
             .args([
                 "-display",
                 "none",
@@ -311,6 +343,10 @@ impl NodeConfig {
                 "stdio",
                 "-no-reboot",
             ])
+            .arg("-accel")
+            .arg(&self.accel)
+            .arg("-cpu")
+            .arg(&self.cpu_model)
             .arg("-smp")
             .arg(self.cpus.to_string())
             .arg("-m")
@@ -330,6 +366,7 @@ impl NodeConfig {
                 "local,path={},mount_tag=scratch,security_model=none",
                 sdir.display()
             ))
+            .args(&self.qemu_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -361,11 +398,12 @@ impl NodeConfig {
             let locked_up = state.lock().map(|s| s.lockup).unwrap_or(false);
             let silent = beat.silent_for(&heartbeat);
             if locked_up || silent >= self.heartbeat_silence {
+                let activity = emulator_activity(guard.0.id());
                 let console = stop(guard, reader, &state);
                 let why = if locked_up {
-                    format!("a CPU stuck for {} s or more", LOCKUP_SECS)
+                    format!("a CPU stuck for {} s or more; {activity}", LOCKUP_SECS)
                 } else {
-                    format!("no heartbeat for {} s", silent.as_secs())
+                    format!("no heartbeat for {} s; {activity}", silent.as_secs())
                 };
                 return Err(NodeError::Lockup { why, console });
             }
@@ -452,6 +490,48 @@ impl Beat {
         }
         now.duration_since(self.changed_at)
     }
+}
+
+/// What the emulator itself is doing while its node is silent: CPU use
+/// over one second and its threads' states, which tells a guest spinning
+/// in emulated code (busy vCPU threads) from a stalled emulator (all
+/// threads asleep).
+fn emulator_activity(pid: u32) -> String {
+    let cpu_ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    };
+    let before = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = cpu_ticks();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let cpu = match (before, after) {
+        (Some(b), Some(a)) => format!("{}% CPU", a.saturating_sub(b) * 100 / hz),
+        _ => "CPU unknown".into(),
+    };
+    let mut threads = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let path = t.path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .unwrap_or("?")
+                .to_string();
+            let wchan = std::fs::read_to_string(path.join("wchan")).unwrap_or_default();
+            threads.push(format!("{}:{state}:{}", comm.trim(), wchan.trim()));
+        }
+    }
+    threads.sort();
+    format!(
+        "QEMU used {cpu} over 1 s; its threads: {}",
+        threads.join(" ")
+    )
 }
 
 /// Asks the node's init for its process list (through the scratch share)
@@ -638,7 +718,7 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 say() { echo "moat-node: $*" > /dev/console; }
 for m in $(cat /modules/order); do
-  insmod /modules/$m.ko 2>/dev/null || say "insmod $m failed"
+  insmod /modules/$m.ko $(cat /modules/$m.options 2>/dev/null) 2>/dev/null || say "insmod $m failed"
 done
 # Modules the kernel asks for later (the netfilter tables, matches and
 # targets iptables needs for the portmap CNI plugin) come from the host's

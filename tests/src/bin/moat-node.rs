@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use moat_tests::node::NodeConfig;
 use moat_tests::probe::HostFacts;
+use moat_tests::stress::{self, StressPlan};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -35,6 +36,28 @@ enum Cmd {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Boot NODES nodes one after another, each running the same load
+    /// (`scripts/node-load.sh`: boot-benchmark rounds, then pods at once
+    /// through moatd), and print a table of how each node ended. The node's
+    /// settings come from the `MOAT_NODE_*` variables (see `moat-node
+    /// stress --help`).
+    #[command(
+        after_help = "Node settings: MOAT_NODE_QEMU, MOAT_NODE_QEMU_ARGS, MOAT_NODE_ACCEL, MOAT_NODE_CPU, MOAT_NODE_CPUS, MOAT_NODE_MEMORY_MIB, MOAT_NODE_KERNEL, MOAT_NODE_KERNEL_ARGS, MOAT_NODE_KVM_AMD, MOAT_NODE_HEARTBEAT_SECS."
+    )]
+    Stress {
+        /// Nodes to boot, one after another.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Boot-benchmark rounds in each node.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Pods started at once through moatd in each node.
+        #[arg(long, default_value_t = 3)]
+        pods: usize,
+        /// Kill a node after this many seconds.
+        #[arg(long, default_value_t = 1200)]
+        timeout: u64,
+    },
 }
 
 fn quote(s: &str) -> String {
@@ -47,6 +70,33 @@ fn main() {
         Cmd::Probe => {
             println!("{}", HostFacts::gather().decide());
             0
+        }
+        Cmd::Stress {
+            nodes,
+            rounds,
+            pods,
+            timeout,
+        } => {
+            let mut cfg = match NodeConfig::detect() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("moat-node: {e}");
+                    std::process::exit(125);
+                }
+            };
+            cfg.timeout = Duration::from_secs(timeout);
+            let plan = StressPlan {
+                nodes,
+                rounds,
+                pods,
+            };
+            let settings = stress::describe(&cfg);
+            eprintln!("node-stress: {settings}");
+            let runs = stress::run(&cfg, &plan);
+            print!("{}", stress::table(&settings, &plan, &runs));
+            let all_passed =
+                runs.len() == plan.nodes && runs.iter().all(|r| r.ending == stress::Ending::Passed);
+            i32::from(!all_passed)
         }
         Cmd::Run {
             timeout,

@@ -79,18 +79,59 @@ fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Result<i32, 
     }
 }
 
-fn time_exit(mut cmd: Command, timeout: Duration) -> Result<Duration, String> {
+/// Where a boot's stderr goes (a file, so a chatty child never blocks on a
+/// full pipe) and how a failure is described from it.
+struct Stderr(Option<PathBuf>);
+
+impl Stderr {
+    /// A log file for boot `tag` in `scratch`; null if it cannot be made.
+    fn new(scratch: &Path, tag: &str) -> (Self, Stdio) {
+        let path = scratch.join(format!("bench-{}-{tag}.stderr", std::process::id()));
+        match std::fs::File::create(&path) {
+            Ok(f) => (Stderr(Some(path)), Stdio::from(f)),
+            Err(_) => (Stderr(None), Stdio::null()),
+        }
+    }
+
+    /// The last non-empty line the child printed (moat-vmm's reason for a
+    /// failed boot, such as "vcpu0: triple fault: ..."), or "".
+    fn last_line(&self) -> String {
+        let text = self
+            .0
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        let line = text.lines().rev().find(|l| !l.trim().is_empty());
+        line.map(|l| format!(": {}", l.trim())).unwrap_or_default()
+    }
+}
+
+impl Drop for Stderr {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn time_exit(
+    mut cmd: Command,
+    scratch: &Path,
+    tag: &str,
+    timeout: Duration,
+) -> Result<Duration, String> {
     let start = Instant::now();
+    let (log, stderr) = Stderr::new(scratch, tag);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| format!("spawn: {e}"))?;
     let code = wait_exit(&mut child, timeout)?;
     let t = start.elapsed();
     if code != 0 {
-        return Err(format!("exit code {code}"));
+        return Err(format!("exit code {code}{}", log.last_line()));
     }
     Ok(t)
 }
@@ -124,6 +165,7 @@ fn time_ready(a: &Args, f: &Files, vmm: &Path, i: usize) -> Result<ReadyRun, Str
     let api_sock = a
         .scratch
         .join(format!("bench-{}-{i}.api", std::process::id()));
+    let (log, stderr) = Stderr::new(&a.scratch, &format!("ready-{i}"));
     let start = Instant::now();
     let mut child = Command::new(vmm)
         .args([
@@ -139,7 +181,7 @@ fn time_ready(a: &Args, f: &Files, vmm: &Path, i: usize) -> Result<ReadyRun, Str
         .arg(&api_sock)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| format!("spawn: {e}"))?;
     let deadline = start + Duration::from_secs(a.timeout_secs);
@@ -150,7 +192,7 @@ fn time_ready(a: &Args, f: &Files, vmm: &Path, i: usize) -> Result<ReadyRun, Str
             return Err("agent not ready in time".into());
         }
         if let Ok(Some(s)) = child.try_wait() {
-            return Err(format!("moat-vmm exited early: {s}"));
+            return Err(format!("moat-vmm exited early: {s}{}", log.last_line()));
         }
         if let Ok(mut s) = UnixStream::connect(&uds) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
@@ -270,7 +312,7 @@ fn run_round(a: &Args, f: &Files, vmm: &Path, i: usize) -> Round {
     // No devices, like QEMU's lean run: both guests do the same work.
     .args(["--blk-slots", "0"])
     .args(["--memory-mib", &a.memory_mib.to_string(), "--serial", "off"]);
-    match time_exit(c, timeout) {
+    match time_exit(c, &a.scratch, &format!("exit-{i}"), timeout) {
         Ok(t) => r.vmm_exit = Some(ms(t)),
         Err(e) => eprintln!("moat-vmm run {i}: {e}"),
     }
@@ -284,11 +326,21 @@ fn run_round(a: &Args, f: &Files, vmm: &Path, i: usize) -> Round {
         Err(e) => eprintln!("moat-vmm ready run {i}: {e}"),
     }
     if !a.skip_qemu {
-        match time_exit(qemu_command(a, f, true), timeout) {
+        match time_exit(
+            qemu_command(a, f, true),
+            &a.scratch,
+            &format!("lean-{i}"),
+            timeout,
+        ) {
             Ok(t) => r.qemu_lean = Some(ms(t)),
             Err(e) => eprintln!("qemu (lean) run {i}: {e}"),
         }
-        match time_exit(qemu_command(a, f, false), timeout) {
+        match time_exit(
+            qemu_command(a, f, false),
+            &a.scratch,
+            &format!("qemu-{i}"),
+            timeout,
+        ) {
             Ok(t) => r.qemu_default = Some(ms(t)),
             Err(e) => eprintln!("qemu (defaults) run {i}: {e}"),
         }
