@@ -13,9 +13,11 @@
 //! - [`vm`]: starting a pod's moat-vmm and reaching its agent.
 
 pub mod agent;
+pub mod clock;
 pub mod config;
 pub mod container;
 pub mod cri;
+pub mod files;
 pub mod image;
 pub mod logs;
 pub mod network;

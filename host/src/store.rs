@@ -51,17 +51,6 @@ pub const CONTAINERS: Table = Table("containers");
 /// moatd-wide settings kubelet sends (UpdateRuntimeConfig), by name.
 pub const RUNTIME: Table = Table("runtime");
 
-/// What [`Store::find`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Found<T> {
-    /// The one record.
-    One(T),
-    /// The prefix matches several records.
-    Ambiguous,
-    /// Nothing matches.
-    None,
-}
-
 /// Handle on the state database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -142,27 +131,6 @@ impl Store {
         Ok(self.list(table)?.into_iter().map(|(_, v)| v).collect())
     }
 
-    /// A record by its full key, else by a key prefix that names exactly
-    /// one record (CRI clients may shorten ids).
-    pub fn find<T: DeserializeOwned>(
-        &self,
-        table: Table,
-        id: &str,
-    ) -> Result<Found<T>, StoreError> {
-        if let Some(r) = self.get(table, id)? {
-            return Ok(Found::One(r));
-        }
-        let mut m = self
-            .list::<T>(table)?
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(id));
-        Ok(match (m.next(), m.next()) {
-            (Some((_, r)), None) => Found::One(r),
-            (Some(_), Some(_)) => Found::Ambiguous,
-            _ => Found::None,
-        })
-    }
-
     /// Deletes a record; true if it existed.
     pub fn delete(&self, table: Table, key: &str) -> Result<bool, StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
@@ -200,14 +168,13 @@ mod tests {
     }
 
     #[test]
-    fn find_by_key_or_unique_prefix() {
+    fn get_is_by_full_key_only() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         s.put(IMAGES, "abc1", &1u32).unwrap();
         s.put(IMAGES, "abc2", &2u32).unwrap();
-        assert_eq!(s.find::<u32>(IMAGES, "abc2").unwrap(), Found::One(2));
-        assert_eq!(s.find::<u32>(IMAGES, "abc").unwrap(), Found::Ambiguous);
-        assert_eq!(s.find::<u32>(IMAGES, "x").unwrap(), Found::None);
+        assert_eq!(s.get::<u32>(IMAGES, "abc2").unwrap(), Some(2));
+        assert_eq!(s.get::<u32>(IMAGES, "abc").unwrap(), None);
         assert_eq!(s.values::<u32>(IMAGES).unwrap(), vec![1, 2]);
     }
 

@@ -457,6 +457,28 @@ fn pod_lifecycle_body() {
             .into_inner();
         let status = st.status.unwrap();
         assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
+        // moatd never resolves a short id: stopping or removing by a prefix
+        // is an unknown pod (which CRI calls success) and leaves the pod be.
+        let short = id[..3].to_string();
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: short.clone(),
+        })
+        .await
+        .expect("stopping an unknown pod succeeds");
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: short.clone(),
+        })
+        .await
+        .expect("removing an unknown pod succeeds");
+        let e = rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: short,
+                verbose: false,
+            })
+            .await
+            .expect_err("a prefix is not an id");
+        assert_eq!(e.code(), Code::NotFound);
+        assert_eq!(vmm_pids().len(), 2, "a prefix stopped a pod");
         let ip = status.network.unwrap().ip;
         assert!(ip.starts_with("10."), "pod IP {ip:?}");
         assert!(st.info["info"].contains("vmmPid"));

@@ -5,6 +5,7 @@ use moat_proto::cri::image_service_client::ImageServiceClient;
 use moat_proto::cri::runtime_service_client::RuntimeServiceClient;
 use moat_proto::cri::*;
 use std::path::PathBuf;
+use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(version, about = "Talk CRI to moatd (a crictl-style client)")]
@@ -67,12 +68,12 @@ enum Cmd {
     },
     /// Stop a pod sandbox.
     Stopp {
-        /// Sandbox id.
+        /// Sandbox id (or unique prefix).
         id: String,
     },
     /// Remove a pod sandbox.
     Rmp {
-        /// Sandbox id.
+        /// Sandbox id (or unique prefix).
         id: String,
     },
     /// Pod sandbox stats.
@@ -210,6 +211,113 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// The one id in `ids` that is `wanted` or starts with it. moatd takes
+/// full ids only, so short ids are resolved here, as crictl does.
+fn unique_id(kind: &str, wanted: &str, ids: Vec<String>) -> anyhow::Result<String> {
+    if wanted.is_empty() {
+        anyhow::bail!("{kind} id: required");
+    }
+    if ids.iter().any(|i| i == wanted) {
+        return Ok(wanted.to_string());
+    }
+    let mut matches = ids.into_iter().filter(|i| i.starts_with(wanted));
+    match (matches.next(), matches.next()) {
+        (Some(id), None) => Ok(id),
+        (Some(_), Some(_)) => anyhow::bail!("{kind} id {wanted:?} is ambiguous"),
+        _ => anyhow::bail!("no {kind} with id {wanted:?}"),
+    }
+}
+
+async fn pod_id(rt: &mut RuntimeServiceClient<Channel>, wanted: String) -> anyhow::Result<String> {
+    let ids = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await?
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    unique_id("pod sandbox", &wanted, ids)
+}
+
+async fn container_id(
+    rt: &mut RuntimeServiceClient<Channel>,
+    wanted: String,
+) -> anyhow::Result<String> {
+    let ids = rt
+        .list_containers(ListContainersRequest::default())
+        .await?
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    unique_id("container", &wanted, ids)
+}
+
+/// `cmd` with its short pod and container ids made whole.
+async fn resolve_ids(rt: &mut RuntimeServiceClient<Channel>, cmd: Cmd) -> anyhow::Result<Cmd> {
+    Ok(match cmd {
+        Cmd::Inspectp { id } => Cmd::Inspectp {
+            id: pod_id(rt, id).await?,
+        },
+        Cmd::Stopp { id } => Cmd::Stopp {
+            id: pod_id(rt, id).await?,
+        },
+        Cmd::Rmp { id } => Cmd::Rmp {
+            id: pod_id(rt, id).await?,
+        },
+        Cmd::Create {
+            pod,
+            image,
+            name,
+            envs,
+            labels,
+            mounts,
+            memory_mib,
+            tty,
+            command,
+        } => Cmd::Create {
+            pod: pod_id(rt, pod).await?,
+            image,
+            name,
+            envs,
+            labels,
+            mounts,
+            memory_mib,
+            tty,
+            command,
+        },
+        Cmd::Start { id } => Cmd::Start {
+            id: container_id(rt, id).await?,
+        },
+        Cmd::Exec {
+            id,
+            timeout,
+            command,
+        } => Cmd::Exec {
+            id: container_id(rt, id).await?,
+            timeout,
+            command,
+        },
+        Cmd::Logs { id, raw } => Cmd::Logs {
+            id: container_id(rt, id).await?,
+            raw,
+        },
+        Cmd::Inspect { id } => Cmd::Inspect {
+            id: container_id(rt, id).await?,
+        },
+        Cmd::Stop { id, timeout } => Cmd::Stop {
+            id: container_id(rt, id).await?,
+            timeout,
+        },
+        Cmd::Rm { id } => Cmd::Rm {
+            id: container_id(rt, id).await?,
+        },
+        other => other,
+    })
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -218,7 +326,7 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("connecting to moatd at {}: {e:#}", cli.socket.display()))?;
     let mut rt = RuntimeServiceClient::new(ch.clone());
     let mut img = ImageServiceClient::new(ch);
-    match cli.cmd {
+    match resolve_ids(&mut rt, cli.cmd).await? {
         Cmd::Version => {
             let v = rt.version(VersionRequest::default()).await?.into_inner();
             println!(
@@ -637,5 +745,18 @@ mod tests {
     fn log_records_join_partials() {
         let c = "2026-01-01T00:00:00.1Z stdout P hel\n2026-01-01T00:00:00.2Z stdout F lo\n2026-01-01T00:00:00.3Z stderr F x y\n";
         assert_eq!(log_text(c), "hello\nx y\n");
+    }
+
+    #[test]
+    fn short_ids_resolve_to_one_whole_id() {
+        let ids = || vec!["abc1".to_string(), "abc2".to_string(), "def".to_string()];
+        assert_eq!(unique_id("pod", "d", ids()).unwrap(), "def");
+        assert_eq!(unique_id("pod", "abc2", ids()).unwrap(), "abc2");
+        assert!(unique_id("pod", "abc", ids())
+            .unwrap_err()
+            .to_string()
+            .contains("ambiguous"));
+        assert!(unique_id("pod", "x", ids()).is_err());
+        assert!(unique_id("pod", "", ids()).is_err());
     }
 }

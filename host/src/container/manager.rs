@@ -15,7 +15,7 @@ use crate::cri::events::EventBus;
 use crate::image::ImageRecord;
 use crate::logs::cri_log::CriLogWriter;
 use crate::pod::{SandboxRecord, SandboxState};
-use crate::store::{Found, Store, CONTAINERS};
+use crate::store::{Store, CONTAINERS};
 use crate::vm::ControlClient;
 use moat_proto::agent::agent_client::AgentClient;
 use moat_proto::agent::{
@@ -24,7 +24,6 @@ use moat_proto::agent::{
 };
 use moat_proto::cri::{ContainerConfig, ContainerEventType, LinuxContainerResources};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -35,10 +34,6 @@ pub const EXEC_SYNC_OUTPUT_CAP: usize = 16 << 20;
 
 /// How long the agent may take to answer one lifecycle call.
 const AGENT_CALL: Duration = Duration::from_secs(60);
-
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-}
 
 fn agent_err(what: &str) -> impl Fn(tonic::Status) -> ContainerError + '_ {
     move |s| ContainerError::from_agent(what, s)
@@ -124,18 +119,16 @@ impl Containers {
         Ok(self.inner.store.values(CONTAINERS)?)
     }
 
-    /// One container by full id or unique prefix.
+    /// One container by its full id (prefixes are the client's to
+    /// resolve, as for pods).
     pub fn get(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
         if id.is_empty() {
             return Err(ContainerError::Invalid("container_id: required".into()));
         }
-        match self.inner.store.find(CONTAINERS, id)? {
-            Found::One(r) => Ok(r),
-            Found::Ambiguous => Err(ContainerError::Invalid(format!(
-                "container_id: {id:?} is ambiguous"
-            ))),
-            Found::None => Err(ContainerError::NotFound(id.to_string())),
-        }
+        self.inner
+            .store
+            .get(CONTAINERS, id)?
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))
     }
 
     fn put(&self, rec: &ContainerRecord) -> Result<(), ContainerError> {
@@ -180,6 +173,8 @@ impl Containers {
                 sb.id
             )));
         }
+        let log_path = crate::logs::location::log_file(&sb.config.log_directory, &config.log_path)
+            .map_err(ContainerError::Invalid)?;
         let lock = self.pod_lock(&sb.id).await;
         let _g = lock.lock().await;
         let siblings: Vec<ContainerRecord> = self
@@ -274,12 +269,6 @@ impl Containers {
                 return Err(e);
             }
         };
-        let log_path = match (&sb.config.log_directory, &config.log_path) {
-            (dir, file) if !dir.is_empty() && !file.is_empty() => {
-                Some(PathBuf::from(dir).join(file))
-            }
-            _ => None,
-        };
         let rec = ContainerRecord {
             id: id.clone(),
             sandbox_id: sb.id.clone(),
@@ -300,7 +289,7 @@ impl Containers {
             spec: spec_json,
             log_path,
             state: ContainerState::Created,
-            created_at: now_ns(),
+            created_at: crate::clock::now_ns(),
             started_at: 0,
             finished_at: 0,
             exit_code: 0,
@@ -351,7 +340,7 @@ impl Containers {
             return Err(e);
         }
         rec.state = ContainerState::Running;
-        rec.started_at = now_ns();
+        rec.started_at = crate::clock::now_ns();
         self.put(&rec)?;
         if let Some(log) = &log {
             set_log(&self.inner, &rec.id, Some(log.clone()));
@@ -431,13 +420,13 @@ impl Containers {
 
     /// Waits until the monitor records the container's exit.
     async fn wait_exited(&self, id: &str, timeout: Duration) -> Result<bool, ContainerError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::clock::deadline(timeout);
         loop {
             match self.inner.store.get::<ContainerRecord>(CONTAINERS, id)? {
                 Some(r) if r.state != ContainerState::Exited => {}
                 _ => return Ok(true),
             }
-            if Instant::now() >= deadline {
+            if crate::clock::passed(deadline) {
                 return Ok(false);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -756,7 +745,7 @@ impl Containers {
             .map_err(agent_err("agent ContainerStats"))?
             .into_inner();
         let usage = stats.cpu.as_ref().map(|c| c.usage_ns).unwrap_or(0);
-        let ts = now_ns();
+        let ts = crate::clock::now_ns();
         let nano_cores = self.inner.cpu_samples.lock().ok().and_then(|mut m| {
             let prev = m.insert(rec.id.clone(), (ts, usage));
             prev.and_then(|(pts, pu)| {
@@ -790,7 +779,7 @@ impl Containers {
 
 fn mark_exited(rec: &mut ContainerRecord, code: i32, reason: &str, message: &str) {
     rec.state = ContainerState::Exited;
-    rec.finished_at = now_ns();
+    rec.finished_at = crate::clock::now_ns();
     rec.exit_code = code;
     rec.reason = reason.to_string();
     rec.message = message.to_string();
@@ -865,17 +854,11 @@ fn read_localhost_seccomp(config: &ContainerConfig) -> Result<Option<String>, Co
         return Ok(None);
     };
     let field = "security_context.seccomp";
-    let path = path.display();
-    let meta = std::fs::metadata(path.to_string())
-        .map_err(|e| ContainerError::Invalid(format!("{field}: {path}: {e}")))?;
-    if !meta.is_file() || meta.len() > 1 << 20 {
-        return Err(ContainerError::Invalid(format!(
-            "{field}: {path} is not a file of at most 1 MiB"
-        )));
-    }
-    std::fs::read_to_string(path.to_string())
+    let data = crate::files::read_regular(&path, 1 << 20)
+        .map_err(|e| ContainerError::Invalid(format!("{field}: {}: {e}", path.display())))?;
+    String::from_utf8(data)
         .map(Some)
-        .map_err(|e| ContainerError::Invalid(format!("{field}: {path}: {e}")))
+        .map_err(|_| ContainerError::Invalid(format!("{field}: {} is not UTF-8", path.display())))
 }
 
 /// Watches a running container: copies its output to the log and records

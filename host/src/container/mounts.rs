@@ -16,7 +16,7 @@ use moat_proto::agent::CopyFileRequest;
 use moat_proto::cri::Mount;
 use sha2::Digest;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Component, Path};
 use tonic::transport::Channel;
 
 /// Most bytes copied for one mount.
@@ -85,7 +85,9 @@ fn collect(i: usize, host: &Path, rel: &str) -> Result<Vec<Entry>, ContainerErro
                 format!("more than {MAX_MOUNT_BYTES} bytes to copy into the pod VM"),
             ));
         }
-        let data = std::fs::read(path)
+        // Read through the descriptor with the limit: the file may have
+        // been swapped for a FIFO or a device since it was listed.
+        let data = crate::files::read_regular(path, MAX_FILE_BYTES)
             .map_err(|e| invalid(i, "host_path", format!("{}: {e}", path.display())))?;
         out.push(Entry::File {
             rel,
@@ -169,11 +171,17 @@ pub async fn share(
         if m.image.as_ref().is_some_and(|im| !im.image.is_empty()) {
             return Err(invalid(i, "image", "image volumes are not supported"));
         }
-        if !m.host_path.starts_with('/') {
+        let plain = Path::new(&m.host_path)
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !m.host_path.starts_with('/') || !plain {
             return Err(invalid(
                 i,
                 "host_path",
-                format!("{:?} is not absolute", m.host_path),
+                format!(
+                    "{:?} is not an absolute path without `.` or `..` parts",
+                    m.host_path
+                ),
             ));
         }
         let host = Path::new(&m.host_path);

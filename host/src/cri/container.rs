@@ -392,7 +392,7 @@ async fn stats_of(
     let ts = if u.stats.timestamp_ns > 0 {
         u.stats.timestamp_ns
     } else {
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        crate::clock::now_ns()
     };
     let cpu = u.stats.cpu.unwrap_or_default();
     let mem = u.stats.memory.unwrap_or_default();

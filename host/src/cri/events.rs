@@ -38,7 +38,7 @@ impl EventBus {
         let _ = self.tx.send(ContainerEventResponse {
             container_id: id.to_string(),
             container_event_type: kind as i32,
-            created_at: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+            created_at: crate::clock::now_ns(),
             pod_sandbox_status: sandbox,
             containers_statuses: Vec::new(),
         });

@@ -181,7 +181,7 @@ impl CriImageService for CriImages {
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
         let (bytes, inodes) = self.images.fs_usage();
         let usage = FilesystemUsage {
-            timestamp: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+            timestamp: crate::clock::now_ns(),
             fs_id: Some(FilesystemIdentifier {
                 mountpoint: self.images.root().display().to_string(),
             }),

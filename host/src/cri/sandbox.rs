@@ -163,7 +163,7 @@ pub fn status(
         status: Some(to_status(&rec)),
         info,
         containers_statuses: crate::cri::container::pod_container_statuses(d, &rec.id),
-        timestamp: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        timestamp: crate::clock::now_ns(),
     })
 }
 

@@ -8,10 +8,6 @@ use crate::pod::SandboxRecord;
 use moat_proto::cri::*;
 use tonic::Status;
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-}
-
 /// (cpu ns, rss bytes, threads) of a live process.
 fn process_usage(pid: u32) -> Option<(u64, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -34,7 +30,7 @@ fn process_usage(pid: u32) -> Option<(u64, u64, u64)> {
 
 /// A sandbox's stats.
 pub fn sandbox_stats(rec: &SandboxRecord) -> PodSandboxStats {
-    let ts = now();
+    let ts = crate::clock::now_ns();
     let usage = rec
         .vm
         .filter(|v| v.is_alive())

@@ -1,5 +1,6 @@
-//! Container logs in the CRI format kubelet reads.
+//! Container logs in the CRI format kubelet reads, and where they may go.
 
 pub mod cri_log;
+pub mod location;
 
 pub use cri_log::{CriLogWriter, Stream};

@@ -105,6 +105,22 @@ impl CniResult {
     }
 }
 
+/// Checks a value that goes into `CNI_ARGS` (`K=V;K=V`, which has no
+/// escaping): a `;` or `=` in it would add arguments of the caller's
+/// choosing (`web;IP=10.0.0.9`). Whitespace and control characters are
+/// refused too. The error names `field`.
+pub fn check_cni_arg(field: &str, value: &str) -> Result<(), String> {
+    if let Some(c) = value
+        .chars()
+        .find(|c| matches!(c, ';' | '=') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{field}: {value:?} holds {c:?}, which CNI_ARGS cannot carry"
+        ));
+    }
+    Ok(())
+}
+
 /// Who the plugins are plumbing (CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME, CNI_ARGS).
 #[derive(Debug, Clone)]
 pub struct Attachment<'a> {
@@ -230,6 +246,8 @@ impl CniNetwork {
         };
         let mut args = String::from("IgnoreUnknown=1");
         if let Some((name, ns)) = att.pod {
+            check_cni_arg("pod name", name).map_err(&fail)?;
+            check_cni_arg("pod namespace", ns).map_err(&fail)?;
             args.push_str(&format!(
                 ";K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={}",
                 att.container_id

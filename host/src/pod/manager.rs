@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::network::capability_args::capability_args;
 use crate::network::cni::Attachment;
 use crate::network::{tap, CniNetwork, NetNs};
-use crate::store::{Found, Store, StoreError, RUNTIME, SANDBOXES};
+use crate::store::{Store, StoreError, RUNTIME, SANDBOXES};
 
 /// The key of the pod CIDRs in the runtime table.
 const POD_CIDRS: &str = "pod_cidrs";
@@ -76,10 +76,6 @@ pub(crate) fn new_id() -> Result<String, PodError> {
     Ok(hex::encode(buf))
 }
 
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-}
-
 fn validate(config: &PodSandboxConfig) -> Result<(), PodError> {
     let Some(md) = &config.metadata else {
         return Err(PodError::Invalid("config.metadata: required".into()));
@@ -94,8 +90,11 @@ fn validate(config: &PodSandboxConfig) -> Result<(), PodError> {
                 "config.metadata.{field}: required"
             )));
         }
+        crate::network::cni::check_cni_arg(&format!("config.metadata.{field}"), value)
+            .map_err(PodError::Invalid)?;
     }
     pod_hostname(config)?;
+    crate::logs::location::check_log_directory(&config.log_directory).map_err(PodError::Invalid)?;
     run_as_group_needs_user(config)?;
     capability_args(config, &[]).map_err(PodError::Invalid)?;
     for key in config.linux.iter().flat_map(|l| l.sysctls.keys()) {
@@ -276,18 +275,16 @@ impl Pods {
         Ok(self.store.values(SANDBOXES)?)
     }
 
-    /// One sandbox by full id or unique id prefix.
+    /// One sandbox by its full id. Prefixes are not resolved: a CRI client
+    /// resolves them (as crictl does) so that a short id never removes
+    /// another pod.
     pub fn get(&self, id: &str) -> Result<SandboxRecord, PodError> {
         if id.is_empty() {
             return Err(PodError::Invalid("pod_sandbox_id: required".into()));
         }
-        match self.store.find(SANDBOXES, id)? {
-            Found::One(r) => Ok(r),
-            Found::Ambiguous => Err(PodError::Invalid(format!(
-                "pod_sandbox_id: {id:?} is ambiguous"
-            ))),
-            Found::None => Err(PodError::NotFound(id.to_string())),
-        }
+        self.store
+            .get(SANDBOXES, id)?
+            .ok_or_else(|| PodError::NotFound(id.to_string()))
     }
 
     /// Records the node's pod CIDRs kubelet sends (UpdateRuntimeConfig's
@@ -341,7 +338,7 @@ impl Pods {
             config,
             runtime_handler: handler_name.to_string(),
             state: SandboxState::Creating,
-            created_at: now_ns(),
+            created_at: crate::clock::now_ns(),
             netns: None,
             cni: None,
             ips: Vec::new(),
@@ -671,6 +668,27 @@ mod tests {
             attempt: 0,
         });
         assert!(validate(&c).is_ok());
+        // Names go into CNI_ARGS, which cannot escape `;` or `=`.
+        c.metadata = Some(PodSandboxMetadata {
+            name: "web;IP=10.0.0.9".into(),
+            namespace: "b".into(),
+            uid: "u".into(),
+            attempt: 0,
+        });
+        let e = validate(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("config.metadata.name") && e.contains("CNI_ARGS"),
+            "{e}"
+        );
+        c.metadata = Some(PodSandboxMetadata {
+            name: "a".into(),
+            namespace: "b".into(),
+            uid: "u".into(),
+            attempt: 0,
+        });
+        c.log_directory = "/var/log/pods/../../../run".into();
+        let e = validate(&c).unwrap_err().to_string();
+        assert!(e.contains("config.log_directory"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use moat_vmm::exit::ExitCode;
 use serde::{Deserialize, Serialize};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::transport::Channel;
 
 /// What VM to start.
@@ -216,7 +216,7 @@ pub async fn wait_for_agent(
     child: &mut tokio::process::Child,
     timeout: Duration,
 ) -> anyhow::Result<AgentClient<Channel>> {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::clock::deadline(timeout);
     let mut last_err = String::from("no attempt");
     loop {
         if let Some(status) = child.try_wait()? {
@@ -241,7 +241,7 @@ pub async fn wait_for_agent(
                 Err(e) => last_err = format!("{e:#}"),
             }
         }
-        if Instant::now() >= deadline {
+        if crate::clock::passed(deadline) {
             return Err(AgentTimeout {
                 secs: timeout.as_secs(),
                 last_err,
