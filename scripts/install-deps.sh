@@ -7,7 +7,8 @@ set -euo pipefail
 packages=(
   # guest kernel build
   linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev xz-utils
-  # the test node: Debian's kernel + modules, QEMU (TCG), busybox for its initramfs
+  # the test node: Debian's kernel + modules, QEMU (TCG; 10.x, see below),
+  # busybox for its initramfs
   linux-image-amd64 qemu-system-x86 busybox-static cpio kmod
   # protoc for the CRI and agent protocols
   protobuf-compiler
@@ -19,16 +20,67 @@ packages=(
   python3 python3-venv
 )
 
+# The test node's QEMU must be 10.0 or newer: bookworm's 7.2 locks up or
+# panics the emulated node under nested boots far more often (the table from
+# `make node-stress` in the project's notes). On bookworm it comes from the
+# distribution's backports suite, enabled from the machine's own Debian
+# source entry.
+qemu_min=1:10.0
+qemu_ok() {
+  v=$(dpkg-query -W -f='${Status} ${Version}' qemu-system-x86 2>/dev/null) || return 1
+  case "$v" in "install ok installed "*) ;; *) return 1 ;; esac
+  dpkg --compare-versions "${v##* }" ge "$qemu_min"
+}
+
 missing=()
 for p in "${packages[@]}"; do
+  [ "$p" != qemu-system-x86 ] || continue
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
+if [ ${#missing[@]} -eq 0 ] && qemu_ok; then
   echo "install-deps: all ${#packages[@]} packages present"
   exit 0
 fi
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
-echo "install-deps: installing ${missing[*]}"
+
+# Adds bookworm-backports beside the machine's bookworm suites: to the
+# `Suites:` line of its deb822 source (or, for a one-line sources.list, a
+# line with the same mirror), so no host name is written here.
+enable_backports() {
+  [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" = bookworm ] || return 0
+  grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/ && return 0
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    if grep -qE '^Suites:.*\bbookworm-updates\b' "$f"; then
+      echo "install-deps: enabling bookworm-backports in $f"
+      $SUDO sed -i -E '/^Suites:.*\bbookworm-updates\b/ s/$/ bookworm-backports/' "$f"
+      return 0
+    fi
+  done
+  local line
+  line=$(grep -hE '^deb [^#]*[[:space:]]bookworm[[:space:]]' /etc/apt/sources.list 2>/dev/null | head -n1)
+  if [ -n "$line" ]; then
+    echo "install-deps: enabling bookworm-backports in /etc/apt/sources.list.d/moat-backports.list"
+    echo "$line" | sed -E 's/[[:space:]]bookworm[[:space:]]/ bookworm-backports /' \
+      | $SUDO tee /etc/apt/sources.list.d/moat-backports.list > /dev/null
+    return 0
+  fi
+  echo "install-deps: no bookworm source entry found to add bookworm-backports to" >&2
+  return 1
+}
+
+qemu_args=()
+if ! qemu_ok; then
+  enable_backports
+  qemu_args=(qemu-system-x86)
+  [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" != bookworm ] \
+    || qemu_args=(-t bookworm-backports qemu-system-x86)
+fi
+echo "install-deps: installing ${missing[*]} ${qemu_args[*]}"
 $SUDO apt-get update -q
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+export DEBIAN_FRONTEND=noninteractive
+[ ${#missing[@]} -eq 0 ] || $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+[ ${#qemu_args[@]} -eq 0 ] || $SUDO apt-get install -y -q --no-install-recommends "${qemu_args[@]}"
+qemu_ok || { echo "install-deps: qemu-system-x86 >= $qemu_min is not installed" >&2; exit 1; }

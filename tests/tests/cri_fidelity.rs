@@ -141,6 +141,30 @@ fn fidelity_body() {
             "container run_as_group alone",
         );
         assert!(msg.contains("run_as_group"), "{msg}");
+        // A log path that leaves the pod's log directory is refused, and
+        // nothing is written where it points.
+        let escape = m.dir.path().join("escaped.log");
+        for log_path in [
+            format!(
+                "../{}",
+                "../".repeat(8) + escape.to_string_lossy().trim_start_matches('/')
+            ),
+            escape.to_string_lossy().into_owned(),
+        ] {
+            let mut c = container_config(&m, "log-escape", "true");
+            c.log_path = log_path.clone();
+            let msg = assert_code(
+                create(&mut rt, &pod_id, c).await,
+                Code::InvalidArgument,
+                "log_path outside the pod's log directory",
+            );
+            assert!(msg.contains("log_path"), "{log_path}: {msg}");
+        }
+        assert!(
+            !escape.exists(),
+            "a log was written to {}",
+            escape.display()
+        );
 
         // Two containers see the pod's hostname and sysctls.
         let a = run_container(&mut rt, &m, &pod_id, sleeper(&m, "a", |_| {})).await;
