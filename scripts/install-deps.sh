@@ -73,7 +73,7 @@ enable_backports() {
 
 qemu_args=()
 if ! qemu_ok; then
-  enable_backports
+  enable_backports || true
   qemu_args=(qemu-system-x86)
   [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" != bookworm ] \
     || qemu_args=(-t bookworm-backports qemu-system-x86)
@@ -82,5 +82,11 @@ echo "install-deps: installing ${missing[*]} ${qemu_args[*]}"
 $SUDO apt-get update -q
 export DEBIAN_FRONTEND=noninteractive
 [ ${#missing[@]} -eq 0 ] || $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
-[ ${#qemu_args[@]} -eq 0 ] || $SUDO apt-get install -y -q --no-install-recommends "${qemu_args[@]}"
-qemu_ok || { echo "install-deps: qemu-system-x86 >= $qemu_min is not installed" >&2; exit 1; }
+if [ ${#qemu_args[@]} -gt 0 ]; then
+  # Without the newer QEMU (no backports reachable) the distribution's
+  # still runs the node, only less reliably: say so and go on.
+  $SUDO apt-get install -y -q --no-install-recommends "${qemu_args[@]}" \
+    || $SUDO apt-get install -y -q --no-install-recommends qemu-system-x86
+fi
+qemu_ok || echo "install-deps: WARNING: qemu-system-x86 >= $qemu_min is not available here;" \
+  "the test node runs on $(dpkg-query -W -f='${Version}' qemu-system-x86) and locks up more often" >&2
