@@ -38,6 +38,8 @@ done
 table_args=()
 for f in "$out"/attempt-*.log; do table_args+=(--table-from "$f"); done
 "$bench" "${table_args[@]}"
+# Each failed boot with its reason (moat-vmm's last line, e.g. a triple fault).
+grep -h -E '^(moat-vmm|moat-vmm ready|qemu \((lean|defaults)\)) run [0-9]+: ' "$out"/attempt-*.log || true
 used=$(ls "$out"/attempt-*.log | wc -l)
 qemu=$("${MOAT_NODE_QEMU:-qemu-system-x86_64}" --version | head -n1)
 echo "test node ($qemu): $used node attempt(s) for $done_rounds of $runs rounds, $((used - 1)) node(s) replaced after dying mid-run"
