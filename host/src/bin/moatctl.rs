@@ -256,66 +256,25 @@ async fn container_id(
 }
 
 /// `cmd` with its short pod and container ids made whole.
-async fn resolve_ids(rt: &mut RuntimeServiceClient<Channel>, cmd: Cmd) -> anyhow::Result<Cmd> {
-    Ok(match cmd {
-        Cmd::Inspectp { id } => Cmd::Inspectp {
-            id: pod_id(rt, id).await?,
-        },
-        Cmd::Stopp { id } => Cmd::Stopp {
-            id: pod_id(rt, id).await?,
-        },
-        Cmd::Rmp { id } => Cmd::Rmp {
-            id: pod_id(rt, id).await?,
-        },
-        Cmd::Create {
-            pod,
-            image,
-            name,
-            envs,
-            labels,
-            mounts,
-            memory_mib,
-            tty,
-            command,
-        } => Cmd::Create {
-            pod: pod_id(rt, pod).await?,
-            image,
-            name,
-            envs,
-            labels,
-            mounts,
-            memory_mib,
-            tty,
-            command,
-        },
-        Cmd::Start { id } => Cmd::Start {
-            id: container_id(rt, id).await?,
-        },
-        Cmd::Exec {
-            id,
-            timeout,
-            command,
-        } => Cmd::Exec {
-            id: container_id(rt, id).await?,
-            timeout,
-            command,
-        },
-        Cmd::Logs { id, raw } => Cmd::Logs {
-            id: container_id(rt, id).await?,
-            raw,
-        },
-        Cmd::Inspect { id } => Cmd::Inspect {
-            id: container_id(rt, id).await?,
-        },
-        Cmd::Stop { id, timeout } => Cmd::Stop {
-            id: container_id(rt, id).await?,
-            timeout,
-        },
-        Cmd::Rm { id } => Cmd::Rm {
-            id: container_id(rt, id).await?,
-        },
-        other => other,
-    })
+async fn resolve_ids(rt: &mut RuntimeServiceClient<Channel>, mut cmd: Cmd) -> anyhow::Result<Cmd> {
+    match &mut cmd {
+        Cmd::Inspectp { id }
+        | Cmd::Stopp { id }
+        | Cmd::Rmp { id }
+        | Cmd::Create { pod: id, .. } => {
+            *id = pod_id(rt, std::mem::take(id)).await?;
+        }
+        Cmd::Start { id }
+        | Cmd::Exec { id, .. }
+        | Cmd::Logs { id, .. }
+        | Cmd::Inspect { id }
+        | Cmd::Stop { id, .. }
+        | Cmd::Rm { id } => {
+            *id = container_id(rt, std::mem::take(id)).await?;
+        }
+        _ => {}
+    }
+    Ok(cmd)
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -64,6 +64,20 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The node's settings with a time limit, or exit 125 if there is no node.
+fn node_config(timeout_secs: u64) -> NodeConfig {
+    match NodeConfig::detect() {
+        Ok(mut c) => {
+            c.timeout = Duration::from_secs(timeout_secs);
+            c
+        }
+        Err(e) => {
+            eprintln!("moat-node: {e}");
+            std::process::exit(125);
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
@@ -77,14 +91,7 @@ fn main() {
             pods,
             timeout,
         } => {
-            let mut cfg = match NodeConfig::detect() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("moat-node: {e}");
-                    std::process::exit(125);
-                }
-            };
-            cfg.timeout = Duration::from_secs(timeout);
+            let cfg = node_config(timeout);
             let plan = StressPlan {
                 nodes,
                 rounds,
@@ -104,14 +111,7 @@ fn main() {
             verbose,
             command,
         } => {
-            let mut cfg = match NodeConfig::detect() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("moat-node: {e}");
-                    std::process::exit(125);
-                }
-            };
-            cfg.timeout = Duration::from_secs(timeout);
+            let mut cfg = node_config(timeout);
             cfg.echo_console = verbose;
             cfg.echo_output = true;
             if let Some(m) = memory_mib {
