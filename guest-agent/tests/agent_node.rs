@@ -38,7 +38,7 @@ fn agent_runs_containers_as_root() {
         "export {IN_NODE}=1; exec {} --exact agent_runs_containers_as_root --nocapture --test-threads=1",
         exe.display()
     );
-    let out = node.run(&script).expect("node run");
+    let out = moat_tests::vm::run_in_node(&node, &script).expect("node run");
     println!("{}", out.output);
     assert_eq!(
         out.status, 0,

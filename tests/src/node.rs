@@ -97,6 +97,16 @@ pub enum NodeError {
         /// Everything the node printed.
         console: String,
     },
+    /// The node's own kernel panicked (in practice a stack overflow in a
+    /// nested guest's vCPU thread under the emulator): a fault of the
+    /// emulated machine, not of the command.
+    #[error("the test node's kernel panicked ({line}); console:\n{console}")]
+    Panic {
+        /// The console line that reported it.
+        line: String,
+        /// Everything the node printed.
+        console: String,
+    },
     /// The node stopped without reporting the command's exit status.
     #[error("test node exited ({qemu_status}) without reporting the command's status; console:\n{console}")]
     NoStatus {
@@ -105,6 +115,16 @@ pub enum NodeError {
         /// Everything the node printed.
         console: String,
     },
+}
+
+/// The first console line that reports a kernel panic of the node (or the
+/// stack overflow that precedes one).
+pub fn panic_line(console: &str) -> Option<&str> {
+    console.lines().find(|l| {
+        l.contains("Kernel panic")
+            || l.contains("stack guard page was hit")
+            || l.contains("corrupted stack end detected")
+    })
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -405,6 +425,10 @@ impl NodeConfig {
                 } else {
                     format!("no heartbeat for {} s; {activity}", silent.as_secs())
                 };
+                if let Some(line) = panic_line(&console) {
+                    let line = line.trim().to_string();
+                    return Err(NodeError::Panic { line, console });
+                }
                 return Err(NodeError::Lockup { why, console });
             }
             match guard.0.try_wait() {
@@ -443,9 +467,15 @@ impl NodeConfig {
                 boot_time: boot_time.unwrap_or(total_time),
                 total_time,
             }),
-            None => Err(NodeError::NoStatus {
-                qemu_status: format!("{exit}; {}", qemu_stderr.trim()),
-                console,
+            None => Err(match panic_line(&console) {
+                Some(line) => NodeError::Panic {
+                    line: line.trim().to_string(),
+                    console,
+                },
+                None => NodeError::NoStatus {
+                    qemu_status: format!("{exit}; {}", qemu_stderr.trim()),
+                    console,
+                },
             }),
         }
     }
@@ -766,6 +796,11 @@ beat() {
           p=${d#/proc/}
           st=$(cut -d' ' -f3 $d/stat 2>/dev/null)
           echo "$p $st $(cat $d/wchan 2>/dev/null) $(tr '\0' ' ' < $d/cmdline 2>/dev/null | cut -c1-200)"
+          # Threads of multi-threaded processes (a VMM's vCPUs: R spins in the guest).
+          set -- $d/task/*
+          [ $# -gt 1 ] && for t in "$@"; do
+            echo "  ${t##*/} $(cut -d' ' -f3 $t/stat 2>/dev/null) $(cat $t/wchan 2>/dev/null) $(cat $t/comm 2>/dev/null)"
+          done
         done; } > /host$scratch/processes.tmp 2>&1
       mv /host$scratch/processes.tmp /host$scratch/processes.txt
     fi

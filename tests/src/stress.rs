@@ -3,7 +3,7 @@
 //! (`scripts/node-load.sh`), and tallies how each node ended — so QEMU
 //! versions and node settings can be compared by their failure rates.
 
-use crate::node::{NodeConfig, NodeError, NodeOutput};
+use crate::node::{panic_line, NodeConfig, NodeError, NodeOutput};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -71,15 +71,6 @@ pub struct NodeRun {
     pub wall: Duration,
 }
 
-/// The marker of a node kernel panic in its console.
-fn panic_line(console: &str) -> Option<&str> {
-    console.lines().find(|l| {
-        l.contains("Kernel panic")
-            || l.contains("stack guard page was hit")
-            || l.contains("corrupted stack end detected")
-    })
-}
-
 /// Counts the load's markers in `text` (the node's console, which carries
 /// the load's output too).
 fn tally(text: &str) -> (usize, usize, usize, usize, Vec<String>) {
@@ -139,6 +130,9 @@ pub fn classify(result: &Result<NodeOutput, NodeError>, wall: Duration) -> NodeR
             (Ending::Lockup(why.clone()), console.as_str(), None)
         }
         Err(NodeError::Timeout { console, .. }) => (Ending::Timeout, console.as_str(), None),
+        Err(NodeError::Panic { line, console }) => {
+            (Ending::Panic(line.clone()), console.as_str(), None)
+        }
         Err(NodeError::NoStatus { console, .. }) => (Ending::Vanished, console.as_str(), None),
         Err(e) => (Ending::Unavailable(e.to_string()), "", None),
     };
@@ -198,6 +192,7 @@ pub fn run(cfg: &NodeConfig, plan: &StressPlan) -> Vec<NodeRun> {
             let console = match e {
                 NodeError::Lockup { console, .. }
                 | NodeError::Timeout { console, .. }
+                | NodeError::Panic { console, .. }
                 | NodeError::NoStatus { console, .. } => console.as_str(),
                 _ => "",
             };
@@ -366,6 +361,13 @@ mod tests {
         });
         let r = classify(&stuck, Duration::from_secs(200));
         assert!(matches!(r.ending, Ending::Lockup(_)));
+        assert_eq!(r.rounds, 1);
+        let panicked = Err(NodeError::Panic {
+            line: "Kernel panic - not syncing: corrupted stack end".into(),
+            console: "@round {}\n[ 9.0] Kernel panic - not syncing: corrupted stack end\n".into(),
+        });
+        let r = classify(&panicked, Duration::from_secs(90));
+        assert!(matches!(r.ending, Ending::Panic(ref l) if l.contains("corrupted stack end")));
         assert_eq!(r.rounds, 1);
     }
 

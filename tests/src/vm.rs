@@ -1,7 +1,7 @@
 //! Runs a test's shell script where microVMs can boot: directly on a host
 //! with hardware virtualization, or inside the test node.
 
-use crate::node::{NodeConfig, NodeError};
+use crate::node::{NodeConfig, NodeError, NodeOutput};
 use crate::probe::{probe, VmSupport};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -34,27 +34,11 @@ pub fn run_vm_script(script: &str, timeout: Duration) -> anyhow::Result<VmRun> {
         VmSupport::Node { .. } => {
             let mut cfg = NodeConfig::detect()?;
             cfg.timeout = timeout;
-            let mut result = cfg.run(script);
-            for _ in 0..NODE_RETRIES {
-                let Err(NodeError::Lockup { why, console }) = &result else {
-                    break;
-                };
-                // The emulated machine failed, not the command: say so and
-                // run the command again in a fresh node.
-                let tail: Vec<&str> = console.lines().rev().take(5).collect();
-                // Straight to stderr, past the test harness's capture, so a
-                // retry shows in the log of a passing run too.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "moat: the test node's kernel locked up ({why}; an emulator fault); running again in a fresh node. Last console lines:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-                result = cfg.run(script);
-            }
-            let out = result.map_err(|e| match e {
+            let out = run_in_node(&cfg, script).map_err(|e| match e {
                 NodeError::Timeout { .. }
                 | NodeError::NoStatus { .. }
-                | NodeError::Lockup { .. } => {
+                | NodeError::Lockup { .. }
+                | NodeError::Panic { .. } => {
                     anyhow::anyhow!("{e}")
                 }
                 other => other.into(),
@@ -70,6 +54,31 @@ pub fn run_vm_script(script: &str, timeout: Duration) -> anyhow::Result<VmRun> {
             anyhow::bail!("no environment can boot microVMs: {reason}")
         }
     }
+}
+
+/// Runs `script` in a test node set up by `cfg`, and again in a fresh node
+/// (up to [`NODE_RETRIES`] times) while the node itself fails: the emulated
+/// machine's fault, not the command's, said on stderr each time.
+pub fn run_in_node(cfg: &NodeConfig, script: &str) -> Result<NodeOutput, NodeError> {
+    let mut result = cfg.run(script);
+    for _ in 0..NODE_RETRIES {
+        let Err(e) = &result else { break };
+        let (what, console) = match e {
+            NodeError::Lockup { why, console } => (format!("locked up ({why})"), console),
+            NodeError::Panic { line, console } => (format!("panicked ({line})"), console),
+            _ => break,
+        };
+        let tail: Vec<&str> = console.lines().rev().take(5).collect();
+        // Straight to stderr, past the test harness's capture, so a retry
+        // shows in the log of a passing run too.
+        let _ = writeln!(
+            std::io::stderr(),
+            "moat: the test node's kernel {what}, an emulator fault; running again in a fresh node. Last console lines:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        result = cfg.run(script);
+    }
+    result
 }
 
 fn run_direct(script: &str, timeout: Duration) -> anyhow::Result<VmRun> {

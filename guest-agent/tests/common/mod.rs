@@ -195,6 +195,7 @@ pub struct Images {
 
 /// The whole agent scenario against a connected client.
 pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
+    println!("== step: sandbox");
     let ping = c.ping(PingRequest {}).await.unwrap().into_inner();
     assert!(!ping.agent_version.is_empty());
 
@@ -273,6 +274,7 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
             ]
         }),
     );
+    println!("== step: c1 (identity, isolation, limits)");
     let pid = create(&mut c, "c1", spec1.clone(), images.image.clone(), false)
         .await
         .expect("create c1");
