@@ -10,6 +10,10 @@
 //! - [`pod`]: pod sandboxes, each a microVM.
 //! - [`container`]: containers inside pod VMs.
 //! - [`store`]: the durable state (redb).
+//! - [`clock`]: CRI timestamps and overflow-free deadlines.
+//! - [`files`]: reading files named by requests without following tricks.
+//! - [`ids`]: ids for pods, containers and exec processes.
+//! - [`procfs`]: the fields of `/proc/PID/stat` moatd reads.
 //! - [`vm`]: starting a pod's moat-vmm and reaching its agent.
 
 pub mod agent;
@@ -18,10 +22,12 @@ pub mod config;
 pub mod container;
 pub mod cri;
 pub mod files;
+pub mod ids;
 pub mod image;
 pub mod logs;
 pub mod network;
 pub mod pod;
+pub mod procfs;
 pub mod store;
 pub mod vm;
 pub mod vsock;

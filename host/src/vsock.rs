@@ -30,6 +30,11 @@ pub enum VsockError {
 /// Longest handshake reply accepted; the VMM is trusted less than nothing.
 const MAX_REPLY: usize = 64;
 
+/// How long the guest may take to accept a connection. moat-vmm forwards
+/// CONNECT to the guest and keeps the request until the guest answers, so a
+/// stuck guest would otherwise hold the caller forever.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens a stream to guest vsock `port` through the VMM socket at `uds`.
 pub async fn connect(uds: &Path, port: u32) -> Result<UnixStream, VsockError> {
     let stream = UnixStream::connect(uds)
@@ -38,7 +43,15 @@ pub async fn connect(uds: &Path, port: u32) -> Result<UnixStream, VsockError> {
             path: uds.display().to_string(),
             source,
         })?;
-    handshake(stream, port).await
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, port))
+        .await
+        .map_err(|_| VsockError::Handshake {
+            port,
+            reason: format!(
+                "no reply within {} s (the guest did not answer)",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ),
+        })?
 }
 
 async fn handshake(mut stream: UnixStream, port: u32) -> Result<UnixStream, VsockError> {

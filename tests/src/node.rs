@@ -305,11 +305,20 @@ impl NodeConfig {
         let busybox = std::fs::read(&self.busybox)
             .map_err(io_err(format!("reading {}", self.busybox.display())))?;
         add(&mut a, "bin/busybox", 0o755, busybox)?;
+        let builtin =
+            std::fs::read_to_string(self.modules_dir.join("modules.builtin")).unwrap_or_default();
+        let mut order = Vec::new();
         for m in NODE_MODULES {
-            let path = find_module(&self.modules_dir, m)?;
-            let data =
-                std::fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
-            add(&mut a, &format!("modules/{m}.ko"), 0o644, data)?;
+            let Some(path) = find_module(&self.modules_dir, m, &builtin)? else {
+                continue;
+            };
+            add(
+                &mut a,
+                &format!("modules/{m}.ko"),
+                0o644,
+                module_bytes(&path)?,
+            )?;
+            order.push(*m);
         }
         add(
             &mut a,
@@ -321,7 +330,7 @@ impl NodeConfig {
             &mut a,
             "modules/order",
             0o644,
-            NODE_MODULES.join("\n").into_bytes(),
+            order.join("\n").into_bytes(),
         )?;
         add(&mut a, "init", 0o755, NODE_INIT.as_bytes().to_vec())?;
         for d in ["dev", "proc", "sys", "host"] {
@@ -675,8 +684,11 @@ fn read_console(
     }
 }
 
-fn find_module(dir: &Path, name: &str) -> Result<PathBuf, NodeError> {
-    let wanted = format!("{name}.ko");
+/// Where module `name` of the kernel whose modules are in `dir` is: `None`
+/// when that kernel has it built in (`builtin` is its `modules.builtin`), as
+/// newer kernels have the virtio core.
+fn find_module(dir: &Path, name: &str, builtin: &str) -> Result<Option<PathBuf>, NodeError> {
+    let wanted = [format!("{name}.ko"), format!("{name}.ko.xz")];
     let mut stack = vec![dir.join("kernel")];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -686,15 +698,48 @@ fn find_module(dir: &Path, name: &str) -> Result<PathBuf, NodeError> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if e.file_name().to_str() == Some(wanted.as_str()) {
-                return Ok(p);
+            } else if wanted
+                .iter()
+                .any(|w| e.file_name().to_str() == Some(w.as_str()))
+            {
+                return Ok(Some(p));
             }
         }
     }
+    let is_builtin = builtin
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .any(|f| f == wanted[0]);
+    // fscache became part of netfs in Linux 6.4: no module of its own.
+    if is_builtin || name == "fscache" {
+        return Ok(None);
+    }
     Err(NodeError::Unavailable(format!(
-        "module {wanted} not found under {} (compressed modules are not supported)",
+        "module {} not found under {} and not built in",
+        wanted[0],
         dir.display()
     )))
+}
+
+/// A module's contents, decompressed with Debian's `xz` when the kernel
+/// ships them compressed (busybox's insmod takes plain `.ko` files only).
+fn module_bytes(path: &Path) -> Result<Vec<u8>, NodeError> {
+    if path.extension().and_then(|e| e.to_str()) != Some("xz") {
+        return std::fs::read(path).map_err(io_err(format!("reading {}", path.display())));
+    }
+    let out = Command::new("xz")
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .map_err(io_err(format!("running xz -dc {}", path.display())))?;
+    if !out.status.success() {
+        return Err(NodeError::Unavailable(format!(
+            "xz -dc {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out.stdout)
 }
 
 /// Shell-quotes `s` for POSIX sh.
@@ -840,6 +885,27 @@ mod tests {
     fn quotes_for_sh() {
         assert_eq!(sh_quote("a b"), "'a b'");
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn finds_plain_compressed_and_builtin_modules() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("kernel/drivers/x");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("plain.ko"), b"ELF").unwrap();
+        let packed = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf ELF2 | xz > {}/packed.ko.xz", d.display()))
+            .status()
+            .unwrap();
+        assert!(packed.success());
+        let builtin = "kernel/drivers/virtio/virtio.ko\n";
+        let plain = find_module(t.path(), "plain", builtin).unwrap().unwrap();
+        assert_eq!(module_bytes(&plain).unwrap(), b"ELF");
+        let xz = find_module(t.path(), "packed", builtin).unwrap().unwrap();
+        assert_eq!(module_bytes(&xz).unwrap(), b"ELF2");
+        assert!(find_module(t.path(), "virtio", builtin).unwrap().is_none());
+        assert!(find_module(t.path(), "nope", builtin).is_err());
     }
 
     #[test]

@@ -154,3 +154,34 @@ pub fn run_where_vms_boot(inner: &str, timeout: Duration, body: impl FnOnce()) {
         VmSupport::Unavailable { reason } => panic!("no environment can boot microVMs: {reason}"),
     }
 }
+
+/// Declares the VM test `$name` that runs `$body` where microVMs boot:
+/// `$name::where_vms_boot` runs it here on a host with hardware
+/// virtualization (or inside the test node), else starts the test node,
+/// which runs the `#[ignore]`d `$name::inside` — the same body — and takes
+/// its result. Items of the calling file are in scope in `$timeout` and
+/// `$body`.
+#[macro_export]
+macro_rules! vm_test {
+    ($name:ident, $timeout:expr, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn where_vms_boot() {
+                $crate::vm::run_where_vms_boot(
+                    concat!(stringify!($name), "::inside"),
+                    $timeout,
+                    $body,
+                );
+            }
+
+            #[test]
+            #[ignore = "run by where_vms_boot, where microVMs boot"]
+            fn inside() {
+                ($body)();
+            }
+        }
+    };
+}

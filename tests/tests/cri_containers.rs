@@ -10,7 +10,6 @@
 use moat_proto::cri::*;
 use moat_tests::cri::*;
 use moat_tests::moatd::{tokio_runtime, vmm_pids, Moatd};
-use moat_tests::vm::run_where_vms_boot;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -549,20 +548,11 @@ fn chrono_like(s: &str) -> bool {
         && s.contains('.')
 }
 
-#[test]
-fn kubelet_sequence_with_containers() {
-    run_where_vms_boot(
-        "kubelet_sequence_with_containers_inner",
-        TIMEOUT,
-        kubelet_sequence_body,
-    );
-}
-
-#[test]
-#[ignore = "run where microVMs boot by kubelet_sequence_with_containers"]
-fn kubelet_sequence_with_containers_inner() {
-    kubelet_sequence_body();
-}
+moat_tests::vm_test!(
+    kubelet_sequence_with_containers,
+    TIMEOUT,
+    kubelet_sequence_body
+);
 
 fn restart_body() {
     tokio_runtime().block_on(async {
@@ -626,20 +616,11 @@ fn restart_body() {
     });
 }
 
-#[test]
-fn running_containers_survive_a_moatd_restart() {
-    run_where_vms_boot(
-        "running_containers_survive_a_moatd_restart_inner",
-        TIMEOUT,
-        restart_body,
-    );
-}
-
-#[test]
-#[ignore = "run where microVMs boot by running_containers_survive_a_moatd_restart"]
-fn running_containers_survive_a_moatd_restart_inner() {
-    restart_body();
-}
+moat_tests::vm_test!(
+    running_containers_survive_a_moatd_restart,
+    TIMEOUT,
+    restart_body
+);
 
 /// What a leak check compares: moatd's open fds, the node's mounts, and
 /// moatd's run dir, netns dir, IPAM leases and the VMM processes.
@@ -804,17 +785,4 @@ fn twenty_pods_body() {
     });
 }
 
-#[test]
-fn twenty_pods_in_a_row_leak_nothing() {
-    run_where_vms_boot(
-        "twenty_pods_in_a_row_leak_nothing_inner",
-        TIMEOUT,
-        twenty_pods_body,
-    );
-}
-
-#[test]
-#[ignore = "run where microVMs boot by twenty_pods_in_a_row_leak_nothing"]
-fn twenty_pods_in_a_row_leak_nothing_inner() {
-    twenty_pods_body();
-}
+moat_tests::vm_test!(twenty_pods_in_a_row_leak_nothing, TIMEOUT, twenty_pods_body);

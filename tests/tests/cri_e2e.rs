@@ -5,7 +5,6 @@
 
 use moat_proto::cri::*;
 use moat_tests::moatd::{tokio_runtime, vmm_pids, Moatd};
-use moat_tests::vm::run_where_vms_boot;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -389,20 +388,11 @@ fn boot_crash_body() {
     });
 }
 
-#[test]
-fn a_guest_that_resets_while_booting_gets_one_fresh_vm() {
-    run_where_vms_boot(
-        "a_guest_that_resets_while_booting_gets_one_fresh_vm_inner",
-        TIMEOUT,
-        boot_crash_body,
-    );
-}
-
-#[test]
-#[ignore = "run where microVMs boot by a_guest_that_resets_while_booting_gets_one_fresh_vm"]
-fn a_guest_that_resets_while_booting_gets_one_fresh_vm_inner() {
-    boot_crash_body();
-}
+moat_tests::vm_test!(
+    a_guest_that_resets_while_booting_gets_one_fresh_vm,
+    TIMEOUT,
+    boot_crash_body
+);
 
 fn pod_lifecycle_body() {
     tokio_runtime().block_on(async {
@@ -609,20 +599,11 @@ fn pod_lifecycle_body() {
     });
 }
 
-#[test]
-fn pod_sandbox_lifecycle_in_microvms() {
-    run_where_vms_boot(
-        "pod_sandbox_lifecycle_in_microvms_inner",
-        TIMEOUT,
-        pod_lifecycle_body,
-    );
-}
-
-#[test]
-#[ignore = "run where microVMs boot by pod_sandbox_lifecycle_in_microvms"]
-fn pod_sandbox_lifecycle_in_microvms_inner() {
-    pod_lifecycle_body();
-}
+moat_tests::vm_test!(
+    pod_sandbox_lifecycle_in_microvms,
+    TIMEOUT,
+    pod_lifecycle_body
+);
 
 fn restart_body() {
     tokio_runtime().block_on(async {
@@ -687,17 +668,4 @@ fn restart_body() {
     });
 }
 
-#[test]
-fn running_pods_survive_a_moatd_restart() {
-    run_where_vms_boot(
-        "running_pods_survive_a_moatd_restart_inner",
-        TIMEOUT,
-        restart_body,
-    );
-}
-
-#[test]
-#[ignore = "run where microVMs boot by running_pods_survive_a_moatd_restart"]
-fn running_pods_survive_a_moatd_restart_inner() {
-    restart_body();
-}
+moat_tests::vm_test!(running_pods_survive_a_moatd_restart, TIMEOUT, restart_body);

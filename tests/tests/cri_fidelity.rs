@@ -15,7 +15,6 @@ use moat_proto::cri::security_profile::ProfileType;
 use moat_proto::cri::*;
 use moat_tests::cri::*;
 use moat_tests::moatd::{tokio_runtime, Moatd};
-use moat_tests::vm::run_where_vms_boot;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
@@ -497,20 +496,11 @@ fn fidelity_body() {
     });
 }
 
-#[test]
-fn cri_fields_as_kubelet_and_containerd_define_them() {
-    run_where_vms_boot(
-        "cri_fields_as_kubelet_and_containerd_define_them_inner",
-        TIMEOUT,
-        fidelity_body,
-    );
-}
-
-#[test]
-#[ignore = "run where microVMs boot by cri_fields_as_kubelet_and_containerd_define_them"]
-fn cri_fields_as_kubelet_and_containerd_define_them_inner() {
-    fidelity_body();
-}
+moat_tests::vm_test!(
+    cri_fields_as_kubelet_and_containerd_define_them,
+    TIMEOUT,
+    fidelity_body
+);
 
 /// hostPort 12000 → containerPort 80 through the `portmap` plugin: the
 /// pod's web server answers on the node's loopback and on its bridge IP.
@@ -594,17 +584,8 @@ fn host_port_body() {
     });
 }
 
-#[test]
-fn host_port_reaches_the_pod_through_portmap() {
-    run_where_vms_boot(
-        "host_port_reaches_the_pod_through_portmap_inner",
-        TIMEOUT,
-        host_port_body,
-    );
-}
-
-#[test]
-#[ignore = "run where microVMs boot by host_port_reaches_the_pod_through_portmap"]
-fn host_port_reaches_the_pod_through_portmap_inner() {
-    host_port_body();
-}
+moat_tests::vm_test!(
+    host_port_reaches_the_pod_through_portmap,
+    TIMEOUT,
+    host_port_body
+);

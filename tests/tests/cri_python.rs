@@ -202,17 +202,8 @@ fn grpcio_pod_body() {
     assert_eq!(stdout, "ZnJvbS1weQo=", "stdout is not \"from-py\\n\": {e}");
 }
 
-#[test]
-fn grpcio_drives_a_pod_in_a_microvm() {
-    moat_tests::vm::run_where_vms_boot(
-        "grpcio_drives_a_pod_in_a_microvm_inner",
-        std::time::Duration::from_secs(900),
-        grpcio_pod_body,
-    );
-}
-
-#[test]
-#[ignore = "run where microVMs boot by grpcio_drives_a_pod_in_a_microvm"]
-fn grpcio_drives_a_pod_in_a_microvm_inner() {
-    grpcio_pod_body();
-}
+moat_tests::vm_test!(
+    grpcio_drives_a_pod_in_a_microvm,
+    std::time::Duration::from_secs(900),
+    grpcio_pod_body
+);

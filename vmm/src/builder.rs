@@ -19,7 +19,6 @@ use crate::devices::legacy::exit_port::ExitPort;
 use crate::devices::legacy::i8042::{I8042, I8042_LEN, I8042_PORT};
 use crate::devices::legacy::serial::{SerialDevice, SerialSink, COM1_LEN, COM1_PORT};
 use crate::devices::legacy::EventFdTrigger;
-use crate::devices::lock;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::net::{FrameIo, Net, Tap};
@@ -316,11 +315,6 @@ pub fn build(config: VmConfig, process_start: Instant) -> Result<Vmm, BuildError
         vcpu_threads: handles,
         start: process_start,
     }))
-}
-
-/// Locks a device transport (for the runtime).
-pub fn with_transport<R>(d: &DeviceInfo, f: impl FnOnce(&mut MmioTransport) -> R) -> R {
-    f(&mut lock(&d.transport))
 }
 
 #[cfg(test)]

@@ -37,15 +37,12 @@ impl AgentService {
 
     /// The tonic service.
     pub fn into_server(self) -> AgentServer<Self> {
-        AgentServer::new(self).max_decoding_message_size(moat_proto_limits::MAX_REQUEST)
+        AgentServer::new(self).max_decoding_message_size(MAX_REQUEST)
     }
 }
 
-/// Limits on what the host may send.
-pub mod moat_proto_limits {
-    /// Largest request accepted (CopyFile data, specs): 16 MiB.
-    pub const MAX_REQUEST: usize = 16 << 20;
-}
+/// Largest request the host may send (CopyFile data, specs): 16 MiB.
+pub const MAX_REQUEST: usize = 16 << 20;
 
 /// Serves the agent API on vsock `port` until the listener fails.
 pub async fn serve_vsock(port: u32, config: Config) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use crate::cgroups::Cgroup;
 use crate::container::launch;
 use crate::container::sync::InitRequest;
 use crate::paths::validate_id;
-use crate::sandbox as files;
+use crate::pod_files;
 use crate::state::{Sandbox, State};
 use moat_proto::agent::*;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -44,10 +44,10 @@ pub(super) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Resu
 pub(super) async fn create(state: &State, req: CreateSandboxRequest) -> R<CreateSandboxResponse> {
     validate_id("sandbox_id", &req.sandbox_id).map_err(invalid)?;
     if !req.hostname.is_empty() {
-        files::check_hostname("hostname", &req.hostname).map_err(invalid)?;
+        pod_files::check_hostname("hostname", &req.hostname).map_err(invalid)?;
     }
-    let hosts = files::hosts_file(&req.hostname, &req.hosts).map_err(invalid)?;
-    let resolv = files::resolv_conf(&req.dns.clone().unwrap_or_default()).map_err(invalid)?;
+    let hosts = pod_files::hosts_file(&req.hostname, &req.hosts).map_err(invalid)?;
+    let resolv = pod_files::resolv_conf(&req.dns.clone().unwrap_or_default()).map_err(invalid)?;
     let mut sysctls = Vec::new();
     let mut holder_sysctls = Vec::new();
     let mut keys: Vec<_> = req.sysctls.keys().collect();

@@ -5,17 +5,35 @@
 //! - [`seccomp`]: the seccomp profile CRI asks for, as an OCI profile.
 //! - [`mounts`]: host paths a container mounts, copied into the guest.
 //! - [`io`]: process output into CRI logs or ExecSync answers.
-//! - [`manager`]: create, start, stop, remove, exec, update, stats, recovery.
+//! - [`manager`]: the core the verbs share (records, per-pod lock, agent
+//!   channels, open logs); then one file per CRI verb: [`create`],
+//!   [`start`], [`stop`], [`remove`], [`exec_sync`], [`update`],
+//!   [`log_reopen`], [`stats`] (ContainerStats and process counts); and
+//!   [`monitor`] (a running container's output and exit), [`pod_hooks`]
+//!   (its pod stops or goes), [`recover`] (after a restart).
 
+mod create;
+mod exec_sync;
 pub mod io;
+mod log_reopen;
 pub mod manager;
+mod monitor;
 pub mod mounts;
+mod pod_hooks;
 pub mod record;
+mod recover;
+mod remove;
 pub mod seccomp;
 pub mod spec;
+mod start;
+mod stats;
+mod stop;
+mod update;
 
+pub use exec_sync::EXEC_SYNC_OUTPUT_CAP;
 pub use manager::Containers;
 pub use record::{ContainerRecord, ContainerState};
+pub use stats::Usage;
 
 use crate::store::StoreError;
 
@@ -46,6 +64,9 @@ pub enum ContainerError {
     /// The state store failed (Internal).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The pod's agent could not be reached (Internal).
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
 }
 
 impl ContainerError {

@@ -22,15 +22,15 @@ pub fn status_from_container_error(e: ContainerError) -> Status {
     }
 }
 
-fn cri_state(s: ContainerState) -> ContainerState2 {
-    match s {
-        ContainerState::Created => ContainerState2::ContainerCreated,
-        ContainerState::Running => ContainerState2::ContainerRunning,
-        ContainerState::Exited => ContainerState2::ContainerExited,
-    }
+/// The CRI enum value of a container's state.
+fn cri_state(s: ContainerState) -> i32 {
+    let cri = match s {
+        ContainerState::Created => moat_proto::cri::ContainerState::ContainerCreated,
+        ContainerState::Running => moat_proto::cri::ContainerState::ContainerRunning,
+        ContainerState::Exited => moat_proto::cri::ContainerState::ContainerExited,
+    };
+    cri as i32
 }
-
-use moat_proto::cri::ContainerState as ContainerState2;
 
 /// The sandbox of a container (None if it is gone).
 fn sandbox_of(d: &Daemon, rec: &ContainerRecord) -> Option<SandboxRecord> {
@@ -78,7 +78,7 @@ pub fn to_status(rec: &ContainerRecord) -> ContainerStatus {
     ContainerStatus {
         id: rec.id.clone(),
         metadata: rec.config.metadata.clone(),
-        state: cri_state(rec.state) as i32,
+        state: cri_state(rec.state),
         created_at: rec.created_at,
         started_at: rec.started_at,
         finished_at: rec.finished_at,
@@ -235,7 +235,7 @@ fn matches(rec: &ContainerRecord, f: &ContainerFilter) -> bool {
         && (f.pod_sandbox_id.is_empty() || rec.sandbox_id.starts_with(&f.pod_sandbox_id))
         && f.state
             .as_ref()
-            .is_none_or(|s| s.state == cri_state(rec.state) as i32)
+            .is_none_or(|s| s.state == cri_state(rec.state))
         && f.label_selector
             .iter()
             .all(|(k, v)| rec.config.labels.get(k) == Some(v))
@@ -277,7 +277,7 @@ pub fn list(d: &Daemon, req: ListContainersRequest) -> Result<ListContainersResp
             metadata: r.config.metadata.clone(),
             image: Some(image_spec(r)),
             image_ref: r.image_digest.clone(),
-            state: cri_state(r.state) as i32,
+            state: cri_state(r.state),
             created_at: r.created_at,
             labels: r.config.labels.clone(),
             annotations: r.config.annotations.clone(),

@@ -93,8 +93,16 @@ impl Daemon {
             }
         };
         let events = events::EventBus::new();
-        let containers = Containers::new(&config, store.clone(), events.clone());
-        let pods = Pods::new(config.clone(), store, cni);
+        let locks = crate::pod::PodLocks::default();
+        let agents = crate::agent::AgentPool::default();
+        let containers = Containers::new(
+            &config,
+            store.clone(),
+            events.clone(),
+            locks.clone(),
+            agents.clone(),
+        );
+        let pods = Pods::new(config.clone(), store, cni, locks, agents);
         pods.recover().await?;
         containers.recover(&pods.list()?)?;
         Ok(Arc::new(Self {

@@ -10,11 +10,8 @@ use tonic::Status;
 
 /// (cpu ns, rss bytes, threads) of a live process.
 fn process_usage(pid: u32) -> Option<(u64, u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    // After the command: state is [0], utime [11], stime [12], num_threads [17].
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let threads = fields.get(17)?.parse().ok()?;
+    let stat = crate::procfs::Stat::of(pid)?;
+    let (ticks, threads) = (stat.cpu_ticks, stat.threads);
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

@@ -3,8 +3,10 @@
 //! remove release all of it; records in the state store let a restarted
 //! moatd find running VMs again and clean up what a crash left half-made.
 
+use super::locks::PodLocks;
 use super::record::{SandboxRecord, SandboxState};
 use super::sizing::vm_size;
+use crate::agent::AgentPool;
 use crate::config::Config;
 use crate::network::capability_args::capability_args;
 use crate::network::cni::Attachment;
@@ -16,11 +18,9 @@ const POD_CIDRS: &str = "pod_cidrs";
 use crate::vm::launch::{launch, wait_for_agent};
 use crate::vm::{ControlClient, VmPaths, VmSpec};
 use moat_proto::cri::{NamespaceMode, PodSandboxConfig, PodSandboxMetadata};
-use std::collections::HashMap;
+use moat_vmm::config::{NetConfig, VmConfig};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Mutex;
 
 /// Why a sandbox operation failed; maps onto gRPC codes.
 #[derive(Debug, thiserror::Error)]
@@ -62,18 +62,10 @@ pub struct Pods {
     config: Config,
     store: Store,
     cni: Option<CniNetwork>,
-    /// Serializes changes to one sandbox (run/stop/remove of the same id).
-    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-}
-
-/// A new random id (64 hex digits), as CRI ids look.
-pub(crate) fn new_id() -> Result<String, PodError> {
-    let mut buf = [0u8; 32];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| failed(format!("reading /dev/urandom: {e}")))?;
-    Ok(hex::encode(buf))
+    /// Serializes changes to one sandbox, shared with its containers.
+    locks: PodLocks,
+    /// Channels to the pods' agents, shared with the containers.
+    agents: AgentPool,
 }
 
 fn validate(config: &PodSandboxConfig) -> Result<(), PodError> {
@@ -174,7 +166,16 @@ fn host_network(config: &PodSandboxConfig) -> bool {
         .is_some_and(|n| n.network == NamespaceMode::Node as i32)
 }
 
-fn pod_shares(config: &PodSandboxConfig) -> (bool, bool) {
+/// Which of the pod's namespaces its containers share.
+#[derive(Debug, PartialEq, Eq)]
+struct Shares {
+    /// One IPC namespace for the pod (CRI's default).
+    ipc: bool,
+    /// One PID namespace for the pod (not CRI's default).
+    pid: bool,
+}
+
+fn pod_shares(config: &PodSandboxConfig) -> Shares {
     let ns = config
         .linux
         .as_ref()
@@ -182,10 +183,10 @@ fn pod_shares(config: &PodSandboxConfig) -> (bool, bool) {
         .and_then(|s| s.namespace_options.as_ref());
     let pod = NamespaceMode::Pod as i32;
     // CRI's default (zero) for ipc and pid is POD and CONTAINER respectively.
-    (
-        ns.is_none_or(|n| n.ipc == pod),
-        ns.is_some_and(|n| n.pid == pod),
-    )
+    Shares {
+        ipc: ns.is_none_or(|n| n.ipc == pod),
+        pid: ns.is_some_and(|n| n.pid == pod),
+    }
 }
 
 /// What the CNI plugins are told about a pod: its id, namespace, interface
@@ -243,27 +244,25 @@ fn guest_network(
 
 impl Pods {
     /// The sandbox manager; `cni` is None when no network is configured.
-    pub fn new(config: Config, store: Store, cni: Option<CniNetwork>) -> Self {
+    pub fn new(
+        config: Config,
+        store: Store,
+        cni: Option<CniNetwork>,
+        locks: PodLocks,
+        agents: AgentPool,
+    ) -> Self {
         Self {
             config,
             store,
             cni,
-            locks: Mutex::new(HashMap::new()),
+            locks,
+            agents,
         }
     }
 
     /// The CNI network, if one is configured.
     pub fn network(&self) -> Option<&CniNetwork> {
         self.cni.as_ref()
-    }
-
-    async fn lock(&self, id: &str) -> Arc<Mutex<()>> {
-        self.locks
-            .lock()
-            .await
-            .entry(id.to_string())
-            .or_default()
-            .clone()
     }
 
     fn netns_dir(&self) -> PathBuf {
@@ -329,9 +328,8 @@ impl Pods {
                 self.config.cni_conf_dir.display()
             )));
         }
-        let id = new_id()?;
-        let lock = self.lock(&id).await;
-        let _guard = lock.lock().await;
+        let id = crate::ids::new_id().map_err(|e| failed(format!("reading /dev/urandom: {e}")))?;
+        let _guard = self.locks.lock(&id).await;
         let (vcpus, memory_mib) = vm_size(&config, &handler);
         let mut rec = SandboxRecord {
             id: id.clone(),
@@ -416,18 +414,23 @@ impl Pods {
             let info = tap::setup(&ns, POD_IFNAME, POD_TAP)
                 .map_err(|e| failed(format!("pod TAP: {e}")))?;
             guest_nic = Some((info.mac.clone(), info.mtu));
-            net = Some((info.tap, info.mac));
+            net = Some(NetConfig {
+                tap: Some(info.tap),
+                tap_fd: None,
+                mac: Some(info.mac),
+            });
             netns = Some(ns);
         }
         let network_ms = started.elapsed().as_millis() as u64;
+        let mut vm = VmConfig::new(handler.kernel.clone());
+        vm.initrd = Some(handler.initramfs.clone());
+        vm.cpus = rec.vcpus;
+        vm.memory_mib = rec.memory_mib;
+        vm.blk_slots = handler.blk_slots;
+        vm.net = net;
         let spec = VmSpec {
             vmm: handler.vmm_binary(),
-            kernel: handler.kernel.clone(),
-            initrd: handler.initramfs.clone(),
-            vcpus: rec.vcpus,
-            memory_mib: rec.memory_mib,
-            blk_slots: handler.blk_slots,
-            net,
+            vm,
         };
         let (vm, mut child) =
             launch(&spec, &rec.vm_paths, netns.as_ref()).map_err(|e| failed(format!("{e:#}")))?;
@@ -451,7 +454,7 @@ impl Pods {
             let _ = child.wait().await;
         });
         let booted_ms = started.elapsed().as_millis() as u64;
-        let (share_ipc, share_pid) = pod_shares(&rec.config);
+        let shares = pod_shares(&rec.config);
         let dns = rec.config.dns_config.clone().unwrap_or_default();
         let linux = rec.config.linux.clone().unwrap_or_default();
         let hostname = pod_hostname(&rec.config)?;
@@ -469,8 +472,8 @@ impl Pods {
                 }),
                 hosts: Vec::new(),
                 sysctls: linux.sysctls,
-                share_ipc,
-                share_pid,
+                share_ipc: shares.ipc,
+                share_pid: shares.pid,
                 share_uts: true,
             }),
         )
@@ -508,12 +511,8 @@ impl Pods {
         if let Some(vm) = rec.vm.take() {
             if vm.is_alive() {
                 // Ask the guest to power off, give it a moment, then kill.
-                if let Ok(mut agent) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    crate::agent::connect(rec.vm_paths.vsock(), moat_proto::AGENT_VSOCK_PORT),
-                )
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("timeout")))
+                if let Ok(Ok(mut agent)) =
+                    tokio::time::timeout(Duration::from_secs(2), self.agents.calls(rec)).await
                 {
                     let _ = tokio::time::timeout(
                         Duration::from_secs(2),
@@ -533,6 +532,8 @@ impl Pods {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
+            // The channels to this VM's agent are done.
+            self.agents.forget(&rec.id);
         }
         if let Some(path) = rec.netns.clone() {
             let ns = NetNs::at(path);
@@ -563,11 +564,9 @@ impl Pods {
 
     /// StopPodSandbox: idempotent; a stopped sandbox stays stopped.
     pub async fn stop(&self, id: &str) -> Result<(), PodError> {
+        let _guard = self.locks.lock(&self.get(id)?.id).await;
+        // Read again under the lock: a concurrent stop may have finished.
         let mut rec = self.get(id)?;
-        let lock = self.lock(&rec.id).await;
-        let _guard = lock.lock().await;
-        let mut rec2 = self.get(&rec.id)?;
-        std::mem::swap(&mut rec, &mut rec2);
         if rec.state == SandboxState::NotReady && rec.vm.is_none() && rec.netns.is_none() {
             return Ok(());
         }
@@ -586,8 +585,7 @@ impl Pods {
             Err(e) => return Err(e),
         };
         self.stop(&rec.id).await?;
-        let lock = self.lock(&rec.id).await;
-        let _guard = lock.lock().await;
+        let guard = self.locks.lock(&rec.id).await;
         if let Err(e) = std::fs::remove_dir_all(&rec.vm_paths.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 return Err(failed(format!(
@@ -597,7 +595,8 @@ impl Pods {
             }
         }
         self.store.delete(SANDBOXES, &rec.id)?;
-        self.locks.lock().await.remove(&rec.id);
+        drop(guard);
+        self.locks.forget(&rec.id).await;
         tracing::info!(id = %rec.id, "pod sandbox removed");
         Ok(())
     }
@@ -784,14 +783,13 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_unique_hex() {
-        let (a, b) = (new_id().unwrap(), new_id().unwrap());
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, b);
-    }
-
-    #[test]
     fn namespace_sharing_follows_cri_defaults() {
-        assert_eq!(pod_shares(&PodSandboxConfig::default()), (true, false));
+        assert_eq!(
+            pod_shares(&PodSandboxConfig::default()),
+            Shares {
+                ipc: true,
+                pid: false
+            }
+        );
     }
 }

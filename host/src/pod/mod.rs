@@ -3,10 +3,13 @@
 //! - [`record`]: what is stored about a sandbox (survives moatd restarts).
 //! - [`sizing`]: the VM size from the pod's resources.
 //! - [`manager`]: run, stop, remove, status, list, and recovery at start.
+//! - [`locks`]: the one lock per pod that pod and container operations share.
 
+pub mod locks;
 pub mod manager;
 pub mod record;
 pub mod sizing;
 
+pub use locks::PodLocks;
 pub use manager::{PodError, Pods};
 pub use record::{SandboxRecord, SandboxState};

@@ -2,7 +2,7 @@
 
 use crate::network::NetNs;
 use moat_proto::agent::agent_client::AgentClient;
-use moat_vmm::config::{NetConfig, VmConfig, VsockConfig};
+use moat_vmm::config::{VmConfig, VsockConfig};
 use moat_vmm::exit::ExitCode;
 use serde::{Deserialize, Serialize};
 use std::os::fd::AsRawFd;
@@ -10,23 +10,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::Channel;
 
-/// What VM to start.
+/// What VM to start: the moat-vmm binary and the VM's own settings
+/// (kernel, initramfs, vCPUs, memory, image slots, NIC). [`launch`] adds the
+/// files under the VM's directory: console, vsock and control sockets.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
     /// The moat-vmm binary.
     pub vmm: PathBuf,
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// Guest initramfs.
-    pub initrd: PathBuf,
-    /// vCPUs.
-    pub vcpus: u8,
-    /// Memory in MiB.
-    pub memory_mib: u64,
-    /// virtio-blk slots for container images.
-    pub blk_slots: u32,
-    /// TAP in the pod netns and the MAC the guest NIC takes.
-    pub net: Option<(String, String)>,
+    /// The VM, as moat-vmm reads it.
+    pub vm: VmConfig,
 }
 
 /// Files of one VM under moatd's run directory.
@@ -68,25 +60,11 @@ pub struct VmHandle {
     pub start_ticks: u64,
 }
 
-/// Start time of a process, from /proc.
-pub fn process_start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 impl VmHandle {
     /// True while this very process runs (and is not a zombie).
     pub fn is_alive(&self) -> bool {
-        let zombie = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .ok()
-            .and_then(|s| {
-                s.rfind(')')
-                    .map(|i| s[i + 1..].trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        !zombie && process_start_ticks(self.pid) == Some(self.start_ticks)
+        crate::procfs::Stat::of(self.pid)
+            .is_some_and(|s| s.state != 'Z' && s.start_ticks == self.start_ticks)
     }
 
     /// Sends SIGKILL if the process is still this VMM.
@@ -110,22 +88,13 @@ pub fn launch(
     use anyhow::Context;
     std::fs::create_dir_all(&paths.dir)
         .with_context(|| format!("creating {}", paths.dir.display()))?;
-    let mut cfg = VmConfig::new(spec.kernel.clone());
-    cfg.initrd = Some(spec.initrd.clone());
-    cfg.cpus = spec.vcpus;
-    cfg.memory_mib = spec.memory_mib;
-    cfg.blk_slots = spec.blk_slots;
+    let mut cfg = spec.vm.clone();
     cfg.serial = paths.console().display().to_string();
     cfg.vsock = Some(VsockConfig {
         uds: paths.vsock(),
         cid: 3,
     });
     cfg.api_sock = Some(paths.api());
-    cfg.net = spec.net.as_ref().map(|(tap, mac)| NetConfig {
-        tap: Some(tap.clone()),
-        tap_fd: None,
-        mac: Some(mac.clone()),
-    });
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("VM config: {e}"))?;
     std::fs::write(paths.config(), serde_json::to_vec_pretty(&cfg)?).context("writing vm.json")?;
@@ -166,7 +135,7 @@ pub fn launch(
     let pid = child
         .id()
         .ok_or_else(|| anyhow::anyhow!("moat-vmm exited at once"))?;
-    let start_ticks = process_start_ticks(pid).unwrap_or(0);
+    let start_ticks = crate::procfs::Stat::of(pid).map_or(0, |s| s.start_ticks);
     Ok((VmHandle { pid, start_ticks }, child))
 }
 
@@ -209,6 +178,9 @@ impl VmStopped {
     }
 }
 
+/// Longest single attempt to reach a booting VM's agent.
+const ATTEMPT: Duration = Duration::from_secs(10);
+
 /// Waits until the agent answers a Ping, or the VMM dies ([`VmStopped`]),
 /// or `timeout` ([`AgentTimeout`]).
 pub async fn wait_for_agent(
@@ -233,12 +205,22 @@ pub async fn wait_for_agent(
             .into());
         }
         if paths.vsock().exists() {
-            match crate::agent::connect(paths.vsock(), moat_proto::AGENT_VSOCK_PORT).await {
-                Ok(mut client) => match client.ping(moat_proto::agent::PingRequest {}).await {
-                    Ok(_) => return Ok(client),
-                    Err(e) => last_err = e.to_string(),
-                },
-                Err(e) => last_err = format!("{e:#}"),
+            // One attempt may not outlast the deadline: a guest that accepted
+            // the connection and then stopped must not hold RunPodSandbox.
+            let limit = deadline
+                .map(|d| d.saturating_duration_since(std::time::Instant::now()))
+                .unwrap_or(ATTEMPT)
+                .min(ATTEMPT);
+            let attempt = async {
+                let mut client =
+                    crate::agent::connect(paths.vsock(), moat_proto::AGENT_VSOCK_PORT).await?;
+                client.ping(moat_proto::agent::PingRequest {}).await?;
+                Ok::<_, anyhow::Error>(client)
+            };
+            match tokio::time::timeout(limit, attempt).await {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(e)) => last_err = format!("{e:#}"),
+                Err(_) => last_err = format!("no answer within {} s", limit.as_secs()),
             }
         }
         if crate::clock::passed(deadline) {
@@ -260,7 +242,7 @@ mod tests {
     #[test]
     fn own_process_is_alive_and_a_wrong_start_time_is_not() {
         let pid = std::process::id();
-        let ticks = process_start_ticks(pid).unwrap();
+        let ticks = crate::procfs::Stat::of(pid).unwrap().start_ticks;
         assert!(VmHandle {
             pid,
             start_ticks: ticks

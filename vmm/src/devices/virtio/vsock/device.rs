@@ -36,11 +36,6 @@ impl Vsock {
         })
     }
 
-    /// The host socket path.
-    pub fn uds(&self) -> &Path {
-        self.muxer.uds()
-    }
-
     fn process_tx(&mut self, ctx: &mut QueueCtx) -> bool {
         let Some(q) = ctx.queues.get_mut(TXQ) else {
             return false;

@@ -641,11 +641,6 @@ impl Muxer {
     pub fn after_rx(&mut self) {
         self.update_interest();
     }
-
-    /// The listening socket's path.
-    pub fn uds(&self) -> &Path {
-        &self.uds
-    }
 }
 
 /// Parses `CONNECT <port>` (without the newline).

@@ -1,4 +1,11 @@
 //! gRPC client for the guest agent, reached through the VMM's hybrid vsock.
+//!
+//! - this file: dialling one agent;
+//! - [`pool`]: the channels kept open to each running pod's agent.
+
+pub mod pool;
+
+pub use pool::{AgentError, AgentPool, AGENT_CALL};
 
 use moat_proto::agent::agent_client::AgentClient;
 use std::path::PathBuf;

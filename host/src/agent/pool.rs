@@ -1,0 +1,98 @@
+//! The channels moatd keeps open to the agents of running pod VMs: one
+//! place that dials, caches, limits calls in time and forgets a pod's agent.
+
+use crate::pod::SandboxRecord;
+use moat_proto::agent::agent_client::AgentClient;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// How long the agent may take to answer one call on a [`AgentPool::calls`]
+/// channel.
+pub const AGENT_CALL: Duration = Duration::from_secs(60);
+
+/// How long dialling an agent may take.
+const DIAL: Duration = Duration::from_secs(10);
+
+/// Why no channel to a pod's agent could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent did not accept a connection in time.
+    #[error("pod {0}: the agent did not answer")]
+    NoAnswer(String),
+    /// Connecting failed.
+    #[error("pod {pod}: reaching the agent: {source:#}")]
+    Connect {
+        /// The pod.
+        pod: String,
+        /// What failed.
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+/// The two channels to one agent (HTTP/2, multiplexed).
+#[derive(Clone)]
+struct Channels {
+    bounded: AgentClient<Channel>,
+    unbounded: AgentClient<Channel>,
+}
+
+/// Agent channels per pod VM; clones share them.
+#[derive(Clone, Default)]
+pub struct AgentPool {
+    channels: Arc<Mutex<HashMap<String, Channels>>>,
+}
+
+impl AgentPool {
+    /// The channel for calls that answer at once: each call fails after
+    /// [`AGENT_CALL`], so a stuck guest cannot hold a CRI request forever.
+    pub async fn calls(&self, sb: &SandboxRecord) -> Result<AgentClient<Channel>, AgentError> {
+        Ok(self.channels(sb).await?.bounded)
+    }
+
+    /// The channel without a time limit, for waits and output streams.
+    pub async fn waits(&self, sb: &SandboxRecord) -> Result<AgentClient<Channel>, AgentError> {
+        Ok(self.channels(sb).await?.unbounded)
+    }
+
+    /// Drops the pod's channels: its VM stopped, or a call showed them
+    /// broken (the next use dials again).
+    pub fn forget(&self, pod_id: &str) {
+        if let Ok(mut m) = self.channels.lock() {
+            m.remove(pod_id);
+        }
+    }
+
+    async fn channels(&self, sb: &SandboxRecord) -> Result<Channels, AgentError> {
+        if let Some(c) = self
+            .channels
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&sb.id).cloned())
+        {
+            return Ok(c);
+        }
+        let dial = |limit| async move {
+            tokio::time::timeout(
+                DIAL,
+                super::connect_with(sb.vm_paths.vsock(), moat_proto::AGENT_VSOCK_PORT, limit),
+            )
+            .await
+            .map_err(|_| AgentError::NoAnswer(sb.id.clone()))?
+            .map_err(|source| AgentError::Connect {
+                pod: sb.id.clone(),
+                source,
+            })
+        };
+        let channels = Channels {
+            bounded: dial(Some(AGENT_CALL)).await?,
+            unbounded: dial(None).await?,
+        };
+        if let Ok(mut m) = self.channels.lock() {
+            m.insert(sb.id.clone(), channels.clone());
+        }
+        Ok(channels)
+    }
+}

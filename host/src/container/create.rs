@@ -1,0 +1,199 @@
+//! CreateContainer: attaches the image's block image to a free virtio-blk
+//! slot of the pod's VM (containers of one pod that use the same image
+//! share its slot), copies the mounts in and has the agent create the
+//! container from the OCI spec.
+
+use super::manager::{agent_err, Containers};
+use super::mounts;
+use super::record::{ContainerRecord, ContainerState};
+use super::spec::{self, SpecInput};
+use super::ContainerError;
+use crate::agent::AGENT_CALL;
+use crate::image::ImageRecord;
+use crate::pod::{SandboxRecord, SandboxState};
+use crate::store::SANDBOXES;
+use crate::vm::ControlClient;
+use moat_proto::agent::{block_device, BlockDevice};
+use moat_proto::cri::{ContainerConfig, ContainerEventType};
+use std::time::Instant;
+
+impl Containers {
+    /// CreateContainer.
+    pub async fn create(
+        &self,
+        sb: &SandboxRecord,
+        config: ContainerConfig,
+        image: ImageRecord,
+    ) -> Result<String, ContainerError> {
+        let started = Instant::now();
+        let name = match &config.metadata {
+            Some(m) if !m.name.trim().is_empty() => m.name.clone(),
+            _ => {
+                return Err(ContainerError::Invalid(
+                    "config.metadata.name: required".into(),
+                ))
+            }
+        };
+        if sb.state != SandboxState::Ready || !sb.vm.is_some_and(|v| v.is_alive()) {
+            return Err(ContainerError::Precondition(format!(
+                "pod sandbox {} is not ready",
+                sb.id
+            )));
+        }
+        let log_path = crate::logs::location::log_file(&sb.config.log_directory, &config.log_path)
+            .map_err(ContainerError::Invalid)?;
+        let _pod = self.inner.pod_locks.lock(&sb.id).await;
+        // The pod may have been stopped while this waited for its lock.
+        let current: Option<SandboxRecord> = self.inner.store.get(SANDBOXES, &sb.id)?;
+        if !current.is_some_and(|s| s.state == SandboxState::Ready) {
+            return Err(ContainerError::Precondition(format!(
+                "pod sandbox {} is not ready",
+                sb.id
+            )));
+        }
+        let siblings: Vec<ContainerRecord> = self
+            .list()?
+            .into_iter()
+            .filter(|r| r.sandbox_id == sb.id)
+            .collect();
+        let attempt = config.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
+        if siblings.iter().any(|r| {
+            r.config
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name == name && m.attempt == attempt)
+        }) {
+            return Err(ContainerError::Exists(format!(
+                "a container named {name:?} (attempt {attempt}) already exists in pod sandbox {}",
+                sb.id
+            )));
+        }
+        // Containers of one pod that use the same image share its slot.
+        let (slot, attach) = match siblings.iter().find(|r| r.image_id == image.id) {
+            Some(r) => (r.slot, false),
+            None => {
+                let total = self
+                    .blk_slots
+                    .get(&sb.runtime_handler)
+                    .copied()
+                    .unwrap_or(0);
+                let used: Vec<u32> = siblings.iter().map(|r| r.slot).collect();
+                let free = (0..total).find(|s| !used.contains(s)).ok_or_else(|| {
+                    ContainerError::Exhausted(format!(
+                        "pod sandbox {}: all {total} image slots of its VM are in use (one per distinct image)",
+                        sb.id
+                    ))
+                })?;
+                (free, true)
+            }
+        };
+        let localhost_seccomp = read_localhost_seccomp(&config)?;
+        let mut agent = self.agent(sb).await?;
+        let shared = mounts::share(&mut agent, &config.mounts).await?;
+        let oci = spec::build(&SpecInput {
+            config: &config,
+            image_config: &image.config_json(),
+            passwd: &image.passwd,
+            group: &image.group,
+            guest: &sb.guest,
+            mounts: &shared,
+            localhost_seccomp: localhost_seccomp.as_deref(),
+        })
+        .map_err(|e| ContainerError::Invalid(e.0))?;
+        let spec_json = serde_json::to_value(&oci)
+            .map_err(|e| ContainerError::Failed(format!("encoding the OCI spec: {e}")))?;
+        let control = ControlClient::new(&sb.vm_paths.api());
+        if attach {
+            control
+                .call(&moat_vmm::api::Request::AttachDrive {
+                    slot,
+                    path: image.block_image.clone(),
+                    read_only: true,
+                })
+                .await
+                .map_err(|e| ContainerError::Failed(format!("attaching the image: {e:#}")))?;
+        }
+        let id = crate::ids::new_id()
+            .map_err(|e| ContainerError::Failed(format!("reading /dev/urandom: {e}")))?;
+        let created = tokio::time::timeout(
+            AGENT_CALL,
+            agent.create_container(moat_proto::agent::CreateContainerRequest {
+                container_id: id.clone(),
+                oci_spec: spec_json.to_string().into_bytes(),
+                rootfs: Some(BlockDevice {
+                    id: Some(block_device::Id::Serial(format!("moat-blk-{slot}"))),
+                    fstype: "erofs".into(),
+                    timeout_ms: 30_000,
+                }),
+                scratch_size_bytes: 0,
+                stdin: config.stdin,
+            }),
+        )
+        .await
+        .map_err(|_| ContainerError::Failed("agent CreateContainer timed out".into()))
+        .and_then(|r| r.map_err(agent_err("agent CreateContainer")));
+        let pid = match created {
+            Ok(r) => r.into_inner().pid,
+            Err(e) => {
+                if attach {
+                    let _ = control
+                        .call(&moat_vmm::api::Request::DetachDrive { slot })
+                        .await;
+                }
+                return Err(e);
+            }
+        };
+        let rec = ContainerRecord {
+            id: id.clone(),
+            sandbox_id: sb.id.clone(),
+            image_ref: config
+                .image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .unwrap_or_default(),
+            image_id: image.id.clone(),
+            image_digest: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone()),
+            resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
+            config,
+            slot,
+            spec: spec_json,
+            log_path,
+            state: ContainerState::Created,
+            created_at: crate::clock::now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid,
+        };
+        self.put(&rec)?;
+        tracing::info!(%id, pod = %sb.id, name = %name, slot, ms = started.elapsed().as_millis() as u64, "container created");
+        self.inner
+            .events
+            .publish(&id, ContainerEventType::ContainerCreatedEvent, None);
+        Ok(id)
+    }
+}
+
+/// Reads the `Localhost` seccomp profile the request names, if any.
+fn read_localhost_seccomp(config: &ContainerConfig) -> Result<Option<String>, ContainerError> {
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let choice = super::seccomp::choice(sc).map_err(|e| ContainerError::Invalid(e.0))?;
+    let super::seccomp::SeccompChoice::Localhost(path) = choice else {
+        return Ok(None);
+    };
+    let field = "security_context.seccomp";
+    let data = crate::files::read_regular(&path, 1 << 20)
+        .map_err(|e| ContainerError::Invalid(format!("{field}: {}: {e}", path.display())))?;
+    String::from_utf8(data)
+        .map(Some)
+        .map_err(|_| ContainerError::Invalid(format!("{field}: {} is not UTF-8", path.display())))
+}

@@ -1,0 +1,65 @@
+//! RemoveContainer: the guest container, its image slot and its record.
+
+use super::manager::{set_log, Containers};
+use super::record::ContainerState;
+use super::ContainerError;
+use crate::pod::SandboxRecord;
+use crate::store::CONTAINERS;
+use crate::vm::ControlClient;
+use moat_proto::agent::RemoveContainerRequest;
+use moat_proto::cri::ContainerEventType;
+use std::time::Duration;
+
+impl Containers {
+    /// RemoveContainer: kills it if it runs, removes it from the guest,
+    /// detaches its image slot when no other container uses it, and
+    /// forgets it. Unknown ids succeed.
+    pub async fn remove(&self, id: &str, sb: Option<&SandboxRecord>) -> Result<(), ContainerError> {
+        let rec = match self.get(id) {
+            Ok(r) => r,
+            Err(ContainerError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let rec = self.refresh(rec, sb)?;
+        if rec.state != ContainerState::Exited {
+            self.stop(&rec.id, sb, Duration::ZERO, libc::SIGKILL as u32)
+                .await?;
+        }
+        let _pod = self.inner.pod_locks.lock(&rec.sandbox_id).await;
+        let vm_alive = sb.is_some_and(|s| s.vm.is_some_and(|v| v.is_alive()));
+        if let (true, Some(sb)) = (vm_alive, sb) {
+            let mut agent = self.agent(sb).await?;
+            match agent
+                .remove_container(RemoveContainerRequest {
+                    container_id: rec.id.clone(),
+                    timeout_ms: 0,
+                })
+                .await
+            {
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(ContainerError::from_agent("agent RemoveContainer", s)),
+            }
+            let shared = self
+                .list()?
+                .iter()
+                .any(|r| r.sandbox_id == rec.sandbox_id && r.id != rec.id && r.slot == rec.slot);
+            if !shared {
+                ControlClient::new(&sb.vm_paths.api())
+                    .call(&moat_vmm::api::Request::DetachDrive { slot: rec.slot })
+                    .await
+                    .map_err(|e| ContainerError::Failed(format!("detaching the image: {e:#}")))?;
+            }
+        }
+        set_log(&self.inner, &rec.id, None);
+        if let Ok(mut s) = self.inner.cpu_samples.lock() {
+            s.remove(&rec.id);
+        }
+        self.inner.store.delete(CONTAINERS, &rec.id)?;
+        tracing::info!(id = %rec.id, "container removed");
+        self.inner
+            .events
+            .publish(&rec.id, ContainerEventType::ContainerDeletedEvent, None);
+        Ok(())
+    }
+}
