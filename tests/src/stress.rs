@@ -82,6 +82,8 @@ fn tally(text: &str) -> (usize, usize, usize, usize, Vec<String>) {
             rounds += 1;
         } else if line.starts_with("@pod-ready ") {
             pods += 1;
+        } else if line.starts_with("@pod-failed ") {
+            lines.push(line.to_string());
         } else if line.starts_with("@guest-reset ") {
             resets += 1;
             lines.push(line.to_string());
@@ -188,14 +190,23 @@ pub fn run(cfg: &NodeConfig, plan: &StressPlan) -> Vec<NodeRun> {
             }
             _ => {}
         }
-        if let Err(e) = &result {
-            let console = match e {
+        for line in &run.failure_lines {
+            eprintln!("node-stress: node {i}: {line}");
+        }
+        // The console of every node that did not pass is kept: a dead node's
+        // and one whose load failed (its moatctl errors are in it).
+        let kept = match &result {
+            Ok(out) if out.status != 0 => Some(out.console.as_str()),
+            Ok(_) => None,
+            Err(
                 NodeError::Lockup { console, .. }
                 | NodeError::Timeout { console, .. }
                 | NodeError::Panic { console, .. }
-                | NodeError::NoStatus { console, .. } => console.as_str(),
-                _ => "",
-            };
+                | NodeError::NoStatus { console, .. },
+            ) => Some(console.as_str()),
+            Err(_) => None,
+        };
+        if let Some(console) = kept {
             let tail: Vec<&str> = console.lines().rev().take(8).collect();
             for l in tail.into_iter().rev() {
                 eprintln!("node-stress: node {i} console | {l}");
@@ -253,6 +264,12 @@ pub fn table(settings: &str, plan: &StressPlan, runs: &[NodeRun]) -> String {
     );
     for (i, r) in runs.iter().enumerate() {
         let _ = writeln!(t, "{}", row(i + 1, r, plan));
+    }
+    // What the resets and failures were, under the table.
+    for (i, r) in runs.iter().enumerate() {
+        for line in &r.failure_lines {
+            let _ = writeln!(t, "node {}: {line}", i + 1);
+        }
     }
     let count = |f: fn(&Ending) -> bool| runs.iter().filter(|r| f(&r.ending)).count();
     let wall: Duration = runs.iter().map(|r| r.wall).sum();
@@ -381,7 +398,7 @@ mod tests {
         let runs = vec![
             classify(&out(0, "@round {}\n@round {}\n@round {}\n@pod-ready a 1\n@pod-ready b 1\n@pod-ready c 1\n"), Duration::from_secs(100)),
             classify(
-                &Err(NodeError::Lockup { why: "x".into(), console: "@round {}\n".into() }),
+                &Err(NodeError::Lockup { why: "x".into(), console: "@round {}\n@pod-failed load1\n".into() }),
                 Duration::from_secs(300),
             ),
         ];
@@ -389,5 +406,6 @@ mod tests {
         assert!(t.contains("2 nodes, 1 passed, 1 lockups, 0 panics"), "{t}");
         assert!(t.contains("rounds 4/6, pods 3/6"), "{t}");
         assert!(t.contains("wall 400 s"), "{t}");
+        assert!(t.contains("node 2: @pod-failed load1"), "{t}");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use linux_loader::cmdline::Cmdline;
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::{self as arch, layout};
 use crate::config::{parse_mac, SerialOutput, VmConfig};
@@ -117,6 +117,164 @@ struct PendingDevice {
     slot: Option<u32>,
 }
 
+/// What the attach steps add to while a VM is put together (Firecracker's
+/// builder shape: one `attach_*` step per device).
+struct Parts {
+    vm: Vm,
+    mem: GuestMemoryMmap,
+    event_loop: EventLoop,
+    buses: IoBuses,
+    exit: Arc<ExitRequest>,
+    /// virtio devices in the order they get MMIO slots.
+    pending: Vec<PendingDevice>,
+    /// Host sockets the VMM created (removed at exit).
+    sockets: Vec<PathBuf>,
+}
+
+impl Parts {
+    /// The event-loop handler id the next virtio device gets.
+    fn next_handler_id(&self) -> u32 {
+        self.event_loop.next_id() + self.pending.len() as u32
+    }
+
+    fn push(&mut self, name: String, device: Box<dyn VirtioDevice>, slot: Option<u32>) {
+        let handler_id = self.next_handler_id();
+        self.pending.push(PendingDevice {
+            name,
+            device,
+            handler_id,
+            slot,
+        });
+    }
+
+    fn irq_trigger(&self, gsi: u32) -> Result<EventFdTrigger, BuildError> {
+        let t = EventFdTrigger(
+            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err)?,
+        );
+        self.vm.register_irqfd(&t.0, gsi)?;
+        Ok(t)
+    }
+
+    /// COM1, wired to the configured output.
+    fn attach_serial(&mut self, config: &VmConfig) -> Result<Arc<Mutex<SerialDevice>>, BuildError> {
+        let irq = self.irq_trigger(layout::SERIAL_IRQ)?;
+        let sink = match config.serial_output() {
+            SerialOutput::Off => SerialSink::Off,
+            SerialOutput::Stdout => SerialSink::Stdout(std::io::stdout()),
+            SerialOutput::File(p) => SerialSink::file(&p)
+                .map_err(|e| dev_err(format!("serial file {}: {e}", p.display())))?,
+        };
+        let serial = Arc::new(Mutex::new(SerialDevice::new(irq, sink)));
+        self.buses
+            .pio
+            .insert(serial.clone(), COM1_PORT, COM1_LEN)
+            .map_err(dev_err)?;
+        Ok(serial)
+    }
+
+    /// The i8042 (the guest's reset line) and moat's exit port.
+    fn attach_exit_devices(&mut self) -> Result<(), BuildError> {
+        let kbd_irq = self.irq_trigger(layout::I8042_KBD_IRQ)?;
+        self.buses
+            .pio
+            .insert(
+                Arc::new(Mutex::new(I8042::new(self.exit.clone(), kbd_irq))),
+                I8042_PORT,
+                I8042_LEN,
+            )
+            .map_err(dev_err)?;
+        self.buses
+            .pio
+            .insert(
+                Arc::new(Mutex::new(ExitPort::new(self.exit.clone()))),
+                u64::from(moat_proto::GUEST_EXIT_PORT),
+                1,
+            )
+            .map_err(dev_err)?;
+        Ok(())
+    }
+
+    /// virtio-vsock with its hybrid Unix socket.
+    fn attach_vsock(&mut self, v: &crate::config::VsockConfig) -> Result<(), BuildError> {
+        let reg = EpollRegistrar::new(self.event_loop.epoll(), self.next_handler_id());
+        let dev = Vsock::new(v.cid, &v.uds, reg).map_err(dev_err)?;
+        self.sockets.push(v.uds.clone());
+        self.push("vsock".into(), Box::new(dev), None);
+        Ok(())
+    }
+
+    /// virtio-net on a TAP device.
+    fn attach_net(&mut self, n: &crate::config::NetConfig) -> Result<(), BuildError> {
+        let tap: Box<dyn FrameIo> = match (&n.tap, n.tap_fd) {
+            (Some(name), _) => Box::new(Tap::open(name).map_err(dev_err)?),
+            (None, Some(fd)) => Box::new(Tap::from_fd(fd).map_err(dev_err)?),
+            (None, None) => return Err(dev_err("net: no TAP given")),
+        };
+        let mac = match &n.mac {
+            Some(m) => parse_mac(m).map_err(|e| crate::config::ConfigError::new("net.mac", e))?,
+            None => [0x02, 0x4d, 0x4f, 0x41, 0x54, 0x01],
+        };
+        let reg = EpollRegistrar::new(self.event_loop.epoll(), self.next_handler_id());
+        let dev = Net::new(mac, tap, reg).map_err(dev_err)?;
+        self.push("net".into(), Box::new(dev), None);
+        Ok(())
+    }
+
+    /// The virtio-blk slots, with the drives the config attaches at boot.
+    fn attach_block_slots(&mut self, config: &VmConfig) -> Result<(), BuildError> {
+        for slot in 0..config.blk_slots {
+            let drive = config.drives.iter().find(|d| d.slot == slot);
+            let mut dev = Block::new(slot, drive.is_some_and(|d| d.read_only));
+            if let Some(d) = drive {
+                dev.attach(&d.path, d.read_only).map_err(|e| {
+                    crate::config::ConfigError::new(format!("drives (slot {slot})"), e.to_string())
+                })?;
+            }
+            self.push(format!("blk{slot}"), Box::new(dev), Some(slot));
+        }
+        Ok(())
+    }
+
+    /// Gives each pending virtio device its MMIO window, IRQ, queue-notify
+    /// ioeventfds and event-loop handler.
+    fn wire_virtio(&mut self) -> Result<Vec<DeviceInfo>, BuildError> {
+        let mut devices = Vec::new();
+        for (index, p) in std::mem::take(&mut self.pending).into_iter().enumerate() {
+            let (addr, irq) = layout::virtio_mmio_slot(index as u32)
+                .ok_or_else(|| dev_err("too many virtio devices for the IRQ space"))?;
+            let transport = MmioTransport::new(p.device, self.mem.clone()).map_err(dev_err)?;
+            self.vm.register_irqfd(transport.irq().eventfd(), irq)?;
+            let reg = EpollRegistrar::new(self.event_loop.epoll(), p.handler_id);
+            for (q, evt) in transport.queue_evts().iter().enumerate() {
+                self.vm
+                    .register_mmio_ioevent(evt, addr + QUEUE_NOTIFY_OFFSET, q as u32)?;
+                reg.add(
+                    std::os::fd::AsRawFd::as_raw_fd(evt),
+                    q as u32,
+                    vmm_sys_util::epoll::EventSet::IN,
+                )
+                .map_err(dev_err)?;
+            }
+            let transport = Arc::new(Mutex::new(transport));
+            let id = self.event_loop.add_handler(transport.clone());
+            debug_assert_eq!(id, p.handler_id);
+            let bus_dev: Arc<Mutex<dyn BusDevice>> = transport.clone();
+            self.buses
+                .mmio
+                .insert(bus_dev, addr, layout::VIRTIO_MMIO_SIZE)
+                .map_err(dev_err)?;
+            devices.push(DeviceInfo {
+                name: p.name,
+                slot: p.slot,
+                addr,
+                irq,
+                transport,
+            });
+        }
+        Ok(devices)
+    }
+}
+
 /// Builds the VM described by `config` and starts its vCPUs.
 pub fn build(config: VmConfig, process_start: Instant) -> Result<Vmm, BuildError> {
     let phase = |what: &str| {
@@ -142,138 +300,42 @@ pub fn build(config: VmConfig, process_start: Instant) -> Result<Vmm, BuildError
     };
     phase("initramfs loaded");
 
-    let exit = Arc::new(ExitRequest::new().map_err(dev_err)?);
-    let mut event_loop = EventLoop::new().map_err(dev_err)?;
-    let mut buses = IoBuses::default();
-
-    // Legacy devices.
-    let serial_irq =
-        EventFdTrigger(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err)?);
-    vm.register_irqfd(&serial_irq.0, layout::SERIAL_IRQ)?;
-    let sink = match config.serial_output() {
-        SerialOutput::Off => SerialSink::Off,
-        SerialOutput::Stdout => SerialSink::Stdout(std::io::stdout()),
-        SerialOutput::File(p) => SerialSink::file(&p)
-            .map_err(|e| dev_err(format!("serial file {}: {e}", p.display())))?,
+    let mut parts = Parts {
+        vm,
+        mem,
+        event_loop: EventLoop::new().map_err(dev_err)?,
+        buses: IoBuses::default(),
+        exit: Arc::new(ExitRequest::new().map_err(dev_err)?),
+        pending: Vec::new(),
+        sockets: Vec::new(),
     };
-    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, sink)));
-    buses
-        .pio
-        .insert(serial.clone(), COM1_PORT, COM1_LEN)
-        .map_err(dev_err)?;
-    let kbd_irq =
-        EventFdTrigger(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err)?);
-    vm.register_irqfd(&kbd_irq.0, layout::I8042_KBD_IRQ)?;
-    buses
-        .pio
-        .insert(
-            Arc::new(Mutex::new(I8042::new(exit.clone(), kbd_irq))),
-            I8042_PORT,
-            I8042_LEN,
-        )
-        .map_err(dev_err)?;
-    buses
-        .pio
-        .insert(
-            Arc::new(Mutex::new(ExitPort::new(exit.clone()))),
-            u64::from(moat_proto::GUEST_EXIT_PORT),
-            1,
-        )
-        .map_err(dev_err)?;
-
+    let serial = parts.attach_serial(&config)?;
+    parts.attach_exit_devices()?;
     // virtio devices: vsock, net, then the block slots.
-    let mut pending: Vec<PendingDevice> = Vec::new();
-    let mut next_id = event_loop.next_id();
-    let mut sockets: Vec<PathBuf> = Vec::new();
     if let Some(v) = &config.vsock {
-        let reg = EpollRegistrar::new(event_loop.epoll(), next_id);
-        let dev = Vsock::new(v.cid, &v.uds, reg).map_err(dev_err)?;
-        sockets.push(v.uds.clone());
-        pending.push(PendingDevice {
-            name: "vsock".into(),
-            device: Box::new(dev),
-            handler_id: next_id,
-            slot: None,
-        });
-        next_id += 1;
+        parts.attach_vsock(v)?;
     }
     if let Some(n) = &config.net {
-        let tap: Box<dyn FrameIo> = match (&n.tap, n.tap_fd) {
-            (Some(name), _) => Box::new(Tap::open(name).map_err(dev_err)?),
-            (None, Some(fd)) => Box::new(Tap::from_fd(fd).map_err(dev_err)?),
-            (None, None) => return Err(dev_err("net: no TAP given")),
-        };
-        let mac = match &n.mac {
-            Some(m) => parse_mac(m).map_err(|e| crate::config::ConfigError::new("net.mac", e))?,
-            None => [0x02, 0x4d, 0x4f, 0x41, 0x54, 0x01],
-        };
-        let reg = EpollRegistrar::new(event_loop.epoll(), next_id);
-        let dev = Net::new(mac, tap, reg).map_err(dev_err)?;
-        pending.push(PendingDevice {
-            name: "net".into(),
-            device: Box::new(dev),
-            handler_id: next_id,
-            slot: None,
-        });
-        next_id += 1;
+        parts.attach_net(n)?;
     }
-    for slot in 0..config.blk_slots {
-        let drive = config.drives.iter().find(|d| d.slot == slot);
-        let mut dev = Block::new(slot, drive.is_some_and(|d| d.read_only));
-        if let Some(d) = drive {
-            dev.attach(&d.path, d.read_only).map_err(|e| {
-                crate::config::ConfigError::new(format!("drives (slot {slot})"), e.to_string())
-            })?;
-        }
-        pending.push(PendingDevice {
-            name: format!("blk{slot}"),
-            device: Box::new(dev),
-            handler_id: next_id,
-            slot: Some(slot),
-        });
-        next_id += 1;
-    }
-
-    let mut mmio_slots = Vec::new();
-    let mut devices = Vec::new();
-    for (index, p) in pending.into_iter().enumerate() {
-        let (addr, irq) = layout::virtio_mmio_slot(index as u32)
-            .ok_or_else(|| dev_err("too many virtio devices for the IRQ space"))?;
-        let transport = MmioTransport::new(p.device, mem.clone()).map_err(dev_err)?;
-        vm.register_irqfd(transport.irq().eventfd(), irq)?;
-        let reg = EpollRegistrar::new(event_loop.epoll(), p.handler_id);
-        for (q, evt) in transport.queue_evts().iter().enumerate() {
-            vm.register_mmio_ioevent(evt, addr + QUEUE_NOTIFY_OFFSET, q as u32)?;
-            reg.add(
-                std::os::fd::AsRawFd::as_raw_fd(evt),
-                q as u32,
-                vmm_sys_util::epoll::EventSet::IN,
-            )
-            .map_err(dev_err)?;
-        }
-        let transport = Arc::new(Mutex::new(transport));
-        let id = event_loop.add_handler(transport.clone());
-        debug_assert_eq!(id, p.handler_id);
-        let bus_dev: Arc<Mutex<dyn BusDevice>> = transport.clone();
-        buses
-            .mmio
-            .insert(bus_dev, addr, layout::VIRTIO_MMIO_SIZE)
-            .map_err(dev_err)?;
-        mmio_slots.push((addr, irq));
-        devices.push(DeviceInfo {
-            name: p.name,
-            slot: p.slot,
-            addr,
-            irq,
-            transport,
-        });
-    }
-
+    parts.attach_block_slots(&config)?;
+    let devices = parts.wire_virtio()?;
     phase("devices set up");
+    let mmio_slots: Vec<(u64, u32)> = devices.iter().map(|d| (d.addr, d.irq)).collect();
+
     let cmdline = build_cmdline(&config, &mmio_slots)?;
-    arch::configure_system(&mem, mem_size, &cmdline, initrd, config.cpus)?;
+    arch::configure_system(&parts.mem, mem_size, &cmdline, initrd, config.cpus)?;
     phase("boot tables written");
 
+    let Parts {
+        vm,
+        mem,
+        event_loop,
+        buses,
+        exit,
+        sockets,
+        ..
+    } = parts;
     let buses = Arc::new(buses);
     let control = VcpuControl::new()?;
     let counters = Arc::new(ExitCounters::default());
