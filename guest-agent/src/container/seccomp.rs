@@ -245,6 +245,9 @@ mod tests {
         // seccomp via syscall, getcwd, getpid, _exit) before exiting.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
+                // SAFETY: raw syscalls on values owned by this frame (the
+                // filter programs outlive the seccomp call, `buf` the
+                // getcwd); errno is this thread's.
                 let code = unsafe {
                     if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                         libc::_exit(10);
@@ -273,6 +276,8 @@ mod tests {
                         12
                     }
                 };
+                // SAFETY: ends the forked child without running the parent's
+                // destructors or atexit handlers.
                 unsafe { libc::_exit(code) }
             }
             nix::unistd::ForkResult::Parent { child } => {
