@@ -194,8 +194,45 @@ pub struct Images {
 }
 
 /// The whole agent scenario against a connected client.
+/// The whole agent scenario, step by step (each step prints its name, so a
+/// hang or failure says where it was).
 pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
+    let c = &mut c;
     println!("== step: sandbox");
+    let (sb, cm_dir) = step_sandbox(c).await;
+    println!("== step: c1 (identity, isolation, limits)");
+    step_c1(c, &images, &sb, &cm_dir).await;
+    println!("== step: c2 and an exec");
+    step_c2_exec(c, &images).await;
+    println!("== step: tty");
+    step_tty(c).await;
+    println!("== step: stdin pipe");
+    step_stdin_pipe(c).await;
+    println!("== step: 10 MiB output");
+    step_big_output(c).await;
+    println!("== step: update+signal");
+    step_update_signal(c).await;
+    println!("== step: oom");
+    step_oom(c, &images).await;
+    println!("== step: bad requests");
+    step_bad_requests(c, &images).await;
+    println!("== step: removal");
+    step_removal(c, &images).await;
+}
+
+/// The OCI Process of an exec as nobody, `terminal` or not.
+fn exec_json(args: Vec<&str>, terminal: bool) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "args": args, "env": ["PATH=/bin", "TERM=dumb"], "cwd": "/", "terminal": terminal,
+        "user": {"uid": 65534, "gid": 65534}
+    }))
+    .unwrap()
+}
+
+/// The pod sandbox: hostname, DNS, shared IPC namespace, a copied file.
+/// Returns the sandbox's files and namespaces and the copied file's
+/// directory.
+async fn step_sandbox(c: &mut AgentClient<Channel>) -> (CreateSandboxResponse, String) {
     let ping = c.ping(PingRequest {}).await.unwrap().into_inner();
     assert!(!ping.agent_version.is_empty());
 
@@ -218,7 +255,6 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
         .await
         .expect("create sandbox")
         .into_inner();
-    let ipc_ns = sb.namespace_paths.get("ipc").expect("ipc ns path").clone();
     let e = c
         .create_sandbox(CreateSandboxRequest {
             sandbox_id: "pod2".into(),
@@ -245,7 +281,17 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
         .unwrap()
         .display()
         .to_string();
+    (sb, cm_dir)
+}
 
+/// c1 checks its identity, isolation and limits from inside and exits.
+async fn step_c1(
+    c: &mut AgentClient<Channel>,
+    images: &Images,
+    sb: &CreateSandboxResponse,
+    cm_dir: &str,
+) {
+    let ipc_ns = sb.namespace_paths.get("ipc").expect("ipc ns path").clone();
     // c1: checks identity, isolation, limits from inside; runs to exit.
     let script = "echo pid=$$; hostname; cat /etc/resolv.conf; cat /cm/greeting; \
         mount -t tmpfs none /mnt 2>/dev/null && echo MOUNT-ALLOWED || echo MOUNT-DENIED; \
@@ -274,12 +320,11 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
             ]
         }),
     );
-    println!("== step: c1 (identity, isolation, limits)");
-    let pid = create(&mut c, "c1", spec1.clone(), images.image.clone(), false)
+    let pid = create(c, "c1", spec1.clone(), images.image.clone(), false)
         .await
         .expect("create c1");
     assert!(pid > 1);
-    let e = create(&mut c, "c1", spec1, images.image.clone(), false)
+    let e = create(c, "c1", spec1, images.image.clone(), false)
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
@@ -294,9 +339,9 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     })
     .await
     .expect("start c1");
-    let out = String::from_utf8(read_all(&mut c, "c1", "", OutputStream::Stdout).await).unwrap();
-    let err = String::from_utf8(read_all(&mut c, "c1", "", OutputStream::Stderr).await).unwrap();
-    let w = wait(&mut c, "c1", "").await;
+    let out = String::from_utf8(read_all(c, "c1", "", OutputStream::Stdout).await).unwrap();
+    let err = String::from_utf8(read_all(c, "c1", "", OutputStream::Stderr).await).unwrap();
+    let w = wait(c, "c1", "").await;
     println!("c1 stdout:\n{out}\nc1 stderr:\n{err}");
     assert_eq!(w.exit_code, 0, "{w:?}");
     assert!(!w.oom_killed);
@@ -344,7 +389,10 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+}
 
+/// c2 runs on from a plain directory lower layer; an exec joins it.
+async fn step_c2_exec(c: &mut AgentClient<Channel>, images: &Images) {
     // c2: long-running, from a plain directory lower layer; exec, tty,
     // big output, stats.
     let spec2 = spec(
@@ -353,7 +401,7 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}}),
         serde_json::json!({"hostname": "c2host"}),
     );
-    create(&mut c, "c2", spec2, images.c2.clone(), false)
+    create(c, "c2", spec2, images.c2.clone(), false)
         .await
         .expect("create c2");
     c.start_container(StartContainerRequest {
@@ -361,17 +409,10 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     })
     .await
     .expect("start c2");
-    let exec = |args: Vec<&str>, terminal: bool| {
-        serde_json::to_vec(&serde_json::json!({
-            "args": args, "env": ["PATH=/bin", "TERM=dumb"], "cwd": "/", "terminal": terminal,
-            "user": {"uid": 65534, "gid": 65534}
-        }))
-        .unwrap()
-    };
     c.exec_process(ExecProcessRequest {
         container_id: "c2".into(),
         exec_id: "e1".into(),
-        process: exec(
+        process: exec_json(
             vec![
                 "/bin/sh",
                 "-c",
@@ -383,8 +424,8 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     })
     .await
     .expect("exec e1");
-    let out = String::from_utf8(read_all(&mut c, "c2", "e1", OutputStream::Stdout).await).unwrap();
-    assert_eq!(wait(&mut c, "c2", "e1").await.exit_code, 0);
+    let out = String::from_utf8(read_all(c, "c2", "e1", OutputStream::Stdout).await).unwrap();
+    assert_eq!(wait(c, "c2", "e1").await.exit_code, 0);
     println!("exec output:\n{out}");
     assert!(
         out.contains("/bin/sleep"),
@@ -399,13 +440,15 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
         out.contains("Operation not permitted"),
         "exec escaped the container's seccomp: {out}"
     );
+}
 
-    println!("== step: tty");
+/// An exec with a terminal: resize, then stdin through it.
+async fn step_tty(c: &mut AgentClient<Channel>) {
     // TTY: resize, then stdin through the terminal.
     c.exec_process(ExecProcessRequest {
         container_id: "c2".into(),
         exec_id: "tty".into(),
-        process: exec(
+        process: exec_json(
             vec![
                 "/bin/sh",
                 "-c",
@@ -432,22 +475,24 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     })
     .await
     .expect("stdin");
-    let out = String::from_utf8_lossy(&read_all(&mut c, "c2", "tty", OutputStream::Stdout).await)
-        .into_owned();
+    let out =
+        String::from_utf8_lossy(&read_all(c, "c2", "tty", OutputStream::Stdout).await).into_owned();
     println!("tty output:\n{out}");
-    assert_eq!(wait(&mut c, "c2", "tty").await.exit_code, 0);
+    assert_eq!(wait(c, "c2", "tty").await.exit_code, 0);
     assert!(out.contains("33 111"), "{out}");
     assert!(out.contains("got-ping"), "{out}");
     assert!(out.contains("is-a-tty"), "{out}");
     // The terminal comes from the container's own devpts: its name resolves.
     assert!(out.contains("/dev/pts/0"), "{out}");
+}
 
-    println!("== step: stdin pipe");
+/// An exec's stdin through a pipe, closed by CloseStdin.
+async fn step_stdin_pipe(c: &mut AgentClient<Channel>) {
     // stdin through a pipe, closed by CloseStdin.
     c.exec_process(ExecProcessRequest {
         container_id: "c2".into(),
         exec_id: "cat".into(),
-        process: exec(vec!["/bin/sh", "-c", "wc -c"], false),
+        process: exec_json(vec!["/bin/sh", "-c", "wc -c"], false),
         stdin: true,
     })
     .await
@@ -465,10 +510,12 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     })
     .await
     .expect("close stdin");
-    let out = String::from_utf8(read_all(&mut c, "c2", "cat", OutputStream::Stdout).await).unwrap();
+    let out = String::from_utf8(read_all(c, "c2", "cat", OutputStream::Stdout).await).unwrap();
     assert_eq!(out.trim(), "100000");
+}
 
-    println!("== step: 10 MiB output");
+/// 10 MiB of exec output streamed intact; container, process and guest stats.
+async fn step_big_output(c: &mut AgentClient<Channel>) {
     // 10 MiB of output, streamed intact.
     let size = 10 * 1024 * 1024;
     c.exec_process(ExecProcessRequest {
@@ -476,7 +523,7 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
         exec_id: "big".into(),
         // 1 MiB of a 16-byte pattern built by doubling, written 10 times
         // with cat's large writes.
-        process: exec(
+        process: exec_json(
             vec![
                 "/bin/sh",
                 "-c",
@@ -489,14 +536,14 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     })
     .await
     .expect("exec big");
-    let big = read_all(&mut c, "c2", "big", OutputStream::Stdout).await;
+    let big = read_all(c, "c2", "big", OutputStream::Stdout).await;
     assert_eq!(big.len(), size);
     let line = b"0123456789abcdef";
     assert!(
         big.chunks(line.len()).all(|ch| line.starts_with(ch)),
         "output corrupted"
     );
-    assert_eq!(wait(&mut c, "c2", "big").await.exit_code, 0);
+    assert_eq!(wait(c, "c2", "big").await.exit_code, 0);
 
     let stats = c
         .container_stats(ContainerStatsRequest {
@@ -526,8 +573,10 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
         .unwrap()
         .into_inner();
     assert!(gs.memory_total_bytes > 0);
+}
 
-    println!("== step: update+signal");
+/// Resources updated, then the container's process signalled.
+async fn step_update_signal(c: &mut AgentClient<Channel>) {
     // Update resources, then signal the container's process.
     c.update_container(UpdateContainerRequest {
         container_id: "c2".into(),
@@ -543,18 +592,20 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     })
     .await
     .expect("signal");
-    let w = wait(&mut c, "c2", "").await;
+    let w = wait(c, "c2", "").await;
     assert_eq!((w.exit_code, w.signal), (137, 9));
     assert!(!w.oom_killed);
+}
 
-    println!("== step: oom");
+/// c3, a memory hog under a 32 MiB limit, is OOM-killed and reported so.
+async fn step_oom(c: &mut AgentClient<Channel>, images: &Images) {
     // c3: a memory hog under a 32 MiB limit is OOM-killed and reported so.
     let spec3 = spec(
         &["/bin/sh", "-c", "x=0123456789; while :; do x=$x$x; done"],
         serde_json::json!({"resources": {"memory": {"limit": 33554432, "swap": 33554432}}}),
         serde_json::json!({}),
     );
-    create(&mut c, "c3", spec3, images.image.clone(), false)
+    create(c, "c3", spec3, images.image.clone(), false)
         .await
         .expect("create c3");
     c.start_container(StartContainerRequest {
@@ -562,14 +613,16 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     })
     .await
     .expect("start c3");
-    let w = wait(&mut c, "c3", "").await;
+    let w = wait(c, "c3", "").await;
     println!("c3 exit: {w:?}");
     assert!(w.oom_killed, "{w:?}");
     assert_eq!(w.signal, 9);
+}
 
-    println!("== step: bad requests");
+/// Bad requests are refused with the field named.
+async fn step_bad_requests(c: &mut AgentClient<Channel>, images: &Images) {
     // Bad requests are refused with the field named.
-    let e = create(&mut c, "../evil", vec![], images.image.clone(), false)
+    let e = create(c, "../evil", vec![], images.image.clone(), false)
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
@@ -579,13 +632,13 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
         serde_json::json!({}),
         serde_json::json!({"mounts": [{"destination": "/x", "type": "bind", "source": "/etc", "options": ["rbind"]}]}),
     );
-    let e = create(&mut c, "bad", bad_bind, images.image.clone(), false)
+    let e = create(c, "bad", bad_bind, images.image.clone(), false)
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("mounts[0].source"), "{e:?}");
     let e = create(
-        &mut c,
+        c,
         "nodev",
         spec(&["/bin/true"], serde_json::json!({}), serde_json::json!({})),
         Id::Serial("nope".into()),
@@ -612,7 +665,7 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().starts_with("path"), "{e:?}");
     let e = create(
-        &mut c,
+        c,
         "badexe",
         spec(
             &["/bin/does-not-exist"],
@@ -634,8 +687,10 @@ pub async fn drive(mut c: AgentClient<Channel>, images: Images) {
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
         assert!(e.message().contains("does-not-exist"), "{e:?}");
     }
+}
 
-    println!("== step: removal");
+/// Removal leaves nothing behind.
+async fn step_removal(c: &mut AgentClient<Channel>, images: &Images) {
     // Removal leaves nothing behind.
     for id in ["c1", "c2", "c3", "badexe"] {
         let r = c
