@@ -12,6 +12,9 @@
 //! Runs inside the test node unless `MOAT_AGENT_TEST_DIRECT=1` (a host with
 //! working KVM).
 
+// Test code: a failed step fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -11,6 +11,9 @@
 //! output streamed intact, an OOM kill reported as such, stats, and
 //! removal that leaves no cgroup or mount behind; plus bad requests.
 
+// Test code: a failed step fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

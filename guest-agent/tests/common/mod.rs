@@ -2,6 +2,8 @@
 //! agent client over a Unix socket, OCI spec building, output collection.
 
 #![allow(dead_code)]
+// Test helpers: a failed step fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use moat_proto::agent::agent_client::AgentClient;
 use moat_proto::agent::block_device::Id;
