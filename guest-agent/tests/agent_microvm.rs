@@ -26,37 +26,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const IN_NODE: &str = "MOAT_AGENT_TEST_IN_NODE";
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn require(p: PathBuf, how: &str) -> PathBuf {
-    assert!(p.is_file(), "{} is missing: {how}", p.display());
-    p
-}
-
 #[test]
 fn agent_in_a_moat_vmm_microvm() {
-    let ws = workspace();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws.join("target"));
-    let vmlinux = require(ws.join("build/vmlinux"), "run `make artifacts`");
-    let vmm = require(
-        target.join("release/moat-vmm"),
-        "run `cargo build --release -p moat-vmm`",
-    );
-    let rootfs_tool = require(
-        target.join("release/moat-rootfs"),
-        "run `cargo build --release -p moat-rootfs`",
-    );
-    let agent = require(
-        target.join("x86_64-unknown-linux-gnu/guest/moat-agent"),
-        "build the static agent: RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile guest -p moat-agent --target x86_64-unknown-linux-gnu (or `make agent`)",
-    );
+    use moat_tests::artifacts;
+    let vmlinux = artifacts::vmlinux().unwrap();
+    let vmm = artifacts::binary("moat-vmm").unwrap();
+    let rootfs_tool = artifacts::binary("moat-rootfs").unwrap();
+    let agent = artifacts::static_agent().unwrap();
     assert_fresh(&agent);
     let direct = matches!(
         moat_tests::probe::probe(),
@@ -107,7 +83,7 @@ fn assert_fresh(agent: &Path) {
         .and_then(|m| m.modified())
         .expect("agent mtime");
     let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
-    stack.push(workspace().join("proto"));
+    stack.push(moat_tests::artifacts::workspace_root().join("proto"));
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).expect("source dir").flatten() {
             let p = e.path();

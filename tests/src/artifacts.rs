@@ -56,3 +56,11 @@ pub fn poweroff_initramfs() -> anyhow::Result<PathBuf> {
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     existing(target_dir().join("release").join(name), "binary")
 }
+
+/// The static guest agent (`make agent`: the `guest` profile, static glibc).
+pub fn static_agent() -> anyhow::Result<PathBuf> {
+    existing(
+        target_dir().join("x86_64-unknown-linux-gnu/guest/moat-agent"),
+        "static guest agent",
+    )
+}

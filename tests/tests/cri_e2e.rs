@@ -11,21 +11,15 @@ use tonic::Code;
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 
+/// The shared pod fixture with `labels` and without a log directory.
 fn pod_config(name: &str, labels: &[(&str, &str)]) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    }
+    let mut config = moat_tests::cri::pod_config(name, std::path::Path::new(""));
+    config.log_directory = String::new();
+    config.labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    config
 }
 
 fn run_req(config: PodSandboxConfig, handler: &str) -> RunPodSandboxRequest {
