@@ -2,13 +2,17 @@
 //!
 //! - [`record`]: what is stored about a sandbox (survives moatd restarts).
 //! - [`sizing`]: the VM size from the pod's resources.
-//! - [`manager`]: run, stop, remove, status, list, and recovery at start.
+//! - [`manager`]: the records, status, list, and recovery at start; the
+//!   verbs beside it: `run.rs`, `stop.rs` (stop and remove), `validate.rs`.
 //! - [`locks`]: the one lock per pod that pod and container operations share.
 
 pub mod locks;
 pub mod manager;
 pub mod record;
+mod run;
 pub mod sizing;
+mod stop;
+mod validate;
 
 pub use locks::PodLocks;
 pub use manager::{PodError, Pods};

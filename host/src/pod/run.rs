@@ -1,0 +1,338 @@
+//! RunPodSandbox: network namespace → CNI → TAP → moat-vmm → agent, undoing
+//! every step if a later one fails.
+
+use super::manager::{failed, PodError, Pods, POD_TAP};
+use super::record::{SandboxRecord, SandboxState};
+use super::sizing::vm_size;
+use super::validate::{host_network, pod_hostname, validate};
+use crate::network::capability_args::capability_args;
+use crate::network::cni::Attachment;
+use crate::network::{tap, NetNs, POD_IFNAME};
+use crate::store::SANDBOXES;
+use crate::vm::launch::{launch, wait_for_agent};
+use crate::vm::{VmPaths, VmSpec};
+use moat_proto::cri::{NamespaceMode, PodSandboxConfig, PodSandboxMetadata};
+use moat_vmm::config::{NetConfig, VmConfig};
+use std::time::Duration;
+
+/// Which of the pod's namespaces its containers share.
+#[derive(Debug, PartialEq, Eq)]
+struct Shares {
+    /// One IPC namespace for the pod (CRI's default).
+    ipc: bool,
+    /// One PID namespace for the pod (not CRI's default).
+    pid: bool,
+}
+
+fn pod_shares(config: &PodSandboxConfig) -> Shares {
+    let ns = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let pod = NamespaceMode::Pod as i32;
+    // CRI's default (zero) for ipc and pid is POD and CONTAINER respectively.
+    Shares {
+        ipc: ns.is_none_or(|n| n.ipc == pod),
+        pid: ns.is_some_and(|n| n.pid == pod),
+    }
+}
+
+/// What the CNI plugins are told about a pod: its id, namespace, interface
+/// and the K8S_POD_* arguments.
+pub(super) fn attachment<'a>(
+    id: &'a str,
+    md: &'a PodSandboxMetadata,
+    netns: &'a std::path::Path,
+    capability_args: &'a serde_json::Map<String, serde_json::Value>,
+) -> Attachment<'a> {
+    Attachment {
+        container_id: id,
+        netns,
+        ifname: POD_IFNAME,
+        pod: Some((&md.name, &md.namespace)),
+        capability_args,
+    }
+}
+
+/// The guest's network from the CNI result: the pod's IPv4 addresses on the
+/// NIC with the CNI interface's MAC, and the routes (a route without a
+/// gateway uses the address's gateway, as CNI results mean it).
+fn guest_network(
+    mac: &str,
+    mtu: u32,
+    cni: &crate::network::CniResult,
+) -> moat_proto::agent::ConfigureNetworkRequest {
+    let ips: Vec<_> = cni
+        .ips()
+        .into_iter()
+        .filter(|ip| !ip.address.contains(':'))
+        .collect();
+    let default_gw = ips
+        .iter()
+        .find_map(|ip| ip.gateway.clone())
+        .unwrap_or_default();
+    let routes = cni
+        .routes()
+        .into_iter()
+        .filter(|(dst, _)| !dst.contains(':'))
+        .map(|(dst, gw)| moat_proto::agent::Route {
+            destination: dst,
+            gateway: gw.unwrap_or_else(|| default_gw.clone()),
+        })
+        .collect();
+    moat_proto::agent::ConfigureNetworkRequest {
+        interfaces: vec![moat_proto::agent::NetworkInterface {
+            mac: mac.to_string(),
+            addresses: ips.into_iter().map(|ip| ip.address).collect(),
+            mtu,
+        }],
+        routes,
+    }
+}
+
+impl Pods {
+    /// RunPodSandbox: returns the new sandbox's id once its agent answered.
+    pub async fn run(
+        &self,
+        config: PodSandboxConfig,
+        handler_name: &str,
+    ) -> Result<String, PodError> {
+        validate(&config)?;
+        let handler_name = if handler_name.is_empty() {
+            self.config.default_runtime_handler.as_str()
+        } else {
+            handler_name
+        };
+        let handler = self
+            .config
+            .runtime_handlers
+            .get(handler_name)
+            .ok_or_else(|| {
+                PodError::Invalid(format!("runtime_handler: unknown handler {handler_name:?}"))
+            })?
+            .clone();
+        let host_net = host_network(&config);
+        if !host_net && self.cni.is_none() {
+            return Err(PodError::Precondition(format!(
+                "no CNI network configured in {}: pods need one (or host networking)",
+                self.config.cni_conf_dir.display()
+            )));
+        }
+        let id = crate::ids::new_id().map_err(|e| failed(format!("reading /dev/urandom: {e}")))?;
+        let _guard = self.locks.lock(&id).await;
+        let (vcpus, memory_mib) = vm_size(&config, &handler);
+        let mut rec = SandboxRecord {
+            id: id.clone(),
+            config,
+            runtime_handler: handler_name.to_string(),
+            state: SandboxState::Creating,
+            created_at: crate::clock::now_ns(),
+            netns: None,
+            cni: None,
+            ips: Vec::new(),
+            // A short directory name keeps the VM's Unix socket paths within
+            // the sockaddr_un limit.
+            vm_paths: VmPaths {
+                dir: self.config.run_dir.join(&id[..16]),
+            },
+            vm: None,
+            vcpus,
+            memory_mib,
+            exit_reason: None,
+            guest: Default::default(),
+        };
+        // Recorded first, so a crash part-way is cleaned up at the next start.
+        self.store.put(SANDBOXES, &id, &rec)?;
+        let md = rec.metadata();
+        tracing::info!(%id, pod = %md.name, namespace = %md.namespace, vcpus, memory_mib, "creating pod sandbox");
+        let mut boots = 0;
+        loop {
+            boots += 1;
+            match self.bring_up(&mut rec, &handler).await {
+                Ok(()) => {
+                    rec.state = SandboxState::Ready;
+                    self.store.put(SANDBOXES, &id, &rec)?;
+                    return Ok(id);
+                }
+                Err(e) => {
+                    tracing::warn!(%id, "pod sandbox failed to start: {e}");
+                    self.tear_down(&mut rec).await;
+                    let _ = std::fs::remove_dir_all(&rec.vm_paths.dir);
+                    // A guest that hung or reset while booting (only moat's
+                    // kernel and agent had run, no pod code) gets one fresh
+                    // VM, sooner than kubelet's back-off would retry; a VM
+                    // that could not start at all does not.
+                    if matches!(e, PodError::BootTimeout(_) | PodError::BootCrash(_)) && boots < 2 {
+                        tracing::warn!(%id, "the pod VM failed while booting; booting a new one");
+                        continue;
+                    }
+                    self.store.delete(SANDBOXES, &id)?;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn bring_up(
+        &self,
+        rec: &mut SandboxRecord,
+        handler: &crate::config::RuntimeHandler,
+    ) -> Result<(), PodError> {
+        let started = std::time::Instant::now();
+        let mut netns = None;
+        let mut net = None;
+        let mut guest_nic = None;
+        if let (false, Some(cni)) = (host_network(&rec.config), &self.cni) {
+            let ns = NetNs::create(&self.netns_dir(), &rec.id)
+                .map_err(|e| failed(format!("creating the pod netns: {e}")))?;
+            rec.netns = Some(ns.path().to_path_buf());
+            self.store.put(SANDBOXES, &rec.id, rec)?;
+            let md = rec.metadata();
+            let args =
+                capability_args(&rec.config, &self.pod_cidrs()?).map_err(PodError::Invalid)?;
+            let result = cni
+                .add(&attachment(&rec.id, &md, ns.path(), &args))
+                .await
+                .map_err(failed)?;
+            rec.ips = result
+                .ips()
+                .iter()
+                .map(|ip| ip.address.split('/').next().unwrap_or("").to_string())
+                .collect();
+            rec.cni = Some(result);
+            self.store.put(SANDBOXES, &rec.id, rec)?;
+            let info = tap::setup(&ns, POD_IFNAME, POD_TAP)
+                .map_err(|e| failed(format!("pod TAP: {e}")))?;
+            guest_nic = Some((info.mac.clone(), info.mtu));
+            net = Some(NetConfig {
+                tap: Some(info.tap),
+                tap_fd: None,
+                mac: Some(info.mac),
+            });
+            netns = Some(ns);
+        }
+        let network_ms = started.elapsed().as_millis() as u64;
+        let mut vm = VmConfig::new(handler.kernel.clone());
+        vm.initrd = Some(handler.initramfs.clone());
+        vm.cpus = rec.vcpus;
+        vm.memory_mib = rec.memory_mib;
+        vm.blk_slots = handler.blk_slots;
+        vm.net = net;
+        let spec = VmSpec {
+            vmm: handler.vmm_binary(),
+            vm,
+        };
+        let (vm, mut child) =
+            launch(&spec, &rec.vm_paths, netns.as_ref()).map_err(|e| failed(format!("{e:#}")))?;
+        rec.vm = Some(vm);
+        self.store.put(SANDBOXES, &rec.id, rec)?;
+        let timeout = Duration::from_secs(self.config.agent_timeout_secs);
+        let mut agent = wait_for_agent(&rec.vm_paths, &mut child, timeout)
+            .await
+            .map_err(|e| {
+                match (
+                    e.downcast_ref::<crate::vm::launch::AgentTimeout>(),
+                    e.downcast_ref::<crate::vm::launch::VmStopped>(),
+                ) {
+                    (Some(t), _) => PodError::BootTimeout(t.to_string()),
+                    (_, Some(s)) if s.guest_reset() => PodError::BootCrash(s.to_string()),
+                    _ => failed(format!("{e:#}")),
+                }
+            })?;
+        // moatd reaps its own child; after a restart the VMM is watched by pid.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let booted_ms = started.elapsed().as_millis() as u64;
+        let shares = pod_shares(&rec.config);
+        let dns = rec.config.dns_config.clone().unwrap_or_default();
+        let linux = rec.config.linux.clone().unwrap_or_default();
+        let hostname = pod_hostname(&rec.config)?;
+        let limit = Duration::from_secs(30);
+        let late = |what: &str| failed(format!("agent {what}: no answer within 30 s"));
+        let created = tokio::time::timeout(
+            limit,
+            agent.create_sandbox(moat_proto::agent::CreateSandboxRequest {
+                sandbox_id: rec.id.clone(),
+                hostname,
+                dns: Some(moat_proto::agent::DnsConfig {
+                    servers: dns.servers,
+                    searches: dns.searches,
+                    options: dns.options,
+                }),
+                hosts: Vec::new(),
+                sysctls: linux.sysctls,
+                share_ipc: shares.ipc,
+                share_pid: shares.pid,
+                share_uts: true,
+            }),
+        )
+        .await
+        .map_err(|_| late("CreateSandbox"))?
+        .map_err(|s| failed(format!("agent CreateSandbox: {}", s.message())))?
+        .into_inner();
+        rec.guest = super::record::GuestSandbox {
+            namespace_paths: created.namespace_paths.into_iter().collect(),
+            hosts_path: created.hosts_path,
+            resolv_conf_path: created.resolv_conf_path,
+            hostname_path: created.hostname_path,
+        };
+        if let (Some((mac, mtu)), Some(cni)) = (guest_nic, &rec.cni) {
+            tokio::time::timeout(
+                limit,
+                agent.configure_network(guest_network(&mac, mtu, cni)),
+            )
+            .await
+            .map_err(|_| late("ConfigureNetwork"))?
+            .map_err(|s| failed(format!("agent ConfigureNetwork: {}", s.message())))?;
+        }
+        tracing::info!(
+            id = %rec.id,
+            network_ms,
+            agent_ready_ms = booted_ms,
+            ms = started.elapsed().as_millis() as u64,
+            "pod sandbox ready"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_network_from_a_cni_result() {
+        let cni = crate::network::CniResult {
+            raw: serde_json::json!({"ips":[{"address":"10.88.0.5/16","gateway":"10.88.0.1"},{"address":"fd00::5/64"}],
+                                    "routes":[{"dst":"0.0.0.0/0"},{"dst":"10.96.0.0/12","gw":"10.88.0.254"},{"dst":"::/0"}]}),
+        };
+        let req = guest_network("2a:00:00:00:00:01", 1450, &cni);
+        assert_eq!(
+            req.interfaces[0].addresses,
+            vec!["10.88.0.5/16".to_string()]
+        );
+        assert_eq!(req.interfaces[0].mtu, 1450);
+        let routes: Vec<_> = req
+            .routes
+            .iter()
+            .map(|r| (r.destination.as_str(), r.gateway.as_str()))
+            .collect();
+        assert_eq!(
+            routes,
+            vec![("0.0.0.0/0", "10.88.0.1"), ("10.96.0.0/12", "10.88.0.254")]
+        );
+    }
+
+    #[test]
+    fn namespace_sharing_follows_cri_defaults() {
+        assert_eq!(
+            pod_shares(&PodSandboxConfig::default()),
+            Shares {
+                ipc: true,
+                pid: false
+            }
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! StopPodSandbox and RemovePodSandbox: the VM, then the network, then the
+//! record.
+
+use super::manager::{failed, PodError, Pods};
+use super::record::{SandboxRecord, SandboxState};
+use super::run::attachment;
+use crate::network::capability_args::capability_args;
+use crate::network::NetNs;
+use crate::store::SANDBOXES;
+use crate::vm::ControlClient;
+use std::time::Duration;
+
+impl Pods {
+    /// Stops the VM and releases the network; leaves the record.
+    pub(super) async fn tear_down(&self, rec: &mut SandboxRecord) {
+        if let Some(vm) = rec.vm.take() {
+            if vm.is_alive() {
+                // Ask the guest to power off, give it a moment, then kill.
+                if let Ok(Ok(mut agent)) =
+                    tokio::time::timeout(Duration::from_secs(2), self.agents.calls(rec)).await
+                {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        agent.shutdown(moat_proto::agent::ShutdownRequest {}),
+                    )
+                    .await;
+                }
+                let control = ControlClient::new(&rec.vm_paths.api());
+                let _ = control
+                    .call(&moat_vmm::api::Request::Shutdown { timeout_ms: 3000 })
+                    .await;
+                vm.kill();
+                for _ in 0..200 {
+                    if !vm.is_alive() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            // The channels to this VM's agent are done.
+            self.agents.forget(&rec.id);
+        }
+        if let Some(path) = rec.netns.clone() {
+            let ns = NetNs::at(path);
+            if let Some(cni) = &self.cni {
+                let md = rec.metadata();
+                let cidrs = self.pod_cidrs().unwrap_or_default();
+                let args = capability_args(&rec.config, &cidrs).unwrap_or_default();
+                if let Err(e) = cni
+                    .del(
+                        &attachment(&rec.id, &md, ns.path(), &args),
+                        rec.cni.as_ref(),
+                    )
+                    .await
+                {
+                    tracing::warn!(id = %rec.id, "CNI DEL: {e}");
+                }
+            }
+            if let Err(e) = ns.remove() {
+                tracing::warn!(id = %rec.id, "removing netns: {e}");
+            }
+            rec.netns = None;
+        }
+        rec.cni = None;
+        for sock in [rec.vm_paths.vsock(), rec.vm_paths.api()] {
+            let _ = std::fs::remove_file(sock);
+        }
+    }
+
+    /// StopPodSandbox: idempotent; a stopped sandbox stays stopped.
+    pub async fn stop(&self, id: &str) -> Result<(), PodError> {
+        let _guard = self.locks.lock(&self.get(id)?.id).await;
+        // Read again under the lock: a concurrent stop may have finished.
+        let mut rec = self.get(id)?;
+        if rec.state == SandboxState::NotReady && rec.vm.is_none() && rec.netns.is_none() {
+            return Ok(());
+        }
+        self.tear_down(&mut rec).await;
+        rec.state = SandboxState::NotReady;
+        self.store.put(SANDBOXES, &rec.id, &rec)?;
+        tracing::info!(id = %rec.id, "pod sandbox stopped");
+        Ok(())
+    }
+
+    /// RemovePodSandbox: stops if needed and forgets it; unknown ids succeed.
+    pub async fn remove(&self, id: &str) -> Result<(), PodError> {
+        let rec = match self.get(id) {
+            Ok(r) => r,
+            Err(PodError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop(&rec.id).await?;
+        let guard = self.locks.lock(&rec.id).await;
+        if let Err(e) = std::fs::remove_dir_all(&rec.vm_paths.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(failed(format!(
+                    "removing {}: {e}",
+                    rec.vm_paths.dir.display()
+                )));
+            }
+        }
+        self.store.delete(SANDBOXES, &rec.id)?;
+        drop(guard);
+        self.locks.forget(&rec.id).await;
+        tracing::info!(id = %rec.id, "pod sandbox removed");
+        Ok(())
+    }
+}
