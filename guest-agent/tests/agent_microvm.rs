@@ -174,7 +174,10 @@ fn in_vm(vmlinux: &Path, vmm: &Path, rootfs_tool: &Path, agent: &Path) {
             // A step that never answers must not hold the node until its
             // own timeout: say where moat-vmm's threads are, then the
             // guest's console below tells what the guest was doing.
-            println!("moat-vmm threads:\n{}", threads_of(vm.id()));
+            println!(
+                "moat-vmm threads:\n{}",
+                moat_tests::node::thread_states(vm.id()).join("\n")
+            );
             panic!("{STALLED}: the microVM scenario did not finish in {SCENARIO_LIMIT:?} (the last `== step` line above is the step that hung)");
         }
     }));
@@ -211,34 +214,6 @@ const SCENARIO_LIMIT: Duration = Duration::from_secs(600);
 
 /// What the scenario says when it ran out of time.
 const STALLED: &str = "MICROVM-SCENARIO-STALLED";
-
-/// One line per thread of `pid`: id, state, kernel wait channel and name, to
-/// tell a vCPU spinning in the guest (R) from one halted or blocked.
-fn threads_of(pid: u32) -> String {
-    let mut out = String::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return format!("(no /proc/{pid}/task)");
-    };
-    for t in tasks.flatten() {
-        let dir = t.path();
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-        let stat = read("stat");
-        // The state follows the parenthesised name, which may hold spaces.
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .unwrap_or("?")
-            .to_string();
-        out.push_str(&format!(
-            "{} {} {} {}\n",
-            t.file_name().to_string_lossy(),
-            state,
-            read("wchan"),
-            read("comm").trim()
-        ));
-    }
-    out
-}
 
 /// Sends one `attach_drive` request to the VMM's control socket; returns the answer line.
 async fn attach_drive(api: &Path, slot: u32, image: &Path) -> String {

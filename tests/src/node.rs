@@ -535,22 +535,9 @@ impl Beat {
 /// over one second and its threads' states, which tells a guest spinning
 /// in emulated code (busy vCPU threads) from a stalled emulator (all
 /// threads asleep).
-fn emulator_activity(pid: u32) -> String {
-    let cpu_ticks = || -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-    };
-    let before = cpu_ticks();
-    std::thread::sleep(Duration::from_secs(1));
-    let after = cpu_ticks();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let cpu = match (before, after) {
-        (Some(b), Some(a)) => format!("{}% CPU", a.saturating_sub(b) * 100 / hz),
-        _ => "CPU unknown".into(),
-    };
+/// Each thread of `pid` as `name:state:wait channel`, sorted: a thread
+/// spinning in a guest shows `R`, a halted vCPU `S` in `kvm_vcpu_block`.
+pub fn thread_states(pid: u32) -> Vec<String> {
     let mut threads = Vec::new();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
@@ -567,6 +554,26 @@ fn emulator_activity(pid: u32) -> String {
         }
     }
     threads.sort();
+    threads
+}
+
+fn emulator_activity(pid: u32) -> String {
+    let cpu_ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    };
+    let before = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = cpu_ticks();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let cpu = match (before, after) {
+        (Some(b), Some(a)) => format!("{}% CPU", a.saturating_sub(b) * 100 / hz),
+        _ => "CPU unknown".into(),
+    };
+    let threads = thread_states(pid);
     format!(
         "QEMU used {cpu} over 1 s; its threads: {}",
         threads.join(" ")

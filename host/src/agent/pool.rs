@@ -32,67 +32,59 @@ pub enum AgentError {
     },
 }
 
-/// The two channels to one agent (HTTP/2, multiplexed).
-#[derive(Clone)]
-struct Channels {
-    bounded: AgentClient<Channel>,
-    unbounded: AgentClient<Channel>,
-}
+/// Open channels, keyed by pod id and whether their calls are time-limited.
+type Channels = HashMap<(String, bool), AgentClient<Channel>>;
 
-/// Agent channels per pod VM; clones share them.
+/// Agent channels per pod VM (HTTP/2, multiplexed), each kind dialled when
+/// first needed; clones share them.
 #[derive(Clone, Default)]
 pub struct AgentPool {
-    channels: Arc<Mutex<HashMap<String, Channels>>>,
+    channels: Arc<Mutex<Channels>>,
 }
 
 impl AgentPool {
     /// The channel for calls that answer at once: each call fails after
     /// [`AGENT_CALL`], so a stuck guest cannot hold a CRI request forever.
     pub async fn calls(&self, sb: &SandboxRecord) -> Result<AgentClient<Channel>, AgentError> {
-        Ok(self.channels(sb).await?.bounded)
+        self.channel(sb, true).await
     }
 
     /// The channel without a time limit, for waits and output streams.
     pub async fn waits(&self, sb: &SandboxRecord) -> Result<AgentClient<Channel>, AgentError> {
-        Ok(self.channels(sb).await?.unbounded)
+        self.channel(sb, false).await
     }
 
     /// Drops the pod's channels: its VM stopped, or a call showed them
     /// broken (the next use dials again).
     pub fn forget(&self, pod_id: &str) {
         if let Ok(mut m) = self.channels.lock() {
-            m.remove(pod_id);
+            m.retain(|(pod, _), _| pod != pod_id);
         }
     }
 
-    async fn channels(&self, sb: &SandboxRecord) -> Result<Channels, AgentError> {
-        if let Some(c) = self
-            .channels
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&sb.id).cloned())
-        {
+    async fn channel(
+        &self,
+        sb: &SandboxRecord,
+        bounded: bool,
+    ) -> Result<AgentClient<Channel>, AgentError> {
+        let key = (sb.id.clone(), bounded);
+        if let Some(c) = self.channels.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(c);
         }
-        let dial = |limit| async move {
-            tokio::time::timeout(
-                DIAL,
-                super::connect_with(sb.vm_paths.vsock(), moat_proto::AGENT_VSOCK_PORT, limit),
-            )
-            .await
-            .map_err(|_| AgentError::NoAnswer(sb.id.clone()))?
-            .map_err(|source| AgentError::Connect {
-                pod: sb.id.clone(),
-                source,
-            })
-        };
-        let channels = Channels {
-            bounded: dial(Some(AGENT_CALL)).await?,
-            unbounded: dial(None).await?,
-        };
+        let limit = bounded.then_some(AGENT_CALL);
+        let client = tokio::time::timeout(
+            DIAL,
+            super::connect_with(sb.vm_paths.vsock(), moat_proto::AGENT_VSOCK_PORT, limit),
+        )
+        .await
+        .map_err(|_| AgentError::NoAnswer(sb.id.clone()))?
+        .map_err(|source| AgentError::Connect {
+            pod: sb.id.clone(),
+            source,
+        })?;
         if let Ok(mut m) = self.channels.lock() {
-            m.insert(sb.id.clone(), channels.clone());
+            m.insert(key, client.clone());
         }
-        Ok(channels)
+        Ok(client)
     }
 }

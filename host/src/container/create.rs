@@ -34,7 +34,12 @@ impl Containers {
                 ))
             }
         };
-        if sb.state != SandboxState::Ready || !sb.vm.is_some_and(|v| v.is_alive()) {
+        let _pod = self.inner.pod_locks.lock(&sb.id).await;
+        // Read under the lock: the pod may have been stopped meanwhile.
+        let current: Option<SandboxRecord> = self.inner.store.get(SANDBOXES, &sb.id)?;
+        let ready = current.is_some_and(|s| s.state == SandboxState::Ready)
+            && sb.vm.is_some_and(|v| v.is_alive());
+        if !ready {
             return Err(ContainerError::Precondition(format!(
                 "pod sandbox {} is not ready",
                 sb.id
@@ -42,15 +47,6 @@ impl Containers {
         }
         let log_path = crate::logs::location::log_file(&sb.config.log_directory, &config.log_path)
             .map_err(ContainerError::Invalid)?;
-        let _pod = self.inner.pod_locks.lock(&sb.id).await;
-        // The pod may have been stopped while this waited for its lock.
-        let current: Option<SandboxRecord> = self.inner.store.get(SANDBOXES, &sb.id)?;
-        if !current.is_some_and(|s| s.state == SandboxState::Ready) {
-            return Err(ContainerError::Precondition(format!(
-                "pod sandbox {} is not ready",
-                sb.id
-            )));
-        }
         let siblings: Vec<ContainerRecord> = self
             .list()?
             .into_iter()
