@@ -662,15 +662,35 @@ fn footprint(m: &Moatd) -> Footprint {
 async fn step<T>(m: &Moatd, i: usize, what: &str, fut: impl std::future::Future<Output = T>) -> T {
     match tokio::time::timeout(Duration::from_secs(120), fut).await {
         Ok(v) => v,
-        Err(_) => {
-            let log = m.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            panic!(
-                "pod {i}: {what} did not finish in 120 s; moatd log (last lines, newest first):\n{}",
-                tail.join("\n")
-            )
-        }
+        Err(_) => panic!(
+            "pod {i}: {what} did not finish in 120 s; moatd log (last lines, newest first):\n{}",
+            log_tail(m)
+        ),
     }
+}
+
+/// Like [`step`] for a call that must succeed: a failure panics with the
+/// error and the end of moatd's log.
+async fn step_ok<T, E: std::fmt::Debug>(
+    m: &Moatd,
+    i: usize,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> T {
+    match step(m, i, what, fut).await {
+        Ok(v) => v,
+        Err(e) => panic!(
+            "pod {i}: {what} failed: {e:?}\nmoatd log (last lines, newest first):\n{}",
+            log_tail(m)
+        ),
+    }
+}
+
+/// The last 60 lines of moatd's log, newest first.
+fn log_tail(m: &Moatd) -> String {
+    let log = m.log();
+    let tail: Vec<&str> = log.lines().rev().take(60).collect();
+    tail.join("\n")
 }
 
 fn twenty_pods_body() {
@@ -720,7 +740,7 @@ fn twenty_pods_body() {
                 step(&m, i, "ExecSync", exec_ok(&mut rt, &c, "hostname")).await,
                 name
             );
-            step(
+            step_ok(
                 &m,
                 i,
                 "StopContainer",
@@ -729,17 +749,15 @@ fn twenty_pods_body() {
                     timeout: 1,
                 }),
             )
-            .await
-            .unwrap();
-            step(
+            .await;
+            step_ok(
                 &m,
                 i,
                 "RemoveContainer",
                 rt.remove_container(RemoveContainerRequest { container_id: c }),
             )
-            .await
-            .unwrap();
-            step(
+            .await;
+            step_ok(
                 &m,
                 i,
                 "StopPodSandbox",
@@ -747,9 +765,8 @@ fn twenty_pods_body() {
                     pod_sandbox_id: pod.clone(),
                 }),
             )
-            .await
-            .unwrap();
-            step(
+            .await;
+            step_ok(
                 &m,
                 i,
                 "RemovePodSandbox",
@@ -757,8 +774,7 @@ fn twenty_pods_body() {
                     pod_sandbox_id: pod,
                 }),
             )
-            .await
-            .unwrap();
+            .await;
             println!("pod {i}: {:.1} s", t.elapsed().as_secs_f64());
         }
         println!(

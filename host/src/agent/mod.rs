@@ -1,15 +1,22 @@
 //! gRPC client for the guest agent, reached through the VMM's hybrid vsock.
 //!
 //! - this file: dialling one agent;
-//! - [`pool`]: the channels kept open to each running pod's agent.
+//! - [`pool`]: the channels kept open to each running pod's agent, and the
+//!   [`Dialer`] that reaches them (vsock, or in unit tests `fake`, an
+//!   in-process fake agent).
 
+#[cfg(test)]
+pub mod fake;
 pub mod pool;
 
-pub use pool::{AgentError, AgentPool, AGENT_CALL};
+pub use pool::{AgentError, AgentPool, Dialer, AGENT_CALL};
 
 use moat_proto::agent::agent_client::AgentClient;
 use std::path::PathBuf;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+/// How often an idle agent connection is pinged.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Connects a tonic channel to the agent of the VM whose vsock Unix socket
 /// is `uds`. Each (re)connection does a fresh CONNECT handshake.
@@ -26,7 +33,12 @@ pub async fn connect_with(
     call_timeout: Option<std::time::Duration>,
 ) -> anyhow::Result<AgentClient<Channel>> {
     // The URI is required by tonic but unused: the connector below dials.
-    let mut endpoint = Endpoint::try_from("http://agent.vsock")?;
+    // HTTP/2 pings find a connection that died silently (a long wait or
+    // output stream would otherwise hang on it forever).
+    let mut endpoint = Endpoint::try_from("http://agent.vsock")?
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE * 2)
+        .keep_alive_while_idle(true);
     if let Some(t) = call_timeout {
         endpoint = endpoint.timeout(t);
     }

@@ -4,6 +4,8 @@
 use crate::pod::SandboxRecord;
 use moat_proto::agent::agent_client::AgentClient;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -35,14 +37,54 @@ pub enum AgentError {
 /// Open channels, keyed by pod id and whether their calls are time-limited.
 type Channels = HashMap<(String, bool), AgentClient<Channel>>;
 
+/// A dial in progress.
+pub type Dialing<'a> =
+    Pin<Box<dyn Future<Output = anyhow::Result<AgentClient<Channel>>> + Send + 'a>>;
+
+/// How the pool reaches a pod's agent: through the VM's hybrid vsock, or
+/// (in unit tests) an in-process fake agent.
+pub trait Dialer: Send + Sync {
+    /// Opens a channel to the agent of `sb`, each call limited to
+    /// `call_limit` when given.
+    fn dial<'a>(&'a self, sb: &'a SandboxRecord, call_limit: Option<Duration>) -> Dialing<'a>;
+}
+
+/// Dials the agent through the VM's hybrid-vsock Unix socket.
+struct VsockDialer;
+
+impl Dialer for VsockDialer {
+    fn dial<'a>(&'a self, sb: &'a SandboxRecord, call_limit: Option<Duration>) -> Dialing<'a> {
+        Box::pin(super::connect_with(
+            sb.vm_paths.vsock(),
+            moat_proto::AGENT_VSOCK_PORT,
+            call_limit,
+        ))
+    }
+}
+
 /// Agent channels per pod VM (HTTP/2, multiplexed), each kind dialled when
 /// first needed; clones share them.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AgentPool {
     channels: Arc<Mutex<Channels>>,
+    dialer: Arc<dyn Dialer>,
+}
+
+impl Default for AgentPool {
+    fn default() -> Self {
+        Self::with_dialer(Arc::new(VsockDialer))
+    }
 }
 
 impl AgentPool {
+    /// A pool reaching agents through `dialer` (the default one uses vsock).
+    pub fn with_dialer(dialer: Arc<dyn Dialer>) -> Self {
+        Self {
+            channels: Arc::default(),
+            dialer,
+        }
+    }
+
     /// The channel for calls that answer at once: each call fails after
     /// [`AGENT_CALL`], so a stuck guest cannot hold a CRI request forever.
     pub async fn calls(&self, sb: &SandboxRecord) -> Result<AgentClient<Channel>, AgentError> {
@@ -72,16 +114,13 @@ impl AgentPool {
             return Ok(c);
         }
         let limit = bounded.then_some(AGENT_CALL);
-        let client = tokio::time::timeout(
-            DIAL,
-            super::connect_with(sb.vm_paths.vsock(), moat_proto::AGENT_VSOCK_PORT, limit),
-        )
-        .await
-        .map_err(|_| AgentError::NoAnswer(sb.id.clone()))?
-        .map_err(|source| AgentError::Connect {
-            pod: sb.id.clone(),
-            source,
-        })?;
+        let client = tokio::time::timeout(DIAL, self.dialer.dial(sb, limit))
+            .await
+            .map_err(|_| AgentError::NoAnswer(sb.id.clone()))?
+            .map_err(|source| AgentError::Connect {
+                pod: sb.id.clone(),
+                source,
+            })?;
         if let Ok(mut m) = self.channels.lock() {
             m.insert(key, client.clone());
         }

@@ -96,7 +96,7 @@ impl Containers {
             localhost_seccomp: localhost_seccomp.as_deref(),
         })
         .map_err(|e| ContainerError::Invalid(e.0))?;
-        let spec_json = serde_json::to_value(&oci)
+        let spec_json = serde_json::to_vec(&oci)
             .map_err(|e| ContainerError::Failed(format!("encoding the OCI spec: {e}")))?;
         let control = ControlClient::new(&sb.vm_paths.api());
         if attach {
@@ -115,7 +115,7 @@ impl Containers {
             AGENT_CALL,
             agent.create_container(moat_proto::agent::CreateContainerRequest {
                 container_id: id.clone(),
-                oci_spec: spec_json.to_string().into_bytes(),
+                oci_spec: spec_json,
                 rootfs: Some(BlockDevice {
                     id: Some(block_device::Id::Serial(format!("moat-blk-{slot}"))),
                     fstype: "erofs".into(),
@@ -156,7 +156,7 @@ impl Containers {
             resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
             config,
             slot,
-            spec: spec_json,
+            spec: oci,
             log_path,
             state: ContainerState::Created,
             created_at: crate::clock::now_ns(),

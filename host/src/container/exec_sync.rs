@@ -33,9 +33,12 @@ impl Containers {
                 rec.id
             )));
         }
-        let mut process = rec.spec["process"].clone();
-        process["args"] = serde_json::json!(cmd);
-        process["terminal"] = serde_json::json!(false);
+        let mut process = rec.spec.process().clone().unwrap_or_default();
+        process
+            .set_args(Some(cmd.clone()))
+            .set_terminal(Some(false));
+        let process = serde_json::to_vec(&process)
+            .map_err(|e| ContainerError::Failed(format!("encoding the exec process: {e}")))?;
         let exec_id = format!(
             "sync-{}",
             &crate::ids::new_id()
@@ -46,7 +49,7 @@ impl Containers {
             .exec_process(moat_proto::agent::ExecProcessRequest {
                 container_id: rec.id.clone(),
                 exec_id: exec_id.clone(),
-                process: process.to_string().into_bytes(),
+                process,
                 stdin: false,
             })
             .await

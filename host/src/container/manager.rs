@@ -121,17 +121,19 @@ impl Containers {
         id: &str,
         timeout: Duration,
     ) -> Result<bool, ContainerError> {
-        let deadline = crate::clock::deadline(timeout);
-        loop {
-            match self.inner.store.get::<ContainerRecord>(CONTAINERS, id)? {
-                Some(r) if r.state != ContainerState::Exited => {}
-                _ => return Ok(true),
+        let seen = async {
+            loop {
+                match self.inner.store.get::<ContainerRecord>(CONTAINERS, id)? {
+                    Some(r) if r.state != ContainerState::Exited => {}
+                    _ => return Ok(true),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if crate::clock::passed(deadline) {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        // tokio saturates a timeout too long to represent.
+        tokio::time::timeout(timeout, seen)
+            .await
+            .unwrap_or(Ok(false))
     }
 }
 

@@ -28,6 +28,8 @@ pub mod spec;
 mod start;
 mod stats;
 mod stop;
+#[cfg(test)]
+mod tests;
 mod update;
 
 pub use exec_sync::EXEC_SYNC_OUTPUT_CAP;

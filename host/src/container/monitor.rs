@@ -76,16 +76,30 @@ pub(super) async fn monitor(
             }
         }
     };
-    // Let the pumps drain what the process wrote last.
-    for p in pumps {
-        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
-    }
+    // Let the pumps drain what the process wrote last (together, within
+    // one budget).
+    let _ = tokio::time::timeout(DRAIN, futures_util::future::join_all(pumps)).await;
     if let Some(log) = &log {
         if let Ok(mut w) = log.lock() {
             let _ = w.flush_partial();
         }
     }
-    let Ok(Some(mut cur)) = inner.store.get::<ContainerRecord>(CONTAINERS, &id) else {
+    record_exit(&inner, &id, outcome);
+    set_log(&inner, &id, None);
+}
+
+/// How long a finished container's output may take to reach its log.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Records how a container ended (from the agent's answer, or why it
+/// could not be had) unless it is already recorded or removed, and
+/// publishes the stop event.
+pub(super) fn record_exit(
+    inner: &Inner,
+    id: &str,
+    outcome: Result<moat_proto::agent::WaitProcessResponse, String>,
+) {
+    let Ok(Some(mut cur)) = inner.store.get::<ContainerRecord>(CONTAINERS, id) else {
         return; // removed meanwhile
     };
     if cur.state == ContainerState::Exited {
@@ -110,12 +124,11 @@ pub(super) async fn monitor(
         Err(why) => mark_exited(&mut cur, 255, "Error", &why),
     }
     tracing::info!(%id, exit_code = cur.exit_code, reason = %cur.reason, "container exited");
-    if inner.store.put(CONTAINERS, &id, &cur).is_ok() {
+    if inner.store.put(CONTAINERS, id, &cur).is_ok() {
         inner
             .events
-            .publish(&id, ContainerEventType::ContainerStoppedEvent, None);
+            .publish(id, ContainerEventType::ContainerStoppedEvent, None);
     }
-    set_log(&inner, &id, None);
 }
 
 /// Where output pumps get (and re-get) their agent channel.

@@ -33,7 +33,7 @@ pub struct ContainerRecord {
     /// The virtio-blk slot of the pod VM holding the image.
     pub slot: u32,
     /// The OCI spec sent to the agent (exec processes start from its process).
-    pub spec: serde_json::Value,
+    pub spec: oci_spec::runtime::Spec,
     /// The CRI log file, if kubelet asked for one.
     pub log_path: Option<PathBuf>,
     /// State.

@@ -4,7 +4,7 @@ use super::manager::{mark_exited, Containers};
 use super::record::ContainerState;
 use super::ContainerError;
 use crate::pod::SandboxRecord;
-use moat_proto::agent::{RemoveContainerRequest, SignalProcessRequest};
+use moat_proto::agent::{RemoveContainerRequest, SignalProcessRequest, WaitProcessRequest};
 use moat_proto::cri::ContainerEventType;
 use std::time::Duration;
 
@@ -64,12 +64,41 @@ impl Containers {
                 all: true,
             })
             .await;
-        if self.wait_exited(&rec.id, Duration::from_secs(10)).await? {
+        if self.wait_exited(&rec.id, SEEN_BY_MONITOR).await? {
             return Ok(());
         }
-        Err(ContainerError::Failed(format!(
-            "container {} did not exit after SIGKILL",
-            rec.id
-        )))
+        // The exit monitor has not recorded it (its output may still be
+        // draining, or its channel broke): ask the agent directly.
+        match tokio::time::timeout(
+            ASK_AGENT,
+            agent.wait_process(WaitProcessRequest {
+                container_id: rec.id.clone(),
+                exec_id: String::new(),
+            }),
+        )
+        .await
+        {
+            Ok(Ok(w)) => {
+                tracing::warn!(id = %rec.id, "stop: exit recorded from the agent, not the monitor");
+                super::monitor::record_exit(&self.inner, &rec.id, Ok(w.into_inner()));
+                Ok(())
+            }
+            Ok(Err(s)) => Err(ContainerError::from_agent(
+                &format!("container {}: waiting for it after SIGKILL", rec.id),
+                s,
+            )),
+            Err(_) => Err(ContainerError::Failed(format!(
+                "container {} did not exit within {} s of SIGKILL",
+                rec.id,
+                (SEEN_BY_MONITOR + ASK_AGENT).as_secs()
+            ))),
+        }
     }
 }
+
+/// How long StopContainer waits for the exit monitor to record the exit
+/// after SIGKILL.
+const SEEN_BY_MONITOR: Duration = Duration::from_secs(10);
+
+/// How long it then waits for the agent to report the exit itself.
+const ASK_AGENT: Duration = Duration::from_secs(20);

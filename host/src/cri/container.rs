@@ -73,8 +73,12 @@ fn image_spec(rec: &ContainerRecord) -> ImageSpec {
 
 /// A record as a CRI `ContainerStatus`.
 pub fn to_status(rec: &ContainerRecord) -> ContainerStatus {
-    let user = &rec.spec["process"]["user"];
-    let num = |v: &serde_json::Value| v.as_i64().unwrap_or(0);
+    let user = rec
+        .spec
+        .process()
+        .as_ref()
+        .map(|p| p.user().clone())
+        .unwrap_or_default();
     ContainerStatus {
         id: rec.id.clone(),
         metadata: rec.config.metadata.clone(),
@@ -102,12 +106,14 @@ pub fn to_status(rec: &ContainerRecord) -> ContainerStatus {
         image_id: rec.image_id.clone(),
         user: Some(ContainerUser {
             linux: Some(LinuxContainerUser {
-                uid: num(&user["uid"]),
-                gid: num(&user["gid"]),
-                supplemental_groups: user["additionalGids"]
-                    .as_array()
-                    .map(|a| a.iter().map(num).collect())
-                    .unwrap_or_default(),
+                uid: user.uid().into(),
+                gid: user.gid().into(),
+                supplemental_groups: user
+                    .additional_gids()
+                    .iter()
+                    .flatten()
+                    .map(|&g| g.into())
+                    .collect(),
             }),
         }),
     }
