@@ -15,6 +15,9 @@
 //! - [`ids`]: ids for pods, containers and exec processes.
 //! - [`procfs`]: the fields of `/proc/PID/stat` moatd reads.
 //! - [`vm`]: starting a pod's moat-vmm and reaching its agent.
+//!
+//! Errors that wrap another keep it as their [`Cause`]; [`chain`] renders
+//! the whole story for logs and gRPC messages.
 
 pub mod agent;
 pub mod clock;
@@ -31,3 +34,45 @@ pub mod procfs;
 pub mod store;
 pub mod vm;
 pub mod vsock;
+
+/// The error an operation that failed keeps as its cause.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error with its causes, "what: why: deeper why" (a cause whose text
+/// the message already ends with is not repeated).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let why = c.to_string();
+        if !msg.ends_with(&why) {
+            msg.push_str(": ");
+            msg.push_str(&why);
+        }
+        cur = c.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[test]
+    fn chain_tells_every_cause_once() {
+        let io = std::io::Error::other("disk on fire");
+        let e = container::ContainerError::caused("opening the log /x")(io);
+        assert_eq!(chain(&e), "opening the log /x: disk on fire");
+        let inner = anyhow::anyhow!("socket gone").context("dialling");
+        let e = container::ContainerError::caused("attaching the image")(inner);
+        assert_eq!(chain(&e), "attaching the image: dialling: socket gone");
+        // A message that already tells its cause is not repeated.
+        let codec = serde_json::from_str::<u8>("x").unwrap_err();
+        let e = store::StoreError::Codec {
+            table: "t",
+            key: "k".into(),
+            source: codec,
+        };
+        assert_eq!(chain(&e), e.to_string());
+    }
+}

@@ -11,8 +11,8 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database failed.
-    #[error("state store: {0}")]
-    Db(String),
+    #[error("state store")]
+    Db(#[source] redb::Error),
     /// A record could not be encoded or decoded.
     #[error("state store record {key} in {table}: {source}")]
     Codec {
@@ -25,8 +25,8 @@ pub enum StoreError {
     },
 }
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(e.to_string())
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into())
 }
 
 /// A table of JSON records keyed by string id.

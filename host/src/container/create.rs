@@ -96,8 +96,8 @@ impl Containers {
             localhost_seccomp: localhost_seccomp.as_deref(),
         })
         .map_err(|e| ContainerError::Invalid(e.0))?;
-        let spec_json = serde_json::to_vec(&oci)
-            .map_err(|e| ContainerError::Failed(format!("encoding the OCI spec: {e}")))?;
+        let spec_json =
+            serde_json::to_vec(&oci).map_err(ContainerError::caused("encoding the OCI spec"))?;
         let control = ControlClient::new(&sb.vm_paths.api());
         if attach {
             control
@@ -107,10 +107,9 @@ impl Containers {
                     read_only: true,
                 })
                 .await
-                .map_err(|e| ContainerError::Failed(format!("attaching the image: {e:#}")))?;
+                .map_err(ContainerError::caused("attaching the image"))?;
         }
-        let id = crate::ids::new_id()
-            .map_err(|e| ContainerError::Failed(format!("reading /dev/urandom: {e}")))?;
+        let id = crate::ids::new_id().map_err(ContainerError::caused("reading /dev/urandom"))?;
         let created = tokio::time::timeout(
             AGENT_CALL,
             agent.create_container(moat_proto::agent::CreateContainerRequest {

@@ -38,11 +38,10 @@ impl Containers {
             .set_args(Some(cmd.clone()))
             .set_terminal(Some(false));
         let process = serde_json::to_vec(&process)
-            .map_err(|e| ContainerError::Failed(format!("encoding the exec process: {e}")))?;
+            .map_err(ContainerError::caused("encoding the exec process"))?;
         let exec_id = format!(
             "sync-{}",
-            &crate::ids::new_id()
-                .map_err(|e| ContainerError::Failed(format!("reading /dev/urandom: {e}")))?[..16]
+            &crate::ids::new_id().map_err(ContainerError::caused("reading /dev/urandom"))?[..16]
         );
         let mut agent = self.agent(sb).await?;
         agent

@@ -27,7 +27,7 @@ impl Containers {
                     .lock()
                     .map_err(|_| ContainerError::Failed("log writer poisoned".into()))?;
                 w.reopen()
-                    .map_err(|e| ContainerError::Failed(format!("reopening the log: {e}")))
+                    .map_err(ContainerError::caused("reopening the log"))
             }
             None => Err(ContainerError::Precondition(format!(
                 "container {} has no log path",

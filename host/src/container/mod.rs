@@ -63,6 +63,15 @@ pub enum ContainerError {
     /// The operation failed (Internal).
     #[error("{0}")]
     Failed(String),
+    /// The operation failed on an error of its own (Internal); keeps it.
+    #[error("{what}")]
+    Caused {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: crate::Cause,
+    },
     /// The state store failed (Internal).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -72,6 +81,15 @@ pub enum ContainerError {
 }
 
 impl ContainerError {
+    /// Wraps an error while doing `what` (for `map_err`).
+    pub fn caused<E: Into<crate::Cause>>(what: impl Into<String>) -> impl FnOnce(E) -> Self {
+        let what = what.into();
+        move |e| Self::Caused {
+            what,
+            source: e.into(),
+        }
+    }
+
     /// An agent error, keeping its meaning: the guest's InvalidArgument
     /// (e.g. a spec it refuses) stays InvalidArgument.
     pub fn from_agent(what: &str, s: tonic::Status) -> Self {

@@ -48,7 +48,7 @@ impl Containers {
                 ControlClient::new(&sb.vm_paths.api())
                     .call(&moat_vmm::api::Request::DetachDrive { slot: rec.slot })
                     .await
-                    .map_err(|e| ContainerError::Failed(format!("detaching the image: {e:#}")))?;
+                    .map_err(ContainerError::caused("detaching the image"))?;
             }
         }
         set_log(&self.inner, &rec.id, None);

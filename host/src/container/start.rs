@@ -26,7 +26,7 @@ impl Containers {
         }
         let log = match &rec.log_path {
             Some(p) => Some(Arc::new(StdMutex::new(CriLogWriter::open(p).map_err(
-                |e| ContainerError::Failed(format!("opening the log {}: {e}", p.display())),
+                ContainerError::caused(format!("opening the log {}", p.display())),
             )?))),
             None => None,
         };

@@ -23,8 +23,8 @@ impl Containers {
             )));
         }
         let oci = spec::resources(&resources);
-        let json = serde_json::to_vec(&oci)
-            .map_err(|e| ContainerError::Failed(format!("encoding resources: {e}")))?;
+        let json =
+            serde_json::to_vec(&oci).map_err(ContainerError::caused("encoding resources"))?;
         let mut agent = self.agent(sb).await?;
         agent
             .update_container(moat_proto::agent::UpdateContainerRequest {

@@ -18,7 +18,7 @@ pub fn status_from_container_error(e: ContainerError) -> Status {
         ContainerError::Precondition(m) => Status::failed_precondition(m),
         ContainerError::Exhausted(m) => Status::resource_exhausted(m),
         ContainerError::Timeout(m) => Status::deadline_exceeded(m),
-        other => Status::internal(other.to_string()),
+        other => Status::internal(crate::chain(&other)),
     }
 }
 

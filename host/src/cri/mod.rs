@@ -49,7 +49,7 @@ pub fn status_from_pod_error(e: PodError) -> Status {
         PodError::Invalid(m) => Status::invalid_argument(m),
         PodError::NotFound(_) => Status::not_found(e.to_string()),
         PodError::Precondition(m) => Status::failed_precondition(m),
-        other => Status::internal(other.to_string()),
+        other => Status::internal(crate::chain(&other)),
     }
 }
 

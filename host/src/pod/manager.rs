@@ -31,6 +31,16 @@ pub enum PodError {
     /// Setting the sandbox up failed (Internal).
     #[error("{0}")]
     Failed(String),
+    /// Setting the sandbox up failed on an error of its own (Internal);
+    /// keeps it.
+    #[error("{what}")]
+    Caused {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: crate::Cause,
+    },
     /// The VM booted but its agent never answered (Internal).
     #[error("{0}")]
     BootTimeout(String),
@@ -44,6 +54,14 @@ pub enum PodError {
 
 pub(super) fn failed(e: impl std::fmt::Display) -> PodError {
     PodError::Failed(e.to_string())
+}
+
+/// Wraps an error while doing `what` (for `map_err`).
+pub(super) fn caused<E: Into<crate::Cause>>(what: &str) -> impl FnOnce(E) -> PodError + '_ {
+    move |e| PodError::Caused {
+        what: what.to_string(),
+        source: e.into(),
+    }
 }
 
 /// The TAP joined to the interface the CNI plugins create in the pod

@@ -1,7 +1,7 @@
 //! RunPodSandbox: network namespace → CNI → TAP → moat-vmm → agent, undoing
 //! every step if a later one fails.
 
-use super::manager::{failed, PodError, Pods, POD_TAP};
+use super::manager::{caused, failed, PodError, Pods, POD_TAP};
 use super::record::{SandboxRecord, SandboxState};
 use super::sizing::vm_size;
 use super::validate::{host_network, pod_hostname, validate};
@@ -119,7 +119,7 @@ impl Pods {
                 self.config.cni_conf_dir.display()
             )));
         }
-        let id = crate::ids::new_id().map_err(|e| failed(format!("reading /dev/urandom: {e}")))?;
+        let id = crate::ids::new_id().map_err(caused("reading /dev/urandom"))?;
         let _guard = self.locks.lock(&id).await;
         let (vcpus, memory_mib) = vm_size(&config, &handler);
         let mut rec = SandboxRecord {
@@ -156,7 +156,7 @@ impl Pods {
                     return Ok(id);
                 }
                 Err(e) => {
-                    tracing::warn!(%id, "pod sandbox failed to start: {e}");
+                    tracing::warn!(%id, "pod sandbox failed to start: {}", crate::chain(&e));
                     self.tear_down(&mut rec).await;
                     let _ = std::fs::remove_dir_all(&rec.vm_paths.dir);
                     // A guest that hung or reset while booting (only moat's
@@ -185,7 +185,7 @@ impl Pods {
         let mut guest_nic = None;
         if let (false, Some(cni)) = (host_network(&rec.config), &self.cni) {
             let ns = NetNs::create(&self.netns_dir(), &rec.id)
-                .map_err(|e| failed(format!("creating the pod netns: {e}")))?;
+                .map_err(caused("creating the pod netns"))?;
             rec.netns = Some(ns.path().to_path_buf());
             self.store.put(SANDBOXES, &rec.id, rec)?;
             let md = rec.metadata();
@@ -194,7 +194,7 @@ impl Pods {
             let result = cni
                 .add(&attachment(&rec.id, &md, ns.path(), &args))
                 .await
-                .map_err(failed)?;
+                .map_err(caused("CNI ADD"))?;
             rec.ips = result
                 .ips()
                 .iter()
@@ -202,8 +202,7 @@ impl Pods {
                 .collect();
             rec.cni = Some(result);
             self.store.put(SANDBOXES, &rec.id, rec)?;
-            let info = tap::setup(&ns, POD_IFNAME, POD_TAP)
-                .map_err(|e| failed(format!("pod TAP: {e}")))?;
+            let info = tap::setup(&ns, POD_IFNAME, POD_TAP).map_err(caused("pod TAP"))?;
             guest_nic = Some((info.mac.clone(), info.mtu));
             net = Some(NetConfig {
                 tap: Some(info.tap),
@@ -224,7 +223,7 @@ impl Pods {
             vm,
         };
         let (vm, mut child) =
-            launch(&spec, &rec.vm_paths, netns.as_ref()).map_err(|e| failed(format!("{e:#}")))?;
+            launch(&spec, &rec.vm_paths, netns.as_ref()).map_err(caused("starting the VM"))?;
         rec.vm = Some(vm);
         self.store.put(SANDBOXES, &rec.id, rec)?;
         let timeout = Duration::from_secs(self.config.agent_timeout_secs);
@@ -237,7 +236,7 @@ impl Pods {
                 ) {
                     (Some(t), _) => PodError::BootTimeout(t.to_string()),
                     (_, Some(s)) if s.guest_reset() => PodError::BootCrash(s.to_string()),
-                    _ => failed(format!("{e:#}")),
+                    _ => caused("waiting for the agent")(e),
                 }
             })?;
         // moatd reaps its own child; after a restart the VMM is watched by pid.
