@@ -2,7 +2,7 @@
 //! [`VsockBackend`] on one side, the guest's packets on the other. This file
 //! holds the connection table, the host-side events (accept, handshake,
 //! readiness, the request timer) and the scheduling of packets for the
-//! guest's rx queue; [`tx`] handles the packets the guest sends.
+//! guest's rx queue; `muxer/tx.rs` handles the packets the guest sends.
 
 mod tx;
 
