@@ -318,10 +318,9 @@ impl EventHandler for MmioTransport {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::devices::virtio::test_utils::VirtQueue;
     use crate::devices::virtio::{ActivateError, TYPE_BLOCK};
     use std::any::Any;
-    use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
 
     struct Dummy {
         activated: u32,
@@ -366,8 +365,18 @@ pub(crate) mod tests {
         t.write(off, &v.to_le_bytes());
     }
 
-    /// Drives the Linux probe sequence; queues placed with MockSplitQueue.
-    pub(crate) fn bring_up(t: &mut MmioTransport, mem: &GuestMemoryMmap, features_hi: u32) {
+    /// Guest address of queue `i` as [`bring_up`] lays it out.
+    pub(crate) fn queue_addr(i: usize) -> u64 {
+        0x10_0000 * (i as u64 + 1)
+    }
+
+    /// Drives the Linux probe sequence with 16-entry queues at
+    /// [`queue_addr`]; returns the driver side of each queue.
+    pub(crate) fn bring_up(
+        t: &mut MmioTransport,
+        mem: &GuestMemoryMmap,
+        features_hi: u32,
+    ) -> Vec<VirtQueue> {
         wr(t, 0x70, 0);
         wr(t, 0x70, STATUS_ACKNOWLEDGE);
         wr(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
@@ -384,25 +393,28 @@ pub(crate) mod tests {
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
         );
         let nq = t.queues.len();
+        let mut vqs = Vec::new();
         for i in 0..nq {
-            let m = MockSplitQueue::create(mem, GuestAddress(0x10_0000 * (i as u64 + 1)), 16);
+            let vq = VirtQueue::new(mem, queue_addr(i), 16);
             wr(t, 0x30, i as u32);
-            wr(t, 0x38, 16);
+            wr(t, 0x38, u32::from(vq.size()));
             for (off, a) in [
-                (0x80, m.desc_table_addr()),
-                (0x90, m.avail_addr()),
-                (0xa0, m.used_addr()),
+                (0x80, vq.desc_table_addr()),
+                (0x90, vq.avail_addr()),
+                (0xa0, vq.used_addr()),
             ] {
-                wr(t, off, a.0 as u32);
-                wr(t, off + 4, (a.0 >> 32) as u32);
+                wr(t, off, a as u32);
+                wr(t, off + 4, (a >> 32) as u32);
             }
             wr(t, 0x44, 1);
+            vqs.push(vq);
         }
         wr(
             t,
             0x70,
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
         );
+        vqs
     }
 
     fn transport() -> (MmioTransport, GuestMemoryMmap) {

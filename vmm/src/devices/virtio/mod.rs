@@ -139,15 +139,7 @@ pub fn read_config_bytes(cfg: &[u8], offset: u64, data: &mut [u8]) {
 }
 
 #[cfg(test)]
-pub(crate) mod test_utils {
-    //! Helpers for driving devices with virtio-queue's mock rings.
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
-
-    /// 16 MiB of guest memory for mock queues.
-    pub fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
-    }
-}
+pub(crate) mod test_utils;
 
 #[cfg(test)]
 mod tests {

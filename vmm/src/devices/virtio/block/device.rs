@@ -197,8 +197,6 @@ mod tests {
     use crate::event_loop::EventHandler;
     use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
     fn cap(t: &mut MmioTransport) -> u64 {
@@ -211,7 +209,7 @@ mod tests {
     fn attach_detach_changes_capacity_and_interrupts() {
         let m = mem();
         let mut t = MmioTransport::new(Box::new(Block::new(0, false)), m.clone()).unwrap();
-        bring_up(&mut t, &m, 1);
+        let mut q = bring_up(&mut t, &m, 1).remove(0);
         assert!(t.is_activated());
         assert_eq!(cap(&mut t), 0);
         let f = tempfile::NamedTempFile::new().unwrap();
@@ -226,22 +224,13 @@ mod tests {
         assert_eq!(t.irq().status() & 2, 2);
 
         // A read through the real queue path.
-        let q = MockSplitQueue::create(&m, GuestAddress(0x10_0000), 16);
         let mut h = [0u8; 16];
         h[..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
         m.write_slice(&h, GuestAddress(0x80_0000)).unwrap();
         let w = VRING_DESC_F_WRITE as u16;
-        q.add_desc_chains(
-            &[
-                RawDescriptor::from(SplitDescriptor::new(0x80_0000, 16, 1, 1)),
-                RawDescriptor::from(SplitDescriptor::new(0x81_0000, 512, 1 | w, 2)),
-                RawDescriptor::from(SplitDescriptor::new(0x82_0000, 1, w, 0)),
-            ],
-            0,
-        )
-        .unwrap();
+        q.push_chain(&[(0x80_0000, 16, 0), (0x81_0000, 512, w), (0x82_0000, 1, w)]);
         t.handle_event(0, EventSet::IN);
-        assert_eq!(q.used().idx().load(), 1);
+        assert_eq!(q.last_used(), (1, (0, 513)));
         let s: u8 = m.read_obj(GuestAddress(0x82_0000)).unwrap();
         assert_eq!(u32::from(s), VIRTIO_BLK_S_OK);
         let d: u8 = m.read_obj(GuestAddress(0x81_0000)).unwrap();

@@ -242,33 +242,7 @@ mod tests {
     use crate::event_loop::{EventHandler, EventLoop};
     use std::os::unix::net::UnixDatagram;
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-
-    const RXQ_ADDR: u64 = 0x10_0000;
-    const TXQ_ADDR: u64 = 0x20_0000;
-    const AVAIL_OFF: u64 = 16 * 16;
-    const USED_OFF: u64 = 16 * 16 + 20;
-
-    fn push(m: &GuestMemoryMmap, qaddr: u64, idx: u16, d: (u64, u32, u16)) {
-        let raw = RawDescriptor::from(SplitDescriptor::new(d.0, d.1, d.2, 0));
-        m.write_obj(raw, GuestAddress(qaddr + 16 * u64::from(idx)))
-            .unwrap();
-        let a = qaddr + AVAIL_OFF;
-        let i: u16 = m.read_obj(GuestAddress(a + 2)).unwrap();
-        m.write_obj(idx, GuestAddress(a + 4 + 2 * u64::from(i % 16)))
-            .unwrap();
-        m.write_obj(i + 1, GuestAddress(a + 2)).unwrap();
-    }
-
-    fn used(m: &GuestMemoryMmap, qaddr: u64) -> (u16, u32) {
-        let idx: u16 = m.read_obj(GuestAddress(qaddr + USED_OFF + 2)).unwrap();
-        let i = idx.wrapping_sub(1) % 16;
-        let len: u32 = m
-            .read_obj(GuestAddress(qaddr + USED_OFF + 8 + 8 * u64::from(i)))
-            .unwrap();
-        (idx, len)
-    }
+    use vm_memory::{Bytes, GuestAddress};
 
     #[test]
     fn frames_both_ways_and_bad_buffers() {
@@ -282,20 +256,19 @@ mod tests {
         let mut mac = [0u8; 6];
         t.device().read_config(0, &mut mac);
         assert_eq!(mac, [2, 0, 0, 0, 0, 1]);
-        bring_up(&mut t, &m, 1);
+        let mut vqs = bring_up(&mut t, &m, 1);
+        let [rxq, txq] = &mut vqs[..] else {
+            panic!("net has two queues");
+        };
+        let w = VRING_DESC_F_WRITE as u16;
 
         // Host -> guest.
         let mut frame = vec![0u8; VNET_HDR_LEN];
         frame.extend_from_slice(b"ethernet frame");
         host.send(&frame).unwrap();
-        push(
-            &m,
-            RXQ_ADDR,
-            0,
-            (0x80_0000, 2048, VRING_DESC_F_WRITE as u16),
-        );
+        rxq.push_chain(&[(0x80_0000, 2048, w)]);
         t.handle_event(0, EventSet::IN);
-        assert_eq!(used(&m, RXQ_ADDR), (1, frame.len() as u32));
+        assert_eq!(rxq.last_used(), (1, (0, frame.len() as u32)));
         let mut got = vec![0u8; 14];
         m.read_slice(&mut got, GuestAddress(0x80_0000 + VNET_HDR_LEN as u64))
             .unwrap();
@@ -303,29 +276,24 @@ mod tests {
 
         // A frame larger than the guest buffer is dropped, not truncated.
         host.send(&vec![0u8; 3000]).unwrap();
-        push(
-            &m,
-            RXQ_ADDR,
-            1,
-            (0x80_0000, 2048, VRING_DESC_F_WRITE as u16),
-        );
+        rxq.push_chain(&[(0x80_0000, 2048, w)]);
         t.handle_event(TAP_SUB, EventSet::IN);
-        assert_eq!(used(&m, RXQ_ADDR), (2, 0));
+        assert_eq!(rxq.last_used(), (2, (1, 0)));
 
         // Guest -> host.
         let mut out = vec![0u8; VNET_HDR_LEN];
         out.extend_from_slice(b"from guest");
         m.write_slice(&out, GuestAddress(0x90_0000)).unwrap();
-        push(&m, TXQ_ADDR, 0, (0x90_0000, out.len() as u32, 0));
+        txq.push_chain(&[(0x90_0000, out.len() as u32, 0)]);
         t.handle_event(1, EventSet::IN);
         let mut b = [0u8; 64];
         let n = host.recv(&mut b).unwrap();
         assert_eq!(&b[..n], &out[..]);
         // Malformed tx: out of memory range, and shorter than the header.
-        push(&m, TXQ_ADDR, 1, (0xffff_0000_0000, 100, 0));
-        push(&m, TXQ_ADDR, 2, (0x90_0000, 4, 0));
+        txq.push_chain(&[(0xffff_0000_0000, 100, 0)]);
+        txq.push_chain(&[(0x90_0000, 4, 0)]);
         t.handle_event(1, EventSet::IN);
-        assert_eq!(used(&m, TXQ_ADDR).0, 3);
+        assert_eq!(txq.used_idx(), 3);
         assert_eq!(t.device().counters()["dropped"], 3);
     }
 }
