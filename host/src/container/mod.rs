@@ -2,7 +2,8 @@
 //!
 //! - [`record`]: what is stored about a container (survives moatd restarts).
 //! - [`spec`]: CRI container config + image config → OCI runtime spec.
-//! - [`seccomp`]: the seccomp profile CRI asks for, as an OCI profile.
+//! - [`seccomp`]: the seccomp profile CRI asks for, as an OCI profile:
+//!   Docker-format profiles and RuntimeDefault's allow-list tables.
 //! - [`mounts`]: host paths a container mounts, copied into the guest.
 //! - [`io`]: process output into CRI logs or ExecSync answers.
 //! - [`manager`]: the core the verbs share (records, per-pod lock, agent

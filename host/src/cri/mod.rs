@@ -2,7 +2,8 @@
 //! shape: one module per RPC group over shared stores.
 //!
 //! - [`authority`]: the shim in front of tonic that lets clients send any
-//!   HTTP/2 `:authority` (a socket path, an empty string).
+//!   HTTP/2 `:authority` (a socket path, an empty string): frame
+//!   forwarding, the HPACK rewrite and the connection tonic is handed.
 //! - [`client`]: a channel to the CRI socket, for clients.
 //! - [`image_service`]: the ImageService.
 //! - [`runtime_service`]: the RuntimeService trait, dispatching to

@@ -2,7 +2,8 @@
 //! unpacked once per image and turned into a read-only erofs block image that
 //! every pod using the image attaches to its VM.
 //!
-//! - [`hosts`]: registry mirrors and per-registry TLS (containerd's `hosts.toml`).
+//! - [`hosts`]: registry mirrors and per-registry TLS (containerd's `hosts.toml`):
+//!   the directory lookup, the file's parsing, its values and CA files.
 //! - [`pull`]: the registry client (manifest lists → linux/amd64, digest checks).
 //! - [`unpack`]: layers applied in order with whiteouts.
 //! - [`block`]: the erofs block image.
