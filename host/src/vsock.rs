@@ -95,7 +95,7 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    async fn fake_vmm(reply: &'static [u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    fn fake_vmm(reply: &'static [u8]) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
@@ -111,7 +111,7 @@ mod tests {
 
     #[tokio::test]
     async fn accepts_ok_and_keeps_following_bytes() {
-        let (_d, path) = fake_vmm(b"OK 1073741824\nhello").await;
+        let (_d, path) = fake_vmm(b"OK 1073741824\nhello");
         let mut s = connect(&path, 1024).await.unwrap();
         let mut rest = [0u8; 5];
         s.read_exact(&mut rest).await.unwrap();
@@ -122,7 +122,7 @@ mod tests {
     async fn rejects_bad_replies() {
         for reply in [&b"NO\n"[..], b"", b"OK abc\n"] {
             let reply: &'static [u8] = Box::leak(reply.to_vec().into_boxed_slice());
-            let (_d, path) = fake_vmm(reply).await;
+            let (_d, path) = fake_vmm(reply);
             let err = connect(&path, 1024).await.unwrap_err();
             assert!(
                 matches!(err, VsockError::Handshake { port: 1024, .. }),

@@ -69,11 +69,13 @@ impl BuildError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Self::Config(_) => ExitCode::BadConfig,
-            Self::Boot(arch::BootError::KernelFile { .. })
-            | Self::Boot(arch::BootError::KernelLoad(_))
-            | Self::Boot(arch::BootError::InitrdFile { .. })
-            | Self::Boot(arch::BootError::InitrdTooBig(_))
-            | Self::Boot(arch::BootError::Cmdline(_)) => ExitCode::BadConfig,
+            Self::Boot(
+                arch::BootError::KernelFile { .. }
+                | arch::BootError::KernelLoad(_)
+                | arch::BootError::InitrdFile { .. }
+                | arch::BootError::InitrdTooBig(_)
+                | arch::BootError::Cmdline(_),
+            ) => ExitCode::BadConfig,
             Self::Host(_) | Self::Vm(_) | Self::Vcpu(_) => ExitCode::KvmError,
             Self::Memory(_) | Self::Boot(_) | Self::Device(_) => ExitCode::Internal,
         }

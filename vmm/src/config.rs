@@ -359,7 +359,7 @@ pub fn parse_drive_flag(s: &str) -> Result<DriveConfig, ConfigError> {
                 })?)
             }
             Some(("path", v)) => path = Some(PathBuf::from(v)),
-            Some(("ro", v)) | Some(("read_only", v)) => {
+            Some(("ro" | "read_only", v)) => {
                 read_only = match v {
                     "true" | "1" | "on" => true,
                     "false" | "0" | "off" => false,

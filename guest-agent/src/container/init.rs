@@ -230,7 +230,7 @@ fn finish_process(p: &ProcessPlan, chan: &Channel, wait_for_start: bool) -> anyh
             rlim_max: *hard,
         };
         // SAFETY: setrlimit with a valid struct.
-        if unsafe { libc::setrlimit(*res as _, &lim) } != 0 {
+        if unsafe { libc::setrlimit(*res as _, &raw const lim) } != 0 {
             return Err(std::io::Error::last_os_error()).context(format!("setrlimit({res})"));
         }
     }

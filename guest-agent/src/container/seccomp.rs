@@ -144,7 +144,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, SeccompError> 
             let Ok(sysno) = syscalls::Sysno::from_str(name) else {
                 continue;
             };
-            let nr = sysno.id() as i64;
+            let nr = i64::from(sysno.id());
             add_rule(&mut all, nr, rule.clone());
             if act != SeccompAction::Allow {
                 let key = u32::from(act.clone());
@@ -261,7 +261,7 @@ mod tests {
                             libc::SYS_seccomp,
                             libc::SECCOMP_SET_MODE_FILTER,
                             0,
-                            &fprog as *const _,
+                            &raw const fprog,
                         ) != 0
                         {
                             libc::_exit(11);

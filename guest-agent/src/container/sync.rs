@@ -142,7 +142,7 @@ impl Channel {
         use nix::sys::socket::{recvmsg, ControlMessageOwned};
         use std::os::fd::FromRawFd;
         if let Some(t) = timeout {
-            let tv = nix::sys::time::TimeVal::new(t.as_secs() as i64, t.subsec_micros() as i64);
+            let tv = nix::sys::time::TimeVal::new(t.as_secs() as i64, i64::from(t.subsec_micros()));
             nix::sys::socket::setsockopt(&self.fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)?;
         }
         let mut buf = vec![0u8; MAX_MSG];
@@ -188,7 +188,7 @@ impl Channel {
         timeout: Option<Duration>,
     ) -> Result<T, ChannelError> {
         if let Some(t) = timeout {
-            let tv = nix::sys::time::TimeVal::new(t.as_secs() as i64, t.subsec_micros() as i64);
+            let tv = nix::sys::time::TimeVal::new(t.as_secs() as i64, i64::from(t.subsec_micros()));
             nix::sys::socket::setsockopt(&self.fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)?;
         }
         let mut buf = vec![0u8; MAX_MSG];

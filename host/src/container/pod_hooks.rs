@@ -58,7 +58,7 @@ impl Containers {
     }
 
     /// Called when a pod is removed: forgets its containers.
-    pub async fn pod_removed(&self, sandbox_id: &str) -> Result<(), ContainerError> {
+    pub fn pod_removed(&self, sandbox_id: &str) -> Result<(), ContainerError> {
         for rec in self
             .list()?
             .into_iter()

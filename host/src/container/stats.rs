@@ -36,7 +36,7 @@ impl Containers {
             let prev = m.insert(rec.id.clone(), (ts, usage));
             prev.and_then(|(pts, pu)| {
                 let dt = ts.checked_sub(pts).filter(|d| *d > 0)? as u128;
-                let du = usage.checked_sub(pu)? as u128;
+                let du = u128::from(usage.checked_sub(pu)?);
                 u64::try_from(du * 1_000_000_000 / dt).ok()
             })
         });

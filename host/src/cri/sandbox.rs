@@ -121,7 +121,6 @@ pub async fn remove(
     if let Some(rec) = &known {
         d.containers
             .pod_removed(&rec.id)
-            .await
             .map_err(status_from_container_error)?;
     }
     if known.is_some() {

@@ -89,7 +89,7 @@ impl NetNs {
     /// Unpins and deletes the namespace (idempotent).
     pub fn remove(&self) -> std::io::Result<()> {
         match umount2(&self.path, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Ok(()) | Err(nix::Error::EINVAL | nix::Error::ENOENT) => {}
             Err(e) => return Err(err(format!("unmounting {}", self.path.display()))(e)),
         }
         match std::fs::remove_file(&self.path) {

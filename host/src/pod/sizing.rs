@@ -23,13 +23,13 @@ pub fn vm_size(config: &PodSandboxConfig, handler: &RuntimeHandler) -> (u8, u64)
             let extra = overhead
                 .map(|o| (o.memory_limit_in_bytes.max(0) as u64).div_ceil(1 << 20))
                 .filter(|m| *m > 0)
-                .unwrap_or(handler.overhead_memory_mib as u64);
+                .unwrap_or(u64::from(handler.overhead_memory_mib));
             pod + extra
         }
-        _ => handler.default_memory_mib as u64,
+        _ => u64::from(handler.default_memory_mib),
     };
-    let vcpus = vcpus.clamp(1, handler.max_vcpus).min(u8::MAX as u32) as u8;
-    let memory_mib = memory_mib.clamp(64, handler.max_memory_mib as u64);
+    let vcpus = vcpus.clamp(1, handler.max_vcpus).min(u32::from(u8::MAX)) as u8;
+    let memory_mib = memory_mib.clamp(64, u64::from(handler.max_memory_mib));
     (vcpus, memory_mib)
 }
 

@@ -272,7 +272,7 @@ mod tests {
         header(&m, VIRTIO_BLK_T_IN, 3);
         let d = [desc(HDR, 16, 0), desc(DATA, 1024, W), desc(STATUS, 1, W)];
         let (used, status, st) = exec(&m, &d, Some(&b));
-        assert_eq!((used, status as u32), (1025, VIRTIO_BLK_S_OK));
+        assert_eq!((used, u32::from(status)), (1025, VIRTIO_BLK_S_OK));
         assert_eq!(st.read_bytes, 1024);
         let v: u8 = m.read_obj(GuestAddress(DATA + 600)).unwrap();
         assert_eq!(v, 4);
@@ -281,19 +281,19 @@ mod tests {
         m.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
         let d = [desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)];
         let (used, status, _) = exec(&m, &d, Some(&b));
-        assert_eq!((used, status as u32), (1, VIRTIO_BLK_S_OK));
+        assert_eq!((used, u32::from(status)), (1, VIRTIO_BLK_S_OK));
         let mut one = [0u8; 1];
         b.file.read_exact_at(&mut one, 100).unwrap();
         assert_eq!(one[0], 0x5a);
 
         header(&m, VIRTIO_BLK_T_FLUSH, 0);
         let d = [desc(HDR, 16, 0), desc(STATUS, 1, W)];
-        assert_eq!(exec(&m, &d, Some(&b)).1 as u32, VIRTIO_BLK_S_OK);
+        assert_eq!(u32::from(exec(&m, &d, Some(&b)).1), VIRTIO_BLK_S_OK);
 
         header(&m, VIRTIO_BLK_T_GET_ID, 0);
         let d = [desc(HDR, 16, 0), desc(DATA, 20, W), desc(STATUS, 1, W)];
         let (used, status, _) = exec(&m, &d, Some(&b));
-        assert_eq!((used, status as u32), (21, VIRTIO_BLK_S_OK));
+        assert_eq!((used, u32::from(status)), (21, VIRTIO_BLK_S_OK));
         let mut id = [0u8; 10];
         m.read_slice(&mut id, GuestAddress(DATA)).unwrap();
         assert_eq!(&id, b"moat-blk-0");
@@ -306,26 +306,26 @@ mod tests {
         // Write to a read-only attachment.
         header(&m, VIRTIO_BLK_T_OUT, 0);
         let d = [desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, W)];
-        assert_eq!(exec(&m, &d, Some(&ro)).1 as u32, VIRTIO_BLK_S_IOERR);
+        assert_eq!(u32::from(exec(&m, &d, Some(&ro)).1), VIRTIO_BLK_S_IOERR);
         // Out of range, and sector overflow.
         for sector in [7, u64::MAX - 1] {
             header(&m, VIRTIO_BLK_T_IN, sector);
             let d = [desc(HDR, 16, 0), desc(DATA, 1024, W), desc(STATUS, 1, W)];
-            assert_eq!(exec(&m, &d, Some(&ro)).1 as u32, VIRTIO_BLK_S_IOERR);
+            assert_eq!(u32::from(exec(&m, &d, Some(&ro)).1), VIRTIO_BLK_S_IOERR);
         }
         // Unaligned length.
         header(&m, VIRTIO_BLK_T_IN, 0);
         let d = [desc(HDR, 16, 0), desc(DATA, 100, W), desc(STATUS, 1, W)];
-        assert_eq!(exec(&m, &d, Some(&ro)).1 as u32, VIRTIO_BLK_S_IOERR);
+        assert_eq!(u32::from(exec(&m, &d, Some(&ro)).1), VIRTIO_BLK_S_IOERR);
         // Empty slot.
         let d = [desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, W)];
-        assert_eq!(exec(&m, &d, None).1 as u32, VIRTIO_BLK_S_IOERR);
+        assert_eq!(u32::from(exec(&m, &d, None).1), VIRTIO_BLK_S_IOERR);
         // Unknown type.
         header(&m, 77, 0);
-        assert_eq!(exec(&m, &d, Some(&ro)).1 as u32, VIRTIO_BLK_S_UNSUPP);
+        assert_eq!(u32::from(exec(&m, &d, Some(&ro)).1), VIRTIO_BLK_S_UNSUPP);
         // Short header.
         let d = [desc(HDR, 8, 0), desc(STATUS, 1, W)];
-        assert_eq!(exec(&m, &d, Some(&ro)).1 as u32, VIRTIO_BLK_S_IOERR);
+        assert_eq!(u32::from(exec(&m, &d, Some(&ro)).1), VIRTIO_BLK_S_IOERR);
     }
 
     #[test]
