@@ -9,8 +9,8 @@
 //! the static agent `target/x86_64-unknown-linux-gnu/guest/moat-agent`
 //! (RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile guest -p
 //! moat-agent --target x86_64-unknown-linux-gnu, as `make agent` does).
-//! Runs inside the test node unless `MOAT_AGENT_TEST_DIRECT=1` (a host with
-//! working KVM).
+//! Runs where microVMs boot (`moat_tests::vm_test!`): directly on a host
+//! with hardware virtualization, else inside the test node.
 
 // Test code: a failed step fails the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -24,56 +24,28 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const IN_NODE: &str = "MOAT_AGENT_TEST_IN_NODE";
+moat_tests::vm_test!(
+    agent_in_a_moat_vmm_microvm,
+    moat_tests::vm::NodeOptions {
+        timeout: SCENARIO_LIMIT + Duration::from_secs(300),
+        min_memory_mib: 1536,
+        echo_output: true,
+        // Seen once in CI and never by hand: a nested guest that stops
+        // making progress under the emulator gets one fresh node.
+        retry_if: Some(STALLED),
+    },
+    microvm_body
+);
 
-#[test]
-fn agent_in_a_moat_vmm_microvm() {
+/// Checks the artefacts, then boots the microVM and drives the scenario.
+fn microvm_body() {
     use moat_tests::artifacts;
     let vmlinux = artifacts::vmlinux().unwrap();
     let vmm = artifacts::binary("moat-vmm").unwrap();
     let rootfs_tool = artifacts::binary("moat-rootfs").unwrap();
     let agent = artifacts::static_agent().unwrap();
     assert_fresh(&agent);
-    let direct = matches!(
-        moat_tests::probe::probe(),
-        moat_tests::probe::VmSupport::Direct { .. }
-    );
-    if direct
-        || std::env::var_os(IN_NODE).is_some()
-        || std::env::var_os("MOAT_AGENT_TEST_DIRECT").is_some()
-    {
-        in_vm(&vmlinux, &vmm, &rootfs_tool, &agent);
-        return;
-    }
-    let mut node = moat_tests::node::NodeConfig::detect()
-        .expect("the test node (or MOAT_AGENT_TEST_DIRECT=1 with KVM)");
-    node.timeout = SCENARIO_LIMIT + Duration::from_secs(300);
-    node.memory_mib = node.memory_mib.max(1536);
-    // Stream the scenario's progress while it runs.
-    node.echo_output = true;
-    let exe = std::env::current_exe().expect("test binary");
-    let script = format!(
-        "export {IN_NODE}=1; exec {} --exact agent_in_a_moat_vmm_microvm --nocapture --test-threads=1",
-        exe.display()
-    );
-    let mut out = moat_tests::vm::run_in_node(&node, &script).expect("node run");
-    if out.status != 0 && out.output.contains(STALLED) {
-        // Seen once in CI and never by hand: a nested guest that stops
-        // making progress under the emulator. Say so with what it printed,
-        // and give the scenario one fresh node; a second stall fails.
-        eprintln!(
-            "moat: the microVM scenario stalled in the test node; running it once more in a fresh node. Its output:\n{}",
-            out.output
-        );
-        out = moat_tests::vm::run_in_node(&node, &script).expect("node run");
-    }
-    println!("{}", out.output);
-    assert_eq!(
-        out.status, 0,
-        "microVM scenario failed; console:\n{}",
-        out.console
-    );
-    assert!(out.output.contains("MICROVM-SCENARIO-OK"), "{}", out.output);
+    in_vm(&vmlinux, &vmm, &rootfs_tool, &agent);
 }
 
 /// Fails when the static agent is older than the agent's sources, so the

@@ -1,7 +1,7 @@
-//! The agent and its container engine, run for real as root: inside the
-//! test node (a Debian kernel with cgroup2 at /sys/fs/cgroup) when the node
-//! is available, or directly when this host itself has a cgroup2 hierarchy
-//! with the memory controller and `MOAT_AGENT_TEST_DIRECT=1` is set.
+//! The agent and its container engine, run for real as root where microVMs
+//! boot (`moat_tests::vm_test!`): directly on a host with hardware
+//! virtualization (which must have cgroup2 with the memory controller), else
+//! inside the test node (a Debian kernel with cgroup2 at /sys/fs/cgroup).
 //!
 //! One scenario drives the agent binary over its gRPC API on a Unix socket:
 //! sandbox files and shared IPC namespace, a container on an erofs image
@@ -21,39 +21,16 @@ use moat_proto::agent::block_device::Id;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const IN_NODE: &str = "MOAT_AGENT_TEST_IN_NODE";
-
-#[test]
-fn agent_runs_containers_as_root() {
-    if std::env::var_os(IN_NODE).is_some() || std::env::var_os("MOAT_AGENT_TEST_DIRECT").is_some() {
-        scenario();
-        return;
-    }
-    let mut node = moat_tests::node::NodeConfig::detect().expect(
-        "the test node is needed for this test (or set MOAT_AGENT_TEST_DIRECT=1 on a cgroup2 host)",
-    );
-    node.timeout = Duration::from_secs(900);
-    node.memory_mib = node.memory_mib.max(1024);
-    // Stream the scenario's progress while it runs.
-    node.echo_output = true;
-    let exe = std::env::current_exe().expect("test binary path");
-    let script = format!(
-        "export {IN_NODE}=1; exec {} --exact agent_runs_containers_as_root --nocapture --test-threads=1",
-        exe.display()
-    );
-    let out = moat_tests::vm::run_in_node(&node, &script).expect("node run");
-    println!("{}", out.output);
-    assert_eq!(
-        out.status, 0,
-        "scenario failed in the node; console:\n{}",
-        out.console
-    );
-    assert!(
-        out.output.contains("SCENARIO-OK"),
-        "scenario did not finish:\n{}",
-        out.output
-    );
-}
+moat_tests::vm_test!(
+    agent_runs_containers_as_root,
+    moat_tests::vm::NodeOptions {
+        timeout: Duration::from_secs(900),
+        min_memory_mib: 1024,
+        echo_output: true,
+        retry_if: None,
+    },
+    scenario
+);
 
 /// Builds the images, starts the agent, runs every check.
 fn scenario() {

@@ -121,49 +121,102 @@ fn run_direct(script: &str, timeout: Duration) -> anyhow::Result<VmRun> {
     })
 }
 
+/// How a VM test runs when it needs the test node.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeOptions {
+    /// The node's time limit.
+    pub timeout: Duration,
+    /// The node's memory at least (MiB); 0 keeps the default.
+    pub min_memory_mib: u32,
+    /// Stream the test's output while it runs (a hang shows where it was).
+    pub echo_output: bool,
+    /// Output that marks a stall of a nested guest under the emulator: the
+    /// test then gets one more run in a fresh node (a second stall fails).
+    pub retry_if: Option<&'static str>,
+}
+
+impl From<Duration> for NodeOptions {
+    fn from(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            min_memory_mib: 0,
+            echo_output: false,
+            retry_if: None,
+        }
+    }
+}
+
 /// Runs a VM test body where microVMs can boot. On a host that can run them
 /// (hardware virtualization, or already inside the test node) `body` runs
 /// here; otherwise this test binary is run again inside the test node with
 /// `--ignored --exact <inner>`, where `inner` is an `#[ignore]`d test that
 /// calls the same body, and its result becomes this test's result.
-pub fn run_where_vms_boot(inner: &str, timeout: Duration, body: impl FnOnce()) {
+pub fn run_where_vms_boot(inner: &str, options: impl Into<NodeOptions>, body: impl FnOnce()) {
+    let options = options.into();
     let inside_node = std::env::var_os("MOAT_IN_TEST_NODE").is_some();
     match probe() {
         VmSupport::Direct { .. } => body(),
         _ if inside_node => body(),
         VmSupport::Node { .. } => {
+            let mut cfg = NodeConfig::detect()
+                .unwrap_or_else(|e| panic!("{inner}: the test node is needed: {e}"));
+            cfg.timeout = options.timeout;
+            cfg.memory_mib = cfg.memory_mib.max(options.min_memory_mib);
+            cfg.echo_output = options.echo_output;
             let exe = std::env::current_exe().expect("test binary path");
             let script = format!(
                 "exec '{}' --ignored --exact {inner} --nocapture --test-threads=1",
                 exe.display()
             );
-            let run = run_vm_script(&script, timeout)
-                .unwrap_or_else(|e| panic!("{inner} in the test node: {e:#}"));
-            println!("{}", run.output);
+            let run = || {
+                run_in_node(&cfg, &script)
+                    .unwrap_or_else(|e| panic!("{inner} in the test node: {e:#}"))
+            };
+            let mut out = run();
+            if let Some(marker) = options.retry_if {
+                if out.status != 0 && out.output.contains(marker) {
+                    eprintln!(
+                        "moat: {inner} stalled in the test node ({marker}); running it once more in a fresh node. Its output:\n{}",
+                        out.output
+                    );
+                    out = run();
+                }
+            }
+            if !options.echo_output {
+                println!("{}", out.output);
+            }
             assert_eq!(
-                run.status, 0,
-                "{inner} failed inside the test node:\n{}",
-                run.output
+                out.status,
+                0,
+                "{inner} failed inside the test node:\n{}\nnode console (last lines):\n{}",
+                out.output,
+                tail(&out.console, 40)
             );
             assert!(
-                run.output.contains("test result: ok. 1 passed"),
+                out.output.contains("test result: ok. 1 passed"),
                 "{inner} did not run inside the test node:\n{}",
-                run.output
+                out.output
             );
         }
         VmSupport::Unavailable { reason } => panic!("no environment can boot microVMs: {reason}"),
     }
 }
 
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Declares the VM test `$name` that runs `$body` where microVMs boot:
 /// `$name::where_vms_boot` runs it here on a host with hardware
 /// virtualization (or inside the test node), else starts the test node,
 /// which runs the `#[ignore]`d `$name::inside` — the same body — and takes
-/// its result. Items of the calling file are in scope in `$timeout` and
-/// `$body`.
+/// its result. `$node` is the node's time limit or [`NodeOptions`]. Items
+/// of the calling file are in scope in `$node` and `$body`.
 #[macro_export]
 macro_rules! vm_test {
-    ($name:ident, $timeout:expr, $body:expr) => {
+    ($name:ident, $node:expr, $body:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
@@ -172,7 +225,7 @@ macro_rules! vm_test {
             fn where_vms_boot() {
                 $crate::vm::run_where_vms_boot(
                     concat!(stringify!($name), "::inside"),
-                    $timeout,
+                    $node,
                     $body,
                 );
             }

@@ -251,16 +251,12 @@ pub(crate) fn raise_fd_limit(want: u64) {
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the rlimit we own.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) },
-        0
-    );
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) };
+    assert_eq!(rc, 0);
     if lim.rlim_cur < want {
         lim.rlim_cur = want.min(lim.rlim_max);
         // SAFETY: setrlimit reads the rlimit we own.
-        assert_eq!(
-            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) },
-            0
-        );
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) };
+        assert_eq!(rc, 0);
     }
 }
