@@ -18,6 +18,9 @@ packages=(
   containernetworking-plugins iproute2 iptables curl
   # the Python gRPC clients of the CRI tests (a venv from scripts/python-cri-env.sh)
   python3 python3-venv
+  # a WebSocket client written by others for the streaming tests (exec, attach,
+  # port-forward over v4/v5.channel.k8s.io)
+  python3-websocket
 )
 
 # The test node's QEMU must be 10.0 or newer: bookworm's 7.2 locks up or

@@ -71,6 +71,33 @@ pub struct Config {
     pub registry_config_dir: PathBuf,
     /// Cgroup driver reported to kubelet: "systemd" or "cgroupfs" (default "systemd").
     pub cgroup_driver: String,
+    /// The streaming server kubelet sends exec, attach and port-forward
+    /// sessions to.
+    pub streaming: StreamingConfig,
+}
+
+/// The streaming server (containerd's `stream_server_*` settings).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// Address it listens on (default `127.0.0.1`: kubelet, on the same
+    /// node, proxies the user's stream to it).
+    pub address: String,
+    /// TCP port (default 0: a free port chosen at start).
+    pub port: u16,
+    /// A session idle this long (no bytes either way) is closed (default
+    /// 4 h, as kubelet and containerd).
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1".into(),
+            port: 0,
+            idle_timeout_secs: 4 * 3600,
+        }
+    }
 }
 
 /// One runtime handler: which guest a pod boots and how big its VM is.
@@ -129,6 +156,7 @@ impl Default for Config {
             insecure_registries: Vec::new(),
             registry_config_dir: "/etc/moat/certs.d".into(),
             cgroup_driver: "systemd".into(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -195,6 +223,15 @@ impl Config {
         }
         if self.agent_timeout_secs == 0 {
             return Err(invalid("agent_timeout_secs".into(), "must be at least 1"));
+        }
+        if self.streaming.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid("streaming.address".into(), "must be an IP address"));
+        }
+        if self.streaming.idle_timeout_secs == 0 {
+            return Err(invalid(
+                "streaming.idle_timeout_secs".into(),
+                "must be at least 1",
+            ));
         }
         for (name, h) in &self.runtime_handlers {
             let key = |k: &str| format!("runtime_handlers.{name}.{k}");

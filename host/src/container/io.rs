@@ -52,31 +52,6 @@ impl OutputCap {
     }
 }
 
-/// Reads one stream of a process to EOF into `cap` (errors end it early).
-pub async fn copy_output(
-    mut agent: AgentClient<Channel>,
-    container_id: String,
-    exec_id: String,
-    stream: OutputStream,
-    mut cap: OutputCap,
-) -> OutputCap {
-    let Ok(resp) = agent
-        .read_output(ReadOutputRequest {
-            container_id,
-            exec_id,
-            stream: stream as i32,
-        })
-        .await
-    else {
-        return cap;
-    };
-    let mut s = resp.into_inner();
-    while let Ok(Some(chunk)) = s.message().await {
-        cap.push(&chunk.data);
-    }
-    cap
-}
-
 /// Copies a container's `stream` into its log until EOF. A broken channel
 /// is re-opened (the agent lets a new reader take over) while the VM lives.
 pub async fn pump_to_log(

@@ -8,12 +8,14 @@
 //! - [`io`]: process output into CRI logs or ExecSync answers.
 //! - [`manager`]: the core the verbs share (records, per-pod lock, agent
 //!   channels, open logs); then one file per CRI verb: [`create`],
-//!   [`start`], [`stop`], [`remove`], [`exec_sync`], [`update`],
+//!   [`start`], [`stop`], [`remove`], [`exec`] (a process started for an
+//!   exec), [`exec_sync`], [`update`],
 //!   [`log_reopen`], [`stats`] (ContainerStats and process counts); and
 //!   [`monitor`] (a running container's output and exit), [`pod_hooks`]
 //!   (its pod stops or goes), [`recover`] (after a restart).
 
 mod create;
+pub mod exec;
 mod exec_sync;
 pub mod io;
 mod log_reopen;
@@ -33,6 +35,7 @@ mod stop;
 mod tests;
 mod update;
 
+pub use exec::{ExecOptions, ExecProcess};
 pub use exec_sync::EXEC_SYNC_OUTPUT_CAP;
 pub use manager::Containers;
 pub use record::{ContainerRecord, ContainerState};
