@@ -10,6 +10,7 @@
 //! - [`pod`]: pod sandboxes, each a microVM.
 //! - [`container`]: containers inside pod VMs.
 //! - [`store`]: the durable state (redb).
+//! - [`streaming`]: the streaming server of exec sessions (WebSocket).
 //! - [`clock`]: CRI timestamps and overflow-free deadlines.
 //! - [`files`]: reading files named by requests without following tricks.
 //! - [`ids`]: ids for pods, containers and exec processes.
@@ -32,6 +33,7 @@ pub mod network;
 pub mod pod;
 pub mod procfs;
 pub mod store;
+pub mod streaming;
 pub mod vm;
 pub mod vsock;
 

@@ -369,6 +369,39 @@ pub async fn exec_sync(d: &Daemon, req: ExecSyncRequest) -> Result<ExecSyncRespo
     })
 }
 
+/// Exec: checks the request and answers the streaming URL that runs it.
+pub fn exec(d: &Daemon, req: ExecRequest) -> Result<ExecResponse, Status> {
+    let (rec, sb) = lookup(d, &req.container_id)?;
+    ready_sandbox(sb, &rec)?;
+    if rec.state != ContainerState::Running {
+        return Err(Status::failed_precondition(format!(
+            "container {} is not running",
+            rec.id
+        )));
+    }
+    if req.cmd.is_empty() {
+        return Err(Status::invalid_argument("cmd: required"));
+    }
+    if !(req.stdin || req.stdout || req.stderr) {
+        return Err(Status::invalid_argument(
+            "one of stdin, stdout, and stderr must be set",
+        ));
+    }
+    if req.tty && req.stderr {
+        return Err(Status::invalid_argument(
+            "stderr: must be false with tty (a terminal has one output stream)",
+        ));
+    }
+    let url = d
+        .streaming
+        .url(crate::streaming::Pending::Exec(ExecRequest {
+            container_id: rec.id.clone(),
+            ..req
+        }))
+        .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+    Ok(ExecResponse { url })
+}
+
 fn u64v(v: u64) -> Option<UInt64Value> {
     Some(UInt64Value { value: v })
 }

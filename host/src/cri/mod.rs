@@ -28,6 +28,7 @@ use crate::image::{ImageError, ImageService};
 use crate::network::CniNetwork;
 use crate::pod::{PodError, Pods};
 use crate::store::Store;
+use crate::streaming::StreamingServer;
 use anyhow::Context;
 use moat_proto::cri::image_service_server::ImageServiceServer;
 use moat_proto::cri::runtime_service_server::RuntimeServiceServer;
@@ -59,13 +60,15 @@ pub struct Daemon {
     /// The configuration moatd started with.
     pub config: Config,
     /// Pod sandboxes.
-    pub pods: Pods,
+    pub pods: Arc<Pods>,
     /// Containers in them.
     pub containers: Containers,
     /// Images.
     pub images: Arc<ImageService>,
     /// Container and sandbox events for GetContainerEvents.
     pub events: events::EventBus,
+    /// Where exec sessions are served.
+    pub streaming: Arc<StreamingServer>,
 }
 
 impl Daemon {
@@ -103,15 +106,19 @@ impl Daemon {
             locks.clone(),
             agents.clone(),
         );
-        let pods = Pods::new(config.clone(), store, cni, locks, agents);
+        let pods = Arc::new(Pods::new(config.clone(), store, cni, locks, agents));
         pods.recover().await?;
         containers.recover(&pods.list()?)?;
+        let streaming = StreamingServer::start(&config.streaming, containers.clone(), pods.clone())
+            .await
+            .context("starting the streaming server")?;
         Ok(Arc::new(Self {
             config,
             pods,
             containers,
             images,
             events,
+            streaming,
         }))
     }
 }

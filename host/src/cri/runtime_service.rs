@@ -134,8 +134,8 @@ impl RuntimeService for CriRuntime {
         ok(container::exec_sync(&self.d, req.into_inner()).await?)
     }
 
-    async fn exec(&self, _req: Request<ExecRequest>) -> Rpc<ExecResponse> {
-        Err(streaming_pending("Exec"))
+    async fn exec(&self, req: Request<ExecRequest>) -> Rpc<ExecResponse> {
+        ok(container::exec(&self.d, req.into_inner())?)
     }
 
     async fn attach(&self, _req: Request<AttachRequest>) -> Rpc<AttachResponse> {

@@ -1,0 +1,246 @@
+//! The streaming server: where kubelet sends `kubectl exec` (and, later,
+//! attach and port-forward) sessions. Exec, Attach and PortForward answer
+//! with a URL on this server holding a single-use token ([`tokens`]); the
+//! client (kubelet proxying the user, or crictl) upgrades that URL to a
+//! WebSocket speaking Kubernetes' channel protocols ([`websocket`]); the
+//! session ([`exec`]) runs the command in the container through its pod's
+//! agent and reports its end ([`status`]).
+
+pub mod channels;
+pub mod exec;
+pub mod spdy;
+pub mod status;
+pub mod tokens;
+pub mod websocket;
+
+use crate::config::StreamingConfig;
+use crate::container::{ContainerError, Containers};
+use crate::pod::{Pods, SandboxRecord, SandboxState};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use moat_proto::cri::{AttachRequest, ExecRequest, PortForwardRequest};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokens::{TokenCache, TokenError, TOKEN_TTL};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+/// A request waiting for its stream.
+#[derive(Debug, Clone)]
+pub enum Pending {
+    /// `kubectl exec`.
+    Exec(ExecRequest),
+    /// `kubectl attach`.
+    Attach(AttachRequest),
+    /// `kubectl port-forward`.
+    PortForward(PortForwardRequest),
+}
+
+impl Pending {
+    /// The URL path segment of this kind of session.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Exec(_) => "exec",
+            Self::Attach(_) => "attach",
+            Self::PortForward(_) => "portforward",
+        }
+    }
+}
+
+/// The running streaming server.
+pub struct StreamingServer {
+    base_url: String,
+    requests: TokenCache<Pending>,
+    containers: Containers,
+    pods: Arc<Pods>,
+    idle: Duration,
+}
+
+impl StreamingServer {
+    /// Binds the configured address and serves sessions in the background.
+    pub async fn start(
+        cfg: &StreamingConfig,
+        containers: Containers,
+        pods: Arc<Pods>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let ip: IpAddr = cfg.address.parse()?;
+        let listener = tokio::net::TcpListener::bind((ip, cfg.port)).await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let server = Arc::new(Self {
+            base_url: format!("http://{addr}"),
+            requests: TokenCache::new(TOKEN_TTL),
+            containers,
+            pods,
+            idle: Duration::from_secs(cfg.idle_timeout_secs),
+        });
+        tracing::info!(%addr, "streaming server listening");
+        tokio::spawn(accept_loop(listener, server.clone()));
+        Ok(server)
+    }
+
+    /// Where the server listens (`http://ADDR:PORT`).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The single-use URL that opens the session of `pending`.
+    pub fn url(&self, pending: Pending) -> Result<String, TokenError> {
+        let kind = pending.kind();
+        let token = self.requests.insert(pending)?;
+        Ok(format!("{}/{kind}/{token}", self.base_url))
+    }
+
+    /// The ready pod of a container.
+    fn pod_of(&self, container_id: &str) -> Result<SandboxRecord, ContainerError> {
+        let rec = self.containers.get(container_id)?;
+        let sb = self
+            .pods
+            .get(&rec.sandbox_id)
+            .and_then(|s| self.pods.refresh(s))
+            .map_err(|_| {
+                ContainerError::Precondition(format!("container {container_id}: its pod is gone"))
+            })?;
+        if sb.state != SandboxState::Ready {
+            return Err(ContainerError::Precondition(format!(
+                "container {container_id}: its pod is not ready"
+            )));
+        }
+        Ok(sb)
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<StreamingServer>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("streaming server: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                std::future::ready(route(server.clone(), req))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+fn plain(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
+    *r.status_mut() = status;
+    r
+}
+
+/// Finds the request of the URL's token and starts its session.
+fn route(
+    server: Arc<StreamingServer>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
+    let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let pending = match server.requests.consume(token) {
+        Some(p) if p.kind() == kind => p,
+        _ => {
+            return Ok(plain(
+                StatusCode::NOT_FOUND,
+                "unknown or expired streaming URL",
+            ))
+        }
+    };
+    Ok(match pending {
+        Pending::Exec(r) => upgrade(server, req, r),
+        Pending::Attach(_) | Pending::PortForward(_) => plain(
+            StatusCode::NOT_IMPLEMENTED,
+            "attach and port-forward are not served yet",
+        ),
+    })
+}
+
+/// Completes the WebSocket upgrade of an exec URL and runs the session on
+/// the upgraded connection.
+fn upgrade(
+    server: Arc<StreamingServer>,
+    mut req: Request<Incoming>,
+    exec: ExecRequest,
+) -> Response<Full<Bytes>> {
+    if spdy::is_upgrade(req.headers()) {
+        return upgrade_spdy(server, req, exec);
+    }
+    if !websocket::is_upgrade(req.headers()) {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "upgrade to SPDY/3.1 or a WebSocket (v4.channel.k8s.io or v5.channel.k8s.io) to use this URL",
+        );
+    }
+    let proto = match websocket::negotiate(req.headers(), websocket::REMOTE_COMMAND) {
+        Ok(p) => p,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &e),
+    };
+    let response = match websocket::accept(req.headers(), &proto) {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &e),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let io = match on_upgrade.await {
+            Ok(io) => TokioIo::new(io),
+            Err(e) => {
+                tracing::debug!("streaming upgrade failed: {e}");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(websocket::MAX_MESSAGE))
+            .max_frame_size(Some(websocket::MAX_MESSAGE));
+        let ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, Some(config))
+                .await;
+        let ch = websocket::carry(ws, proto, exec.stdout, exec.stderr);
+        exec::session(server, ch, exec).await;
+    });
+    response
+}
+
+/// Completes a SPDY/3.1 upgrade of an exec URL and runs the session once
+/// the client has opened its streams.
+fn upgrade_spdy(
+    server: Arc<StreamingServer>,
+    mut req: Request<Incoming>,
+    exec: ExecRequest,
+) -> Response<Full<Bytes>> {
+    let (name, version) = match spdy::negotiate(req.headers()) {
+        Ok(p) => p,
+        Err(e) => return plain(StatusCode::FORBIDDEN, &e),
+    };
+    let expected = spdy::Expected {
+        stdin: exec.stdin,
+        stdout: exec.stdout,
+        stderr: exec.stderr,
+        resize: exec.tty && version >= 3,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let io = match on_upgrade.await {
+            Ok(io) => TokioIo::new(io),
+            Err(e) => {
+                tracing::debug!("streaming upgrade failed: {e}");
+                return;
+            }
+        };
+        match spdy::carry(io, version, expected).await {
+            Ok(ch) => exec::session(server, ch, exec).await,
+            Err(e) => tracing::info!("streaming: exec session not started: {e}"),
+        }
+    });
+    spdy::accept(name)
+}

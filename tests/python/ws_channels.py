@@ -1,0 +1,84 @@
+"""A Kubernetes channel-protocol client (exec/attach over WebSocket) built on
+Debian's python3-websocket (websocket-client), a client moat did not write.
+
+Usage: ws_channels.py URL PROTOCOL ACTIONS_JSON
+
+ACTIONS_JSON is a list run in order after the connection opens:
+  ["send", channel, "text"]   data on a channel
+  ["close", channel]          v5 close signal for a channel
+  ["sleep", seconds]
+  ["disconnect"]              drop the connection at once (no reading)
+Then everything the server sends is read until it closes the connection.
+Prints one JSON object: the negotiated protocol, the first message's
+channel and length, and each channel's bytes (latin-1), or the HTTP status
+when the upgrade is refused.
+"""
+import base64
+import json
+import sys
+import time
+
+import websocket
+
+
+def main():
+    url, protocol, actions = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    b64 = "base64" in protocol
+    try:
+        ws = websocket.create_connection(
+            url.replace("http://", "ws://", 1),
+            subprotocols=[protocol] if protocol else None,
+            timeout=120,
+        )
+    except websocket.WebSocketBadStatusException as e:
+        print(json.dumps({"http_status": e.status_code}))
+        return
+
+    def send(channel, data):
+        if b64:
+            ws.send(str(channel) + base64.b64encode(data).decode())
+        else:
+            ws.send_binary(bytes([channel]) + data)
+
+    for a in actions:
+        if a[0] == "send":
+            send(a[1], a[2].encode())
+        elif a[0] == "close":
+            ws.send_binary(bytes([255, a[1]]))
+        elif a[0] == "sleep":
+            time.sleep(a[1])
+        elif a[0] == "disconnect":
+            ws.sock.close()
+            print(json.dumps({"disconnected": True}))
+            return
+
+    channels, first = {}, None
+    while True:
+        try:
+            opcode, data = ws.recv_data()
+        except websocket.WebSocketConnectionClosedException:
+            break
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            break
+        if not data:
+            continue
+        if b64:
+            channel, payload = data[0] - ord("0"), base64.b64decode(data[1:])
+        else:
+            channel, payload = data[0], data[1:]
+        if first is None:
+            first = [channel, len(payload)]
+        channels.setdefault(str(channel), b"")
+        channels[str(channel)] += payload
+    print(
+        json.dumps(
+            {
+                "protocol": ws.getsubprotocol(),
+                "first": first,
+                "channels": {k: v.decode("latin-1") for k, v in channels.items()},
+            }
+        )
+    )
+
+
+main()

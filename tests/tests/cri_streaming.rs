@@ -1,0 +1,291 @@
+//! CRI streaming end to end: Exec answers a single-use URL on moatd's
+//! streaming server, and a WebSocket client moat did not write (Debian's
+//! python3-websocket, `tests/python/ws_channels.py`) runs the session
+//! against a container in a real pod VM: output and exit codes over
+//! `v4.channel.k8s.io`, `v4.base64.channel.k8s.io` and `v5.channel.k8s.io`,
+//! stdin with v5's close signal, a terminal and its resize, a missing
+//! program, a reused or forged URL, and a client that disconnects (its
+//! command is killed). The same exec over SPDY/3.1 (what kubelet and
+//! crictl speak) is driven by a small client here, playing spdystream's
+//! part with moatd's frame module.
+//!
+//! Needs `make artifacts`, release builds, and python3-websocket
+//! (scripts/install-deps.sh).
+
+use moat_proto::cri::*;
+use moat_tests::artifacts::workspace_root;
+use moat_tests::cri::*;
+use moat_tests::moatd::{tokio_runtime, Moatd};
+use moatd::streaming::spdy::frame::{self, Frame, HeaderCodec, FLAG_FIN};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Runs the WebSocket client on `url` with `protocol` and `actions`.
+fn ws(url: &str, protocol: &str, actions: Value) -> Value {
+    let out = Command::new("/usr/bin/python3")
+        .arg(workspace_root().join("tests/python/ws_channels.py"))
+        .args([url, protocol, &actions.to_string()])
+        .output()
+        .expect("python3 (install python3-websocket: scripts/install-deps.sh)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ws_channels.py failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn channel(v: &Value, ch: u8) -> &str {
+    v["channels"][ch.to_string()].as_str().unwrap_or("")
+}
+
+/// The v4+ status on the error channel.
+fn status(v: &Value) -> Value {
+    serde_json::from_str(channel(v, 3)).unwrap_or_else(|e| panic!("status: {e}: {v}"))
+}
+
+/// An exec over SPDY/3.1 as kubectl's executor does it: upgrade, open
+/// the error, stdin, stdout and stderr streams, send `stdin` and close it,
+/// read until the error stream ends. Answers (stdout, stderr, status).
+fn spdy_exec(url: &str, stdin: &[u8]) -> (String, String, Value) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (addr, path) = rest.split_once('/').expect("a path");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "POST /{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+         X-Stream-Protocol-Version: v4.channel.k8s.io\r\nX-Stream-Protocol-Version: v3.channel.k8s.io\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("x-stream-protocol-version: v4.channel.k8s.io"),
+        "{head}"
+    );
+    let mut codec = HeaderCodec::new();
+    for (id, ty) in [(1, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr")] {
+        s.write_all(&frame::syn_stream(&mut codec, id, 0, &[("streamtype", ty)]))
+            .unwrap();
+    }
+    s.write_all(&frame::data(3, 0, stdin)).unwrap();
+    s.write_all(&frame::data(3, FLAG_FIN, b"")).unwrap();
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    'read: loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "the connection ended before the error stream did");
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some((f, used)) = frame::parse(&buf, &mut codec).unwrap() {
+            buf.drain(..used);
+            if let Frame::Data {
+                stream,
+                flags,
+                data,
+            } = f
+            {
+                match stream {
+                    5 => out.extend(data),
+                    7 => err.extend(data),
+                    1 => status.extend(data),
+                    _ => {}
+                }
+                if stream == 1 && flags & FLAG_FIN != 0 {
+                    break 'read;
+                }
+            }
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+        serde_json::from_slice(&status).unwrap_or_else(|e| panic!("status: {e}")),
+    )
+}
+
+async fn exec_url(rt: &mut Rt, id: &str, cmd: &[&str], stdin: bool, tty: bool) -> String {
+    rt.exec(ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin,
+        stdout: true,
+        stderr: !tty,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .url
+}
+
+fn streaming_body() {
+    tokio_runtime().block_on(async {
+        let m = Moatd::start("").expect("moatd");
+        let mut rt = m.runtime().await.unwrap();
+        let logs = m.dir.path().join("pods");
+        pull(&m).await;
+        let pod = run_pod(&mut rt, &m, pod_config("streams", &logs)).await;
+        let c = create(&mut rt, &pod, container_config(&m, "app", "sleep 1000"))
+            .await
+            .unwrap();
+        start(&mut rt, &c).await;
+
+        // Bad requests are refused before any URL exists.
+        let bad = |cmd: &[&str], tty: bool, stderr: bool| ExecRequest {
+            container_id: c.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            stdin: false,
+            stdout: true,
+            stderr,
+        };
+        for (req, what) in [
+            (bad(&[], false, true), "no command"),
+            (bad(&["true"], true, true), "tty with stderr"),
+        ] {
+            assert_code(rt.exec(req).await, tonic::Code::InvalidArgument, what);
+        }
+        assert_code(
+            rt.exec(ExecRequest {
+                container_id: "nope".into(),
+                ..bad(&["true"], false, true)
+            })
+            .await,
+            tonic::Code::NotFound,
+            "unknown container",
+        );
+
+        // Output on both streams and a non-zero exit, v4.
+        let cmd = ["sh", "-c", "echo out; echo err >&2; exit 3"];
+        let url = exec_url(&mut rt, &c, &cmd, false, false).await;
+        let (base, token) = url.rsplit_once("/exec/").expect("an exec URL");
+        assert!(base.starts_with("http://127.0.0.1:"), "{url}");
+        assert_eq!(token.len(), 64, "{url}");
+        let r = ws(&url, "v4.channel.k8s.io", json!([]));
+        assert_eq!(r["protocol"], "v4.channel.k8s.io");
+        assert_eq!(r["first"], json!([1, 0]), "the empty hello on stdout");
+        assert_eq!((channel(&r, 1), channel(&r, 2)), ("out\n", "err\n"));
+        let s = status(&r);
+        assert_eq!(s["status"], "Failure", "{s}");
+        assert_eq!(s["reason"], "NonZeroExitCode");
+        assert_eq!(
+            s["details"]["causes"],
+            json!([{"reason": "ExitCode", "message": "3"}])
+        );
+
+        // The URL works once; a forged one never.
+        assert_eq!(ws(&url, "v4.channel.k8s.io", json!([]))["http_status"], 404);
+        let forged = format!("{base}/exec/{}", "0".repeat(64));
+        assert_eq!(
+            ws(&forged, "v4.channel.k8s.io", json!([]))["http_status"],
+            404
+        );
+
+        // Success, base64 framing.
+        let url = exec_url(&mut rt, &c, &["echo", "fine"], false, false).await;
+        let r = ws(&url, "v4.base64.channel.k8s.io", json!([]));
+        assert_eq!(channel(&r, 1), "fine\n");
+        assert_eq!(status(&r)["status"], "Success");
+
+        // stdin round trip, ended by v5's close signal.
+        let url = exec_url(&mut rt, &c, &["cat"], true, false).await;
+        let r = ws(
+            &url,
+            "v5.channel.k8s.io",
+            json!([["send", 0, "hello\n"], ["send", 0, "world\n"], ["close", 0]]),
+        );
+        assert_eq!(r["protocol"], "v5.channel.k8s.io");
+        assert_eq!(channel(&r, 1), "hello\nworld\n", "{r}");
+        assert_eq!(status(&r)["status"], "Success");
+
+        // A terminal: its size follows the client's resize.
+        let url = exec_url(&mut rt, &c, &["sh", "-c", "read x; stty size"], true, true).await;
+        let r = ws(
+            &url,
+            "v5.channel.k8s.io",
+            json!([
+                ["send", 4, "{\"Width\":100,\"Height\":30}"],
+                ["sleep", 0.5],
+                ["send", 0, "go\r"]
+            ]),
+        );
+        assert!(channel(&r, 1).contains("30 100"), "{r}");
+        assert_eq!(status(&r)["status"], "Success");
+
+        // A program that does not exist: exit 127 and why, on stderr.
+        let url = exec_url(&mut rt, &c, &["/no/such/program"], false, false).await;
+        let r = ws(&url, "v4.channel.k8s.io", json!([]));
+        let s = status(&r);
+        assert_eq!(
+            s["details"]["causes"],
+            json!([{"reason": "ExitCode", "message": "127"}]),
+            "{r}"
+        );
+        assert!(!channel(&r, 2).is_empty(), "the reason on stderr: {r}");
+
+        // SPDY/3.1: stdin in, both streams out, the exit code in the status.
+        let url = exec_url(
+            &mut rt,
+            &c,
+            &["sh", "-c", "cat; echo oops >&2; exit 4"],
+            true,
+            false,
+        )
+        .await;
+        let (out, err, s) = tokio::task::spawn_blocking(move || spdy_exec(&url, b"over spdy\n"))
+            .await
+            .unwrap();
+        assert_eq!((out.as_str(), err.as_str()), ("over spdy\n", "oops\n"));
+        assert_eq!(
+            s["details"]["causes"],
+            json!([{"reason": "ExitCode", "message": "4"}]),
+            "{s}"
+        );
+
+        // A client that goes away: its command gets EOF, then SIGKILL.
+        let url = exec_url(&mut rt, &c, &["sleep", "777"], true, false).await;
+        assert_eq!(
+            ws(&url, "v5.channel.k8s.io", json!([["disconnect"]]))["disconnected"],
+            true
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ps = exec_ok(&mut rt, &c, "ps -o args").await;
+            if !ps.contains("sleep 777") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the command outlived its client: {ps}\n{}",
+                m.log()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    });
+}
+
+moat_tests::vm_test!(exec_over_websocket, TIMEOUT, streaming_body);
