@@ -5,7 +5,8 @@
 //! `v4.channel.k8s.io`, `v4.base64.channel.k8s.io` and `v5.channel.k8s.io`,
 //! stdin with v5's close signal, a terminal and its resize, a missing
 //! program, a reused or forged URL, and a client that disconnects (its
-//! command is killed). The same exec over SPDY/3.1 (what kubelet and
+//! command is killed); Attach to a shell reading its stdin. The same exec
+//! over SPDY/3.1 (what kubelet and
 //! crictl speak) is driven by a small client here, playing spdystream's
 //! part with moatd's frame module.
 //!
@@ -255,6 +256,48 @@ fn streaming_body() {
             json!([{"reason": "ExitCode", "message": "4"}]),
             "{s}"
         );
+
+        // Attach to a shell reading its stdin: what it prints reaches the
+        // client on both streams and the CRI log too; it exits, the
+        // session ends with Success.
+        let mut cfg = container_config(&m, "shell", "exec sh");
+        cfg.stdin = true;
+        let shell = create(&mut rt, &pod, cfg).await.unwrap();
+        start(&mut rt, &shell).await;
+        let attach = |stdin: bool, id: &str| AttachRequest {
+            container_id: id.to_string(),
+            stdin,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        };
+        assert_code(
+            rt.attach(attach(true, &c)).await,
+            tonic::Code::FailedPrecondition,
+            "stdin of a container created without it",
+        );
+        let url = rt
+            .attach(attach(true, &shell))
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+        assert!(url.contains("/attach/"), "{url}");
+        let r = ws(
+            &url,
+            "v5.channel.k8s.io",
+            json!([
+                ["send", 0, "echo hi-from-attach\n"],
+                ["sleep", 1],
+                ["send", 0, "echo to-err >&2; exit 0\n"]
+            ]),
+        );
+        assert!(channel(&r, 1).contains("hi-from-attach"), "{r}");
+        assert!(channel(&r, 2).contains("to-err"), "{r}");
+        assert_eq!(status(&r)["status"], "Success", "{r}");
+        let log = logs.join("streams/shell/0.log");
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(logged.contains(" stdout F hi-from-attach"), "{logged}");
 
         // A client that goes away: its command gets EOF, then SIGKILL.
         let url = exec_url(&mut rt, &c, &["sleep", "777"], true, false).await;

@@ -88,6 +88,55 @@ impl Containers {
     }
 }
 
+/// A client attached to a running container's main process.
+pub struct Attached {
+    /// Its stdin, terminal and exit (exec id "").
+    pub process: ExecProcess,
+    /// Its output as the monitor reads it.
+    pub output: tokio::sync::broadcast::Receiver<(OutputStream, Vec<u8>)>,
+    /// Whether it has a terminal.
+    pub tty: bool,
+    /// Whether its stdin is open for writing.
+    pub stdin: bool,
+    /// Its stdin closes when the first attached client leaves.
+    pub stdin_once: bool,
+}
+
+impl Containers {
+    /// Attaches to the main process of the running container `id`.
+    pub async fn attach(&self, id: &str, sb: &SandboxRecord) -> Result<Attached, ContainerError> {
+        let rec = self.refresh(self.get(id)?, Some(sb))?;
+        if rec.state != ContainerState::Running {
+            return Err(ContainerError::Precondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let output = self
+            .inner
+            .attached
+            .lock()
+            .ok()
+            .and_then(|a| a.get(&rec.id).map(|f| f.subscribe()))
+            .ok_or_else(|| {
+                ContainerError::Precondition(format!("container {} is not running", rec.id))
+            })?;
+        let process = ExecProcess {
+            container_id: rec.id.clone(),
+            exec_id: String::new(),
+            calls: self.agent(sb).await?,
+            waits: self.inner.agents.waits(sb).await?,
+        };
+        Ok(Attached {
+            process,
+            output,
+            tty: rec.config.tty,
+            stdin: rec.config.stdin,
+            stdin_once: rec.config.stdin_once,
+        })
+    }
+}
+
 impl ExecProcess {
     /// One of its output streams, until it ends.
     pub async fn output(

@@ -52,13 +52,15 @@ impl OutputCap {
     }
 }
 
-/// Copies a container's `stream` into its log until EOF. A broken channel
-/// is re-opened (the agent lets a new reader take over) while the VM lives.
-pub async fn pump_to_log(
+/// Copies a container's `stream` into its log (if it has one) and to its
+/// attached clients until EOF. A broken channel is re-opened (the agent
+/// lets a new reader take over) while the VM lives.
+pub async fn pump_output(
     source: AgentSource,
     container_id: String,
     stream: OutputStream,
-    log: Arc<Mutex<CriLogWriter>>,
+    log: Option<Arc<Mutex<CriLogWriter>>>,
+    feed: super::manager::AttachFeed,
 ) {
     let which = match stream {
         OutputStream::Stderr => Stream::Stderr,
@@ -91,11 +93,13 @@ pub async fn pump_to_log(
         loop {
             match s.message().await {
                 Ok(Some(chunk)) => {
-                    if let Ok(mut w) = log.lock() {
+                    if let Some(Ok(mut w)) = log.as_ref().map(|l| l.lock()) {
                         if let Err(e) = w.write(which, &chunk.data) {
                             tracing::warn!(id = %container_id, "writing the container log: {e}");
                         }
                     }
+                    // No one attached is fine.
+                    let _ = feed.send((stream, chunk.data));
                 }
                 Ok(None) => return,
                 Err(_) => break,

@@ -22,6 +22,14 @@ pub(super) fn agent_err(what: &str) -> impl Fn(tonic::Status) -> ContainerError 
     move |s| ContainerError::from_agent(what, s)
 }
 
+/// A running container's output as it is read, for attached clients: a
+/// client that falls behind loses the oldest chunks (the log keeps them)
+/// instead of growing moatd's memory or slowing the container.
+pub type AttachFeed = tokio::sync::broadcast::Sender<(moat_proto::agent::OutputStream, Vec<u8>)>;
+
+/// Chunks an attached client may fall behind by.
+pub(super) const ATTACH_BACKLOG: usize = 256;
+
 /// A log file shared by a container's output pumps and ReopenContainerLog.
 pub(super) type SharedLog = Arc<StdMutex<CriLogWriter>>;
 
@@ -33,6 +41,8 @@ pub(super) struct Inner {
     pub(super) agents: AgentPool,
     /// Open logs of running containers.
     pub(super) logs: StdMutex<HashMap<String, SharedLog>>,
+    /// Output of running containers for attached clients.
+    pub(super) attached: StdMutex<HashMap<String, AttachFeed>>,
     /// Serializes slot allocation and lifecycle changes within one pod,
     /// and against the pod's own stop and removal.
     pub(super) pod_locks: PodLocks,
@@ -62,6 +72,7 @@ impl Containers {
                 events,
                 agents,
                 logs: StdMutex::new(HashMap::new()),
+                attached: StdMutex::new(HashMap::new()),
                 pod_locks,
                 cpu_samples: StdMutex::new(HashMap::new()),
             }),

@@ -35,7 +35,7 @@ mod stop;
 mod tests;
 mod update;
 
-pub use exec::{ExecOptions, ExecProcess};
+pub use exec::{Attached, ExecOptions, ExecProcess};
 pub use exec_sync::EXEC_SYNC_OUTPUT_CAP;
 pub use manager::Containers;
 pub use record::{ContainerRecord, ContainerState};

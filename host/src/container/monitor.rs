@@ -21,21 +21,25 @@ pub(super) async fn monitor(
     let id = rec.id.clone();
     let tty = rec.config.tty;
     let mut pumps = Vec::new();
-    if let Some(log) = &log {
-        let streams: &[OutputStream] = if tty {
-            &[OutputStream::Stdout]
-        } else {
-            &[OutputStream::Stdout, OutputStream::Stderr]
-        };
-        for &s in streams {
-            pumps.push(tokio::spawn(super::io::pump_to_log(
-                agent_source(inner.clone(), sb.clone()),
-                id.clone(),
-                s,
-                log.clone(),
-            )));
-        }
+    let (feed, _) = tokio::sync::broadcast::channel(super::manager::ATTACH_BACKLOG);
+    if let Ok(mut a) = inner.attached.lock() {
+        a.insert(id.clone(), feed.clone());
     }
+    let streams: &[OutputStream] = if tty {
+        &[OutputStream::Stdout]
+    } else {
+        &[OutputStream::Stdout, OutputStream::Stderr]
+    };
+    for &s in streams {
+        pumps.push(tokio::spawn(super::io::pump_output(
+            agent_source(inner.clone(), sb.clone()),
+            id.clone(),
+            s,
+            log.clone(),
+            feed.clone(),
+        )));
+    }
+    drop(feed);
     let mut failures = 0u32;
     let outcome = loop {
         let mut agent = match inner.agents.waits(&sb).await {
@@ -86,6 +90,9 @@ pub(super) async fn monitor(
     }
     record_exit(&inner, &id, outcome);
     set_log(&inner, &id, None);
+    if let Ok(mut a) = inner.attached.lock() {
+        a.remove(&id);
+    }
 }
 
 /// How long a finished container's output may take to reach its log.

@@ -41,7 +41,10 @@ fn sandbox_of(d: &Daemon, rec: &ContainerRecord) -> Option<SandboxRecord> {
 }
 
 /// A container record, refreshed against its pod.
-fn lookup(d: &Daemon, id: &str) -> Result<(ContainerRecord, Option<SandboxRecord>), Status> {
+pub(super) fn lookup(
+    d: &Daemon,
+    id: &str,
+) -> Result<(ContainerRecord, Option<SandboxRecord>), Status> {
     let rec = d.containers.get(id).map_err(status_from_container_error)?;
     let sb = sandbox_of(d, &rec);
     let rec = d
@@ -51,7 +54,7 @@ fn lookup(d: &Daemon, id: &str) -> Result<(ContainerRecord, Option<SandboxRecord
     Ok((rec, sb))
 }
 
-fn ready_sandbox(
+pub(super) fn ready_sandbox(
     sb: Option<SandboxRecord>,
     rec: &ContainerRecord,
 ) -> Result<SandboxRecord, Status> {
@@ -367,39 +370,6 @@ pub async fn exec_sync(d: &Daemon, req: ExecSyncRequest) -> Result<ExecSyncRespo
         stderr,
         exit_code,
     })
-}
-
-/// Exec: checks the request and answers the streaming URL that runs it.
-pub fn exec(d: &Daemon, req: ExecRequest) -> Result<ExecResponse, Status> {
-    let (rec, sb) = lookup(d, &req.container_id)?;
-    ready_sandbox(sb, &rec)?;
-    if rec.state != ContainerState::Running {
-        return Err(Status::failed_precondition(format!(
-            "container {} is not running",
-            rec.id
-        )));
-    }
-    if req.cmd.is_empty() {
-        return Err(Status::invalid_argument("cmd: required"));
-    }
-    if !(req.stdin || req.stdout || req.stderr) {
-        return Err(Status::invalid_argument(
-            "one of stdin, stdout, and stderr must be set",
-        ));
-    }
-    if req.tty && req.stderr {
-        return Err(Status::invalid_argument(
-            "stderr: must be false with tty (a terminal has one output stream)",
-        ));
-    }
-    let url = d
-        .streaming
-        .url(crate::streaming::Pending::Exec(ExecRequest {
-            container_id: rec.id.clone(),
-            ..req
-        }))
-        .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-    Ok(ExecResponse { url })
 }
 
 fn u64v(v: u64) -> Option<UInt64Value> {

@@ -21,6 +21,7 @@ pub mod runtime_info;
 pub mod runtime_service;
 pub mod sandbox;
 pub mod stats;
+pub mod streaming;
 
 use crate::config::Config;
 use crate::container::Containers;

@@ -1,7 +1,7 @@
 //! The CRI `RuntimeService` trait, dispatching each RPC to the module that
 //! holds it.
 
-use crate::cri::{container, metrics, runtime_info, sandbox, stats, Daemon};
+use crate::cri::{container, metrics, runtime_info, sandbox, stats, streaming, Daemon};
 use moat_proto::cri::runtime_service_server::RuntimeService;
 use moat_proto::cri::*;
 use std::pin::Pin;
@@ -26,10 +26,10 @@ fn ok<T>(v: T) -> Rpc<T> {
     Ok(Response::new(v))
 }
 
-/// Streaming endpoints (Exec, Attach, PortForward) come with the streaming server.
+/// PortForward is not served yet.
 fn streaming_pending(rpc: &str) -> Status {
     Status::unimplemented(format!(
-        "{rpc}: the streaming server is not part of this build yet"
+        "{rpc}: the streaming server does not serve port forwarding yet"
     ))
 }
 
@@ -135,11 +135,11 @@ impl RuntimeService for CriRuntime {
     }
 
     async fn exec(&self, req: Request<ExecRequest>) -> Rpc<ExecResponse> {
-        ok(container::exec(&self.d, req.into_inner())?)
+        ok(streaming::exec(&self.d, req.into_inner())?)
     }
 
-    async fn attach(&self, _req: Request<AttachRequest>) -> Rpc<AttachResponse> {
-        Err(streaming_pending("Attach"))
+    async fn attach(&self, req: Request<AttachRequest>) -> Rpc<AttachResponse> {
+        ok(streaming::attach(&self.d, req.into_inner())?)
     }
 
     async fn port_forward(&self, _req: Request<PortForwardRequest>) -> Rpc<PortForwardResponse> {

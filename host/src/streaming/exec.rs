@@ -168,7 +168,7 @@ async fn pump(
 }
 
 /// The `{"Width":W,"Height":H}` a client sends on the resize channel.
-fn terminal_size(data: &[u8]) -> Option<(u16, u16)> {
+pub(super) fn terminal_size(data: &[u8]) -> Option<(u16, u16)> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Size {

@@ -6,6 +6,7 @@
 //! session ([`exec`]) runs the command in the container through its pod's
 //! agent and reports its end ([`status`]).
 
+pub mod attach;
 pub mod channels;
 pub mod exec;
 pub mod spdy;
@@ -158,23 +159,47 @@ fn route(
         }
     };
     Ok(match pending {
-        Pending::Exec(r) => upgrade(server, req, r),
-        Pending::Attach(_) | Pending::PortForward(_) => plain(
+        Pending::Exec(r) => upgrade(server, req, Session::Exec(r)),
+        Pending::Attach(r) => upgrade(server, req, Session::Attach(r)),
+        Pending::PortForward(_) => plain(
             StatusCode::NOT_IMPLEMENTED,
-            "attach and port-forward are not served yet",
+            "port-forward is not served yet",
         ),
     })
 }
 
-/// Completes the WebSocket upgrade of an exec URL and runs the session on
-/// the upgraded connection.
+/// A remote-command session: exec or attach.
+enum Session {
+    Exec(ExecRequest),
+    Attach(AttachRequest),
+}
+
+impl Session {
+    /// Which channels the client reads and writes: (stdin, stdout, stderr, tty).
+    fn streams(&self) -> (bool, bool, bool, bool) {
+        match self {
+            Self::Exec(r) => (r.stdin, r.stdout, r.stderr, r.tty),
+            Self::Attach(r) => (r.stdin, r.stdout, r.stderr, r.tty),
+        }
+    }
+
+    async fn run(self, server: Arc<StreamingServer>, ch: channels::Channels) {
+        match self {
+            Self::Exec(r) => exec::session(server, ch, r).await,
+            Self::Attach(r) => attach::session(server, ch, r).await,
+        }
+    }
+}
+
+/// Completes the upgrade of an exec or attach URL (SPDY/3.1 or WebSocket)
+/// and runs the session on the upgraded connection.
 fn upgrade(
     server: Arc<StreamingServer>,
     mut req: Request<Incoming>,
-    exec: ExecRequest,
+    session: Session,
 ) -> Response<Full<Bytes>> {
     if spdy::is_upgrade(req.headers()) {
-        return upgrade_spdy(server, req, exec);
+        return upgrade_spdy(server, req, session);
     }
     if !websocket::is_upgrade(req.headers()) {
         return plain(
@@ -205,28 +230,30 @@ fn upgrade(
         let ws =
             tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, Some(config))
                 .await;
-        let ch = websocket::carry(ws, proto, exec.stdout, exec.stderr);
-        exec::session(server, ch, exec).await;
+        let (_, stdout, stderr, _) = session.streams();
+        let ch = websocket::carry(ws, proto, stdout, stderr);
+        session.run(server, ch).await;
     });
     response
 }
 
-/// Completes a SPDY/3.1 upgrade of an exec URL and runs the session once
-/// the client has opened its streams.
+/// Completes a SPDY/3.1 upgrade and runs the session once the client has
+/// opened its streams.
 fn upgrade_spdy(
     server: Arc<StreamingServer>,
     mut req: Request<Incoming>,
-    exec: ExecRequest,
+    session: Session,
 ) -> Response<Full<Bytes>> {
     let (name, version) = match spdy::negotiate(req.headers()) {
         Ok(p) => p,
         Err(e) => return plain(StatusCode::FORBIDDEN, &e),
     };
+    let (stdin, stdout, stderr, tty) = session.streams();
     let expected = spdy::Expected {
-        stdin: exec.stdin,
-        stdout: exec.stdout,
-        stderr: exec.stderr,
-        resize: exec.tty && version >= 3,
+        stdin,
+        stdout,
+        stderr,
+        resize: tty && version >= 3,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -238,8 +265,8 @@ fn upgrade_spdy(
             }
         };
         match spdy::carry(io, version, expected).await {
-            Ok(ch) => exec::session(server, ch, exec).await,
-            Err(e) => tracing::info!("streaming: exec session not started: {e}"),
+            Ok(ch) => session.run(server, ch).await,
+            Err(e) => tracing::info!("streaming: session not started: {e}"),
         }
     });
     spdy::accept(name)

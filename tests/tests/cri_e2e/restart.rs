@@ -1,0 +1,66 @@
+//! Running pods survive a moatd restart.
+
+use super::*;
+
+pub fn restart_body() {
+    tokio_runtime().block_on(async {
+        let mut m = Moatd::start("").expect("moatd");
+        let mut rt = m.runtime().await.unwrap();
+        let id = rt
+            .run_pod_sandbox(run_req(pod_config("survivor", &[]), ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        let vmms = vmm_pids();
+        assert_eq!(vmms.len(), 1);
+
+        // moatd crashes; its pod VM keeps running and is found again.
+        m.restart(true).expect("restart");
+        let mut rt = m.runtime().await.unwrap();
+        assert_eq!(
+            vmm_pids(),
+            vmms,
+            "the pod VM did not survive the moatd crash"
+        );
+        let st = rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            st.status.unwrap().state,
+            PodSandboxState::SandboxReady as i32
+        );
+
+        // A VM that dies while moatd runs is reported NotReady.
+        // SAFETY: killing the VMM process this test started through moatd.
+        unsafe { libc::kill(vmms[0] as i32, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = rt
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: id.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if st.status.unwrap().state == PodSandboxState::SandboxNotready as i32 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "dead VM still reported ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .unwrap();
+        assert!(
+            Moatd::entries(&m.run_dir().join("netns")).is_empty(),
+            "netns leaked"
+        );
+    });
+}
