@@ -101,12 +101,13 @@ fn runtime_info_and_image_service() {
             .into_inner()
             .pod_metrics
             .is_empty());
-        // The streaming endpoints say clearly that they are not served yet.
+        // Exec and Attach name the missing container; port forwarding
+        // says clearly that it is not served yet.
         let e = rt.exec(ExecRequest::default()).await.unwrap_err();
-        assert_eq!(e.code(), Code::Unimplemented);
-        assert!(e.message().contains("streaming"), "{e:?}");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("container_id"), "{e:?}");
         let e = rt.attach(AttachRequest::default()).await.unwrap_err();
-        assert_eq!(e.code(), Code::Unimplemented);
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         let e = rt
             .port_forward(PortForwardRequest::default())
             .await
