@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The moat demo: a local registry, moatd serving CRI, and a pod in its own
 # microVM with a container in it (pull, run pod, create and start a
-# container, its logs, an exec, stats, stop, remove) — directly where the
+# container, its logs, execs through the streaming server, stats, stop,
+# remove) — directly where the
 # host's KVM can run guests, else inside the test node. Run by `make demo`
 # after the artefacts are built.
 set -euo pipefail
@@ -47,8 +48,12 @@ $C ps
 sleep 1
 echo "-- its log (CRI format at $W/pods/default_demo_default-demo/hello/0.log):"
 $C logs "$ctr"
-echo "-- exec into it:"
+echo "-- exec into it (CRI Exec: a WebSocket session on moatd's streaming server):"
 $C exec "$ctr" -- sh -c 'echo "exec sees: $(cat /etc/hostname), $(ps | wc -l) process lines, memory limit $(cat /sys/fs/cgroup/memory.max)"'
+echo "-- exec with a terminal, and one reading stdin:"
+$C exec -t "$ctr" -- sh -c 'echo "on $(tty)"'
+echo "piped into the container" | $C exec -i "$ctr" -- cat
+set +e; $C exec "$ctr" -- sh -c 'exit 3'; echo "exit code passed back: $?"; set -e
 $C stats
 $C statsp
 

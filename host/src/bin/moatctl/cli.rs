@@ -85,17 +85,38 @@ pub enum Cmd {
         /// Container id (or unique prefix).
         id: String,
     },
-    /// Run a command in a running container and print its output; exits
-    /// with its exit code.
+    /// Run a command in a running container through the streaming server
+    /// (as crictl does; `--sync` uses ExecSync); exits with its exit code.
     Exec {
         /// Container id (or unique prefix).
         id: String,
-        /// Seconds before the command is killed (0: no limit).
+        /// Pass this terminal's stdin to the command.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Run the command on a terminal (this one in raw mode).
+        #[arg(short, long)]
+        tty: bool,
+        /// Use ExecSync: output collected and printed at the end.
+        #[arg(short, long)]
+        sync: bool,
+        /// With --sync, seconds before the command is killed (0: no limit).
         #[arg(long, default_value_t = 0)]
         timeout: i64,
         /// Command and arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Attach to a running container's main process.
+    Attach {
+        /// Container id (or unique prefix).
+        id: String,
+        /// Pass this terminal's stdin (the container must have been created
+        /// with stdin open).
+        #[arg(short, long)]
+        interactive: bool,
+        /// The container has a terminal (this one goes to raw mode).
+        #[arg(short, long)]
+        tty: bool,
     },
     /// Print a container's log.
     Logs {

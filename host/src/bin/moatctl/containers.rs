@@ -130,6 +130,58 @@ pub async fn exec(
     Ok(())
 }
 
+/// Runs a command through the streaming server; exits with its code.
+pub async fn exec_stream(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: String,
+    stdin: bool,
+    tty: bool,
+    command: Vec<String>,
+) -> anyhow::Result<()> {
+    let url = rt
+        .exec(ExecRequest {
+            container_id: id,
+            cmd: command,
+            tty,
+            stdin,
+            stdout: true,
+            stderr: !tty,
+        })
+        .await?
+        .into_inner()
+        .url;
+    let code = super::stream::run(&url, stdin, tty).await?;
+    if code != 0 {
+        std::process::exit(code.clamp(1, 255));
+    }
+    Ok(())
+}
+
+/// Attaches to a container's main process until it ends or stdin does.
+pub async fn attach(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: String,
+    stdin: bool,
+    tty: bool,
+) -> anyhow::Result<()> {
+    let url = rt
+        .attach(AttachRequest {
+            container_id: id,
+            stdin,
+            tty,
+            stdout: true,
+            stderr: !tty,
+        })
+        .await?
+        .into_inner()
+        .url;
+    let code = super::stream::run(&url, stdin, tty).await?;
+    if code != 0 {
+        std::process::exit(code.clamp(1, 255));
+    }
+    Ok(())
+}
+
 /// Prints a container's log, as CRI records if `raw`.
 pub async fn logs(
     rt: &mut RuntimeServiceClient<Channel>,

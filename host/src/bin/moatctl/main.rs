@@ -11,6 +11,7 @@ mod images;
 mod output;
 mod pods;
 mod runtime;
+mod stream;
 
 use clap::Parser;
 use cli::{Cli, Cmd};
@@ -48,9 +49,24 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Start { id } => containers::start(&mut rt, id).await?,
         Cmd::Exec {
             id,
+            interactive,
+            tty,
+            sync: true,
             timeout,
             command,
-        } => containers::exec(&mut rt, id, timeout, command).await?,
+        } if !interactive && !tty => containers::exec(&mut rt, id, timeout, command).await?,
+        Cmd::Exec {
+            id,
+            interactive,
+            tty,
+            command,
+            ..
+        } => containers::exec_stream(&mut rt, id, interactive, tty, command).await?,
+        Cmd::Attach {
+            id,
+            interactive,
+            tty,
+        } => containers::attach(&mut rt, id, interactive, tty).await?,
         Cmd::Logs { id, raw } => containers::logs(&mut rt, id, raw).await?,
         Cmd::Ps { all, pod } => containers::list(&mut rt, all, pod).await?,
         Cmd::Inspect { id } => containers::inspect(&mut rt, id).await?,
