@@ -243,7 +243,8 @@ impl Agent for FakeAgent {
     }
 
     /// Plays the command in `process.args`: `echo WORDS` prints them and
-    /// exits 0, `exit N` exits N, anything else runs until killed.
+    /// exits 0, `exit N` exits N, a program under `/nope` does not exist,
+    /// anything else runs until killed.
     async fn exec_process(&self, r: Request<ExecProcessRequest>) -> R<ExecProcessResponse> {
         let r = r.into_inner();
         let process: serde_json::Value = serde_json::from_slice(&r.process)
@@ -258,6 +259,12 @@ impl Agent for FakeAgent {
             .unwrap_or_default();
         self.record(format!("ExecProcess {} {}", r.container_id, args.join(" ")));
         self.proc(&r.container_id, "")?;
+        if args.first().is_some_and(|a| a.starts_with("/nope")) {
+            return Err(Status::failed_precondition(format!(
+                "exec failed: exec {}: ENOENT: No such file or directory",
+                args[0]
+            )));
+        }
         let (output, exit) = match args.first().map(String::as_str) {
             Some("echo") => (format!("{}\n", args[1..].join(" ")).into_bytes(), Some(0)),
             Some("exit") => (

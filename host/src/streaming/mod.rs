@@ -11,6 +11,8 @@ pub mod channels;
 pub mod exec;
 pub mod spdy;
 pub mod status;
+#[cfg(test)]
+mod tests;
 pub mod tokens;
 pub mod websocket;
 
