@@ -97,15 +97,12 @@ async fn fixture() -> Fixture {
     }
 }
 
+/// Everything a session sent, once it ended.
+type Sent = tokio::task::JoinHandle<Vec<(u8, Vec<u8>)>>;
+
 /// Channels whose client side the test holds: what the session sends is
 /// collected once it ends.
-fn channels(
-    version: u8,
-) -> (
-    Channels,
-    mpsc::Sender<Incoming>,
-    tokio::task::JoinHandle<Vec<(u8, Vec<u8>)>>,
-) {
+fn channels(version: u8) -> (Channels, mpsc::Sender<Incoming>, Sent) {
     let (out, mut out_rx) = mpsc::channel(channels::QUEUE);
     let (in_tx, input) = mpsc::channel(channels::QUEUE);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
