@@ -269,6 +269,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_example_is_a_valid_config_of_the_defaults() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Configuring moatd").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        let parsed = Config::parse(example, "README.md").unwrap();
+        // The example shows the defaults.
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         assert_eq!(Config::parse("", "t").unwrap(), Config::default());
     }
