@@ -27,7 +27,7 @@ moat_tests::vm_test!(
         timeout: Duration::from_secs(900),
         min_memory_mib: 1024,
         echo_output: true,
-        retry_if: None,
+        retry_if: &[],
     },
     scenario
 );

@@ -130,9 +130,10 @@ pub struct NodeOptions {
     pub min_memory_mib: u32,
     /// Stream the test's output while it runs (a hang shows where it was).
     pub echo_output: bool,
-    /// Output that marks a stall of a nested guest under the emulator: the
-    /// test then gets one more run in a fresh node (a second stall fails).
-    pub retry_if: Option<&'static str>,
+    /// Output that marks a fault of a nested guest under the emulator (a
+    /// stall, a reset): a failed test showing one gets one more run in a
+    /// fresh node (a second failure fails).
+    pub retry_if: &'static [&'static str],
 }
 
 impl From<Duration> for NodeOptions {
@@ -141,7 +142,7 @@ impl From<Duration> for NodeOptions {
             timeout,
             min_memory_mib: 0,
             echo_output: false,
-            retry_if: None,
+            retry_if: &[],
         }
     }
 }
@@ -173,10 +174,10 @@ pub fn run_where_vms_boot(inner: &str, options: impl Into<NodeOptions>, body: im
                     .unwrap_or_else(|e| panic!("{inner} in the test node: {e:#}"))
             };
             let mut out = run();
-            if let Some(marker) = options.retry_if {
-                if out.status != 0 && out.output.contains(marker) {
+            if let Some(marker) = options.retry_if.iter().find(|m| out.output.contains(**m)) {
+                if out.status != 0 {
                     eprintln!(
-                        "moat: {inner} stalled in the test node ({marker}); running it once more in a fresh node. Its output:\n{}",
+                        "moat: {inner} failed in the test node with an emulator fault ({marker}); running it once more in a fresh node. Its output:\n{}",
                         out.output
                     );
                     out = run();
