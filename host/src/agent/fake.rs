@@ -4,7 +4,8 @@
 //! recording every call it gets.
 
 use super::pool::{Dialer, Dialing};
-use crate::pod::SandboxRecord;
+use crate::pod::{SandboxRecord, SandboxState};
+use crate::vm::{VmHandle, VmPaths};
 use moat_proto::agent::agent_client::AgentClient;
 use moat_proto::agent::agent_server::{Agent, AgentServer};
 use moat_proto::agent::*;
@@ -341,5 +342,32 @@ impl Agent for FakeAgent {
         Ok(Response::new(Box::pin(chunks.chain(
             futures_util::stream::once(ended).filter_map(|()| async { None }),
         ))))
+    }
+}
+
+/// A ready pod whose "VM" is this test process (alive, so the pod counts as
+/// running), its files under `dir`; its agent is whatever the pool dials.
+pub fn ready_pod(dir: &std::path::Path) -> SandboxRecord {
+    let me = std::process::id();
+    SandboxRecord {
+        id: "p".repeat(64),
+        config: Default::default(),
+        runtime_handler: "microvm".into(),
+        state: SandboxState::Ready,
+        created_at: 0,
+        netns: None,
+        cni: None,
+        ips: Vec::new(),
+        vm_paths: VmPaths {
+            dir: dir.join("vm"),
+        },
+        vm: Some(VmHandle {
+            pid: me,
+            start_ticks: crate::procfs::Stat::of(me).unwrap().start_ticks,
+        }),
+        vcpus: 1,
+        memory_mib: 128,
+        exit_reason: None,
+        guest: Default::default(),
     }
 }

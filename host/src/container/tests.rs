@@ -6,9 +6,8 @@ use crate::agent::fake::{FakeAgent, FakeDialer, Script};
 use crate::agent::AgentPool;
 use crate::config::Config;
 use crate::cri::events::EventBus;
-use crate::pod::{PodLocks, SandboxRecord, SandboxState};
+use crate::pod::{PodLocks, SandboxRecord};
 use crate::store::{Store, CONTAINERS};
-use crate::vm::{VmHandle, VmPaths};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,28 +31,7 @@ fn fixture(script: Script) -> Fixture {
         PodLocks::default(),
         pool,
     );
-    let me = std::process::id();
-    let sb = SandboxRecord {
-        id: "p".repeat(64),
-        config: Default::default(),
-        runtime_handler: "microvm".into(),
-        state: SandboxState::Ready,
-        created_at: 0,
-        netns: None,
-        cni: None,
-        ips: Vec::new(),
-        vm_paths: VmPaths {
-            dir: dir.path().join("vm"),
-        },
-        vm: Some(VmHandle {
-            pid: me,
-            start_ticks: crate::procfs::Stat::of(me).unwrap().start_ticks,
-        }),
-        vcpus: 1,
-        memory_mib: 128,
-        exit_reason: None,
-        guest: Default::default(),
-    };
+    let sb = crate::agent::fake::ready_pod(dir.path());
     Fixture {
         _dir: dir,
         containers,

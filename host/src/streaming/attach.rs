@@ -5,9 +5,9 @@
 //! with `stdin_once` the process's stdin closes when the first client
 //! leaves.
 
-use super::channels::{Channels, Incoming, ERROR, RESIZE, STDERR, STDIN, STDOUT};
+use super::channels::{self, Channels, Incoming, RESIZE, STDERR, STDIN, STDOUT};
 use super::exec::terminal_size;
-use super::status::{status_message, Outcome};
+use super::status::Outcome;
 use super::StreamingServer;
 use crate::container::Attached;
 use moat_proto::agent::OutputStream;
@@ -80,14 +80,7 @@ pub async fn session(server: Arc<StreamingServer>, ch: Channels, req: AttachRequ
             (!client_gone).then_some(Outcome::Exited(0))
         }
     };
-    if let Some(outcome) = outcome {
-        if let Some(m) = status_message(&outcome, version) {
-            let _ = out.send((ERROR, m)).await;
-        }
-    }
-    drop(out);
-    let _ = done.await;
-    drop(reader);
+    channels::finish(out, version, done, reader, outcome).await;
 }
 
 impl StreamingServer {

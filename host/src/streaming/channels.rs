@@ -56,3 +56,21 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// Ends a session: tells how its command ended (when anyone is left to
+/// tell), lets the carrier write what is queued and close the connection,
+/// and stops the carrier's reader.
+pub async fn finish(
+    out: mpsc::Sender<(u8, Vec<u8>)>,
+    version: u8,
+    done: JoinHandle<()>,
+    reader: AbortOnDrop,
+    outcome: Option<super::status::Outcome>,
+) {
+    if let Some(m) = outcome.and_then(|o| super::status::status_message(&o, version)) {
+        let _ = out.send((ERROR, m)).await;
+    }
+    drop(out);
+    let _ = done.await;
+    drop(reader);
+}

@@ -5,8 +5,8 @@
 //! closes the command's stdin; a command still running after a grace
 //! period is killed.
 
-use super::channels::{Channels, Incoming, ERROR, RESIZE, STDERR, STDIN, STDOUT};
-use super::status::{status_message, Outcome};
+use super::channels::{self, Channels, Incoming, RESIZE, STDERR, STDIN, STDOUT};
+use super::status::Outcome;
 use super::StreamingServer;
 use crate::container::{ContainerError, ExecOptions, ExecProcess};
 use moat_proto::agent::OutputStream;
@@ -36,14 +36,7 @@ pub async fn session(server: Arc<StreamingServer>, ch: Channels, req: ExecReques
         Ok(p) => run(Arc::new(p), &req, &out, &mut input, server.idle).await,
         Err(e) => not_started(e, &req, &out).await,
     };
-    if let Some(outcome) = outcome {
-        if let Some(m) = status_message(&outcome, version) {
-            let _ = out.send((ERROR, m)).await;
-        }
-    }
-    drop(out);
-    let _ = done.await;
-    drop(reader);
+    channels::finish(out, version, done, reader, outcome).await;
 }
 
 /// A command that could not start: told as runc-based runtimes tell it (the

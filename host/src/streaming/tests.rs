@@ -11,7 +11,6 @@ use crate::container::{ContainerRecord, ContainerState};
 use crate::cri::events::EventBus;
 use crate::pod::PodLocks;
 use crate::store::{Store, CONTAINERS, SANDBOXES};
-use crate::vm::{VmHandle, VmPaths};
 use tokio::sync::mpsc;
 
 struct Fixture {
@@ -37,28 +36,7 @@ async fn fixture() -> Fixture {
         pool.clone(),
     );
     let pods = Arc::new(Pods::new(config, store.clone(), None, locks, pool));
-    let me = std::process::id();
-    let sb = SandboxRecord {
-        id: "p".repeat(64),
-        config: Default::default(),
-        runtime_handler: "microvm".into(),
-        state: SandboxState::Ready,
-        created_at: 0,
-        netns: None,
-        cni: None,
-        ips: Vec::new(),
-        vm_paths: VmPaths {
-            dir: dir.path().join("vm"),
-        },
-        vm: Some(VmHandle {
-            pid: me,
-            start_ticks: crate::procfs::Stat::of(me).unwrap().start_ticks,
-        }),
-        vcpus: 1,
-        memory_mib: 128,
-        exit_reason: None,
-        guest: Default::default(),
-    };
+    let sb = crate::agent::fake::ready_pod(dir.path());
     store.put(SANDBOXES, &sb.id, &sb).unwrap();
     agent.has_container("c1");
     let rec = ContainerRecord {

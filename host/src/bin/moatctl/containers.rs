@@ -150,11 +150,7 @@ pub async fn exec_stream(
         .await?
         .into_inner()
         .url;
-    let code = super::stream::run(&url, stdin, tty).await?;
-    if code != 0 {
-        std::process::exit(code.clamp(1, 255));
-    }
-    Ok(())
+    super::stream::run_and_exit(&url, stdin, tty).await
 }
 
 /// Attaches to a container's main process until it ends or stdin does.
@@ -175,11 +171,7 @@ pub async fn attach(
         .await?
         .into_inner()
         .url;
-    let code = super::stream::run(&url, stdin, tty).await?;
-    if code != 0 {
-        std::process::exit(code.clamp(1, 255));
-    }
-    Ok(())
+    super::stream::run_and_exit(&url, stdin, tty).await
 }
 
 /// Prints a container's log, as CRI records if `raw`.

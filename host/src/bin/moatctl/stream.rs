@@ -8,6 +8,16 @@ use std::io::Write;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Runs the session at `url`; exits with the command's exit code unless it
+/// is 0.
+pub async fn run_and_exit(url: &str, stdin: bool, tty: bool) -> anyhow::Result<()> {
+    let code = run(url, stdin, tty).await?;
+    if code != 0 {
+        std::process::exit(code.clamp(1, 255));
+    }
+    Ok(())
+}
+
 /// Runs the session at `url`; answers the command's exit code.
 pub async fn run(url: &str, stdin: bool, tty: bool) -> anyhow::Result<i32> {
     let ws_url = url.replacen("http://", "ws://", 1);
