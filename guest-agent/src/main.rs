@@ -66,6 +66,12 @@ fn main() {
         // PID 1's binary is no longer reachable by path, but still executable.
         init_binary: PathBuf::from("/proc/self/exe"),
         is_pid1,
+        exec_record_ttl: std::time::Duration::from_millis(
+            std::env::var("MOAT_AGENT_EXEC_TTL_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(60_000),
+        ),
     };
     let result = run(config, listen_unix);
     if let Err(e) = &result {

@@ -21,6 +21,8 @@ pub struct Config {
     pub init_binary: PathBuf,
     /// Whether the agent is the guest's PID 1 (Shutdown powers off).
     pub is_pid1: bool,
+    /// How long a waited-for exec process stays listed before it is forgotten.
+    pub exec_record_ttl: std::time::Duration,
 }
 
 impl Config {

@@ -58,6 +58,7 @@ fn scenario() {
         .arg("--listen-unix")
         .arg(&sock)
         .env("MOAT_AGENT_LOG", "info")
+        .env("MOAT_AGENT_EXEC_TTL_MS", "500")
         .spawn()
         .expect("start agent");
     let rt = tokio::runtime::Builder::new_multi_thread()

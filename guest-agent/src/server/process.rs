@@ -7,8 +7,10 @@ use crate::container::spec;
 use crate::container::sync::InitRequest;
 use crate::paths::validate_id;
 use crate::reaper::Exit;
-use crate::state::{Process, State};
+use crate::state::{Container, Process, State};
 use moat_proto::agent::*;
+use std::sync::Arc;
+use std::time::Duration;
 use tonic::{Response, Status};
 
 pub(super) async fn exec(state: &State, req: ExecProcessRequest) -> R<ExecProcessResponse> {
@@ -109,8 +111,18 @@ pub(super) async fn signal(state: &State, req: SignalProcessRequest) -> R<Signal
 }
 
 pub(super) async fn wait(state: &State, req: WaitProcessRequest) -> R<WaitProcessResponse> {
-    let (_c, p) = validate::process(state, &req.container_id, &req.exec_id).await?;
+    let (c, p) = validate::process(state, &req.container_id, &req.exec_id).await?;
     let e = p.wait().await;
+    if !req.exec_id.is_empty() {
+        // Its status has been told: keep it a while for a repeated wait or
+        // a late output read, then forget it, or probes leak one each.
+        tokio::spawn(forget_later(
+            c,
+            req.exec_id,
+            p,
+            state.config.exec_record_ttl,
+        ));
+    }
     Ok(Response::new(WaitProcessResponse {
         exit_code: e.exit.status(),
         signal: match e.exit {
@@ -119,4 +131,14 @@ pub(super) async fn wait(state: &State, req: WaitProcessRequest) -> R<WaitProces
         },
         oom_killed: e.oom_killed,
     }))
+}
+
+/// Drops exec `id` of `c` after `ttl`, unless a new process took its id.
+async fn forget_later(c: Arc<Container>, id: String, p: Arc<Process>, ttl: Duration) {
+    tokio::time::sleep(ttl).await;
+    if let Ok(mut execs) = c.execs.lock() {
+        if execs.get(&id).is_some_and(|q| Arc::ptr_eq(q, &p)) {
+            execs.remove(&id);
+        }
+    }
 }

@@ -264,6 +264,20 @@ async fn step_c2_exec(c: &mut AgentClient<Channel>, images: &Images) {
         out.contains("Operation not permitted"),
         "exec escaped the container's seccomp: {out}"
     );
+    if images.local {
+        // This agent forgets a waited-for exec after 500 ms (not a minute).
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let list = c
+            .list_containers(ListContainersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let c2 = list.containers.iter().find(|i| i.container_id == "c2");
+        assert!(
+            c2.is_some_and(|i| !i.exec_ids.contains(&"e1".to_string())),
+            "a finished exec is never forgotten: {list:?}"
+        );
+    }
 }
 
 /// An exec with a terminal: resize, then stdin through it.

@@ -16,7 +16,11 @@ use std::path::PathBuf;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// How often an idle agent connection is pinged.
-const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a ping may go unanswered. Generous: a guest under memory
+/// pressure or a tight CPU quota answers late, and a dropped connection
+/// fails every call on it.
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Connects a tonic channel to the agent of the VM whose vsock Unix socket
 /// is `uds`. Each (re)connection does a fresh CONNECT handshake.
@@ -37,7 +41,7 @@ pub async fn connect_with(
     // output stream would otherwise hang on it forever).
     let mut endpoint = Endpoint::try_from("http://agent.vsock")?
         .http2_keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE * 2)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
     if let Some(t) = call_timeout {
         endpoint = endpoint.timeout(t);
