@@ -5,6 +5,7 @@ mod container;
 mod files;
 mod guest;
 mod io;
+mod port_forward;
 mod process;
 mod sandbox;
 mod stats;
@@ -173,5 +174,12 @@ impl Agent for AgentService {
     }
     async fn resize_tty(&self, r: Request<ResizeTtyRequest>) -> R<ResizeTtyResponse> {
         io::resize_tty(&self.state, r.into_inner()).await
+    }
+    type PortForwardStream = port_forward::PortForwardStream;
+    async fn port_forward(
+        &self,
+        r: Request<tonic::Streaming<PortForwardInput>>,
+    ) -> R<Self::PortForwardStream> {
+        port_forward::port_forward(r.into_inner()).await
     }
 }

@@ -167,6 +167,11 @@ macro_rules! unplayed {
 }
 
 type OutputChunks = Pin<Box<dyn futures_util::Stream<Item = Result<OutputChunk, Status>> + Send>>;
+type ForwardChunks =
+    Pin<Box<dyn futures_util::Stream<Item = Result<PortForwardOutput, Status>> + Send>>;
+
+/// The pod port where the fake's echo server listens; every other refuses.
+pub const ECHO_PORT: u32 = 7;
 
 #[tonic::async_trait]
 impl Agent for FakeAgent {
@@ -342,6 +347,37 @@ impl Agent for FakeAgent {
         Ok(Response::new(Box::pin(chunks.chain(
             futures_util::stream::once(ended).filter_map(|()| async { None }),
         ))))
+    }
+
+    type PortForwardStream = ForwardChunks;
+
+    /// Port [`ECHO_PORT`] echoes until the caller ends its side; every
+    /// other port refuses.
+    async fn port_forward(
+        &self,
+        r: Request<tonic::Streaming<PortForwardInput>>,
+    ) -> R<ForwardChunks> {
+        use futures_util::StreamExt;
+        let mut input = r.into_inner();
+        let first = input
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("port: required"))?;
+        self.record(format!("PortForward {}", first.port));
+        if first.port != ECHO_PORT {
+            return Err(Status::unavailable(format!(
+                "connecting to localhost:{}: Connection refused (os error 111)",
+                first.port
+            )));
+        }
+        let connected = futures_util::stream::once(async { Ok(PortForwardOutput::default()) });
+        let echo = futures_util::stream::unfold(input, |mut i| async move {
+            match i.message().await {
+                Ok(Some(m)) => Some((Ok(PortForwardOutput { data: m.data }), i)),
+                _ => None,
+            }
+        });
+        Ok(Response::new(Box::pin(connected.chain(echo))))
     }
 }
 

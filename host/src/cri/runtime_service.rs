@@ -26,13 +26,6 @@ fn ok<T>(v: T) -> Rpc<T> {
     Ok(Response::new(v))
 }
 
-/// PortForward is not served yet.
-fn streaming_pending(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc}: the streaming server does not serve port forwarding yet"
-    ))
-}
-
 #[tonic::async_trait]
 impl RuntimeService for CriRuntime {
     async fn version(&self, _req: Request<VersionRequest>) -> Rpc<VersionResponse> {
@@ -142,8 +135,8 @@ impl RuntimeService for CriRuntime {
         ok(streaming::attach(&self.d, req.into_inner())?)
     }
 
-    async fn port_forward(&self, _req: Request<PortForwardRequest>) -> Rpc<PortForwardResponse> {
-        Err(streaming_pending("PortForward"))
+    async fn port_forward(&self, req: Request<PortForwardRequest>) -> Rpc<PortForwardResponse> {
+        ok(streaming::port_forward(&self.d, req.into_inner())?)
     }
 
     async fn container_stats(

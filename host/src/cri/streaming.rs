@@ -1,10 +1,13 @@
 //! The streaming RPCs (containerd's `container_exec.go`,
-//! `container_attach.go`): each checks its request and answers a
-//! single-use URL on moatd's streaming server, where the session runs.
+//! `container_attach.go`, `sandbox_portforward.go`): each checks its
+//! request and answers a single-use URL on moatd's streaming server, where
+//! the session runs.
 
 use super::container::{lookup, ready_sandbox};
+use super::status_from_pod_error;
 use super::Daemon;
 use crate::container::{ContainerRecord, ContainerState};
+use crate::pod::SandboxState;
 use crate::streaming::Pending;
 use moat_proto::cri::*;
 use tonic::Status;
@@ -54,6 +57,37 @@ pub fn attach(d: &Daemon, req: AttachRequest) -> Result<AttachResponse, Status> 
         }),
     )?;
     Ok(AttachResponse { url })
+}
+
+/// PortForward: checks the pod and the ports and answers the streaming URL
+/// whose session connects to ports on the pod's localhost.
+pub fn port_forward(d: &Daemon, req: PortForwardRequest) -> Result<PortForwardResponse, Status> {
+    let sb = d
+        .pods
+        .get(&req.pod_sandbox_id)
+        .and_then(|s| d.pods.refresh(s))
+        .map_err(status_from_pod_error)?;
+    if sb.state != SandboxState::Ready {
+        return Err(Status::failed_precondition(format!(
+            "pod sandbox {} is not ready",
+            sb.id
+        )));
+    }
+    for (i, p) in req.port.iter().enumerate() {
+        if !(1..=65535).contains(p) {
+            return Err(Status::invalid_argument(format!(
+                "port[{i}]: {p} is not 1 to 65535"
+            )));
+        }
+    }
+    let url = url(
+        d,
+        Pending::PortForward(PortForwardRequest {
+            pod_sandbox_id: sb.id,
+            ..req
+        }),
+    )?;
+    Ok(PortForwardResponse { url })
 }
 
 /// The running container a session is for, checked with the request's

@@ -5,9 +5,11 @@
 //! - [`manager`]: the records, status, list, and recovery at start; the
 //!   verbs beside it: `run.rs`, `stop.rs` (stop and remove), `validate.rs`.
 //! - [`locks`]: the one lock per pod that pod and container operations share.
+//! - [`port_forward`]: a connection to a port on the pod's localhost.
 
 pub mod locks;
 pub mod manager;
+pub mod port_forward;
 pub mod record;
 mod run;
 pub mod sizing;

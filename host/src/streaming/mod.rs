@@ -9,6 +9,7 @@
 pub mod attach;
 pub mod channels;
 pub mod exec;
+pub mod port_forward;
 pub mod spdy;
 pub mod status;
 #[cfg(test)]
@@ -96,6 +97,19 @@ impl StreamingServer {
         Ok(format!("{}/{kind}/{token}", self.base_url))
     }
 
+    /// Pod `id` if it is ready.
+    fn ready_pod(&self, id: &str) -> Result<SandboxRecord, String> {
+        let sb = self
+            .pods
+            .get(id)
+            .and_then(|s| self.pods.refresh(s))
+            .map_err(|_| format!("pod sandbox {id} not found"))?;
+        if sb.state != SandboxState::Ready {
+            return Err(format!("pod sandbox {id} is not ready"));
+        }
+        Ok(sb)
+    }
+
     /// The ready pod of a container.
     fn pod_of(&self, container_id: &str) -> Result<SandboxRecord, ContainerError> {
         let rec = self.containers.get(container_id)?;
@@ -163,10 +177,7 @@ fn route(
     Ok(match pending {
         Pending::Exec(r) => upgrade(server, req, Session::Exec(r)),
         Pending::Attach(r) => upgrade(server, req, Session::Attach(r)),
-        Pending::PortForward(_) => plain(
-            StatusCode::NOT_IMPLEMENTED,
-            "port-forward is not served yet",
-        ),
+        Pending::PortForward(r) => upgrade_port_forward(server, req, &r),
     })
 }
 
@@ -193,6 +204,43 @@ impl Session {
     }
 }
 
+/// A connection that has agreed to upgrade, and what to run on it.
+type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// Answers the upgrade now and, once hyper hands the connection over,
+/// runs `then` on it.
+fn on_upgraded<F, Fut>(req: &mut Request<Incoming>, then: F)
+where
+    F: FnOnce(Upgraded) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => then(TokioIo::new(io)).await,
+            Err(e) => tracing::debug!("streaming upgrade failed: {e}"),
+        }
+    });
+}
+
+/// Accepts a WebSocket upgrade speaking one of `supported`: the answer,
+/// and the protocol chosen; or why not (a bad request).
+fn accept_websocket(
+    req: &Request<Incoming>,
+    supported: &[websocket::ChannelProtocol],
+) -> Result<(Response<Full<Bytes>>, websocket::ChannelProtocol), String> {
+    let proto = websocket::negotiate(req.headers(), supported)?;
+    Ok((websocket::accept(req.headers(), &proto)?, proto))
+}
+
+/// The server side of an upgraded WebSocket connection.
+async fn websocket_stream(io: Upgraded) -> tokio_tungstenite::WebSocketStream<Upgraded> {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(websocket::MAX_MESSAGE))
+        .max_frame_size(Some(websocket::MAX_MESSAGE));
+    tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
+}
+
 /// Completes the upgrade of an exec or attach URL (SPDY/3.1 or WebSocket)
 /// and runs the session on the upgraded connection.
 fn upgrade(
@@ -200,8 +248,25 @@ fn upgrade(
     mut req: Request<Incoming>,
     session: Session,
 ) -> Response<Full<Bytes>> {
+    let (stdin, stdout, stderr, tty) = session.streams();
     if spdy::is_upgrade(req.headers()) {
-        return upgrade_spdy(server, req, session);
+        let (name, version) = match spdy::negotiate(req.headers(), spdy::REMOTE_COMMAND) {
+            Ok(p) => p,
+            Err(e) => return plain(StatusCode::FORBIDDEN, &e),
+        };
+        let expected = spdy::Expected {
+            stdin,
+            stdout,
+            stderr,
+            resize: tty && version >= 3,
+        };
+        on_upgraded(&mut req, move |io| async move {
+            match spdy::carry(io, version, expected).await {
+                Ok(ch) => session.run(server, ch).await,
+                Err(e) => tracing::info!("streaming: session not started: {e}"),
+            }
+        });
+        return spdy::accept(name);
     }
     if !websocket::is_upgrade(req.headers()) {
         return plain(
@@ -209,67 +274,91 @@ fn upgrade(
             "upgrade to SPDY/3.1 or a WebSocket (v4.channel.k8s.io or v5.channel.k8s.io) to use this URL",
         );
     }
-    let proto = match websocket::negotiate(req.headers(), websocket::REMOTE_COMMAND) {
-        Ok(p) => p,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, &e),
-    };
-    let response = match websocket::accept(req.headers(), &proto) {
+    let (response, proto) = match accept_websocket(&req, websocket::REMOTE_COMMAND) {
         Ok(r) => r,
         Err(e) => return plain(StatusCode::BAD_REQUEST, &e),
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let io = match on_upgrade.await {
-            Ok(io) => TokioIo::new(io),
-            Err(e) => {
-                tracing::debug!("streaming upgrade failed: {e}");
-                return;
-            }
-        };
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(websocket::MAX_MESSAGE))
-            .max_frame_size(Some(websocket::MAX_MESSAGE));
-        let ws =
-            tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, Some(config))
-                .await;
-        let (_, stdout, stderr, _) = session.streams();
-        let ch = websocket::carry(ws, proto, stdout, stderr);
+    // Kubernetes' server says the session is up with an empty message on
+    // the lowest channel the client reads.
+    let hello = if stdout {
+        channels::STDOUT
+    } else if stderr {
+        channels::STDERR
+    } else {
+        channels::ERROR
+    };
+    on_upgraded(&mut req, move |io| async move {
+        let ch = websocket::carry(websocket_stream(io).await, proto, Some(hello));
         session.run(server, ch).await;
     });
     response
 }
 
-/// Completes a SPDY/3.1 upgrade and runs the session once the client has
-/// opened its streams.
-fn upgrade_spdy(
+/// Completes the upgrade of a port-forward URL: SPDY/3.1 with
+/// `portforward.k8s.io` (ports chosen per stream), or a WebSocket carrying
+/// the ports named in the URL's query (else in the PortForward request).
+fn upgrade_port_forward(
     server: Arc<StreamingServer>,
     mut req: Request<Incoming>,
-    session: Session,
+    pf: &PortForwardRequest,
 ) -> Response<Full<Bytes>> {
-    let (name, version) = match spdy::negotiate(req.headers()) {
-        Ok(p) => p,
-        Err(e) => return plain(StatusCode::FORBIDDEN, &e),
+    let sb = match server.ready_pod(&pf.pod_sandbox_id) {
+        Ok(sb) => sb,
+        Err(e) => return plain(StatusCode::NOT_FOUND, &e),
     };
-    let (stdin, stdout, stderr, tty) = session.streams();
-    let expected = spdy::Expected {
-        stdin,
-        stdout,
-        stderr,
-        resize: tty && version >= 3,
-    };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let io = match on_upgrade.await {
-            Ok(io) => TokioIo::new(io),
-            Err(e) => {
-                tracing::debug!("streaming upgrade failed: {e}");
-                return;
-            }
+    if spdy::is_upgrade(req.headers()) {
+        let (name, _) = match spdy::negotiate(req.headers(), spdy::PORT_FORWARD) {
+            Ok(p) => p,
+            Err(e) => return plain(StatusCode::FORBIDDEN, &e),
         };
-        match spdy::carry(io, version, expected).await {
-            Ok(ch) => session.run(server, ch).await,
-            Err(e) => tracing::info!("streaming: session not started: {e}"),
-        }
+        on_upgraded(&mut req, move |io| {
+            spdy::port_forward::serve(io, server, sb)
+        });
+        return spdy::accept(name);
+    }
+    if !websocket::is_upgrade(req.headers()) {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "upgrade to SPDY/3.1 (portforward.k8s.io) or a WebSocket to use this URL",
+        );
+    }
+    let mut ports = match port_forward::query_ports(req.uri().query()) {
+        Ok(p) => p,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &e),
+    };
+    if ports.is_empty() {
+        ports = match pf
+            .port
+            .iter()
+            .map(|p| port_forward::parse_port(&p.to_string()))
+            .collect()
+        {
+            Ok(p) => p,
+            Err(e) => return plain(StatusCode::BAD_REQUEST, &e),
+        };
+    }
+    if ports.is_empty() {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "name the ports to forward (?port=N, or in the PortForward request)",
+        );
+    }
+    if ports.len() > port_forward::MAX_WEBSOCKET_PORTS {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "at most {} ports per WebSocket session",
+                port_forward::MAX_WEBSOCKET_PORTS
+            ),
+        );
+    }
+    let (response, proto) = match accept_websocket(&req, websocket::PORT_FORWARD) {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &e),
+    };
+    on_upgraded(&mut req, move |io| async move {
+        let ch = websocket::carry(websocket_stream(io).await, proto, None);
+        port_forward::websocket_session(server, ch, sb, ports).await;
     });
-    spdy::accept(name)
+    response
 }

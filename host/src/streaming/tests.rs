@@ -195,3 +195,169 @@ async fn an_exec_of_an_unknown_container_is_an_error_status() {
     assert_eq!(status["status"], "Failure");
     assert_eq!(status["code"], 500);
 }
+
+/// The fixture's pod.
+fn pod(f: &Fixture) -> SandboxRecord {
+    f.server.ready_pod(&"p".repeat(64)).unwrap()
+}
+
+#[tokio::test]
+async fn websocket_port_forward_echoes_and_reports_a_refused_port() {
+    use crate::agent::fake::ECHO_PORT;
+    let f = fixture().await;
+    let (ch, client, got) = channels(4);
+    let echo = u16::try_from(ECHO_PORT).unwrap();
+    let session = tokio::spawn(port_forward::websocket_session(
+        f.server.clone(),
+        ch,
+        pod(&f),
+        vec![echo, 8],
+    ));
+    client
+        .send(Incoming::Data(0, b"hello ".to_vec()))
+        .await
+        .unwrap();
+    client
+        .send(Incoming::Data(0, b"pod".to_vec()))
+        .await
+        .unwrap();
+    // Data for port 8's connection, which failed, goes nowhere.
+    client
+        .send(Incoming::Data(2, b"lost".to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.send(Incoming::End).await.unwrap();
+    session.await.unwrap();
+    let got = got.await.unwrap();
+    // Each channel starts with its port, little-endian.
+    let firsts: Vec<(u8, Vec<u8>)> = (0..4)
+        .filter_map(|c| got.iter().find(|(ch, _)| *ch == c).cloned())
+        .collect();
+    assert_eq!(
+        firsts,
+        vec![
+            (0, vec![7, 0]),
+            (1, vec![7, 0]),
+            (2, vec![8, 0]),
+            (3, vec![8, 0])
+        ]
+    );
+    assert_eq!(on(&got, 0), "\u{7}\0hello pod");
+    assert_eq!(on(&got, 1), "\u{7}\0", "no error on the echo port");
+    let err = on(&got, 3);
+    assert!(
+        err.starts_with("\u{8}\0error forwarding port 8 to pod ") && err.contains("refused"),
+        "{err:?}"
+    );
+}
+
+mod spdy_port_forward {
+    use super::*;
+    use crate::streaming::spdy::frame::{self, Frame, HeaderCodec, FLAG_FIN};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Everything the server wrote, as frames.
+    async fn frames(
+        mut rd: impl tokio::io::AsyncRead + Unpin,
+        codec: &mut HeaderCodec,
+    ) -> Vec<Frame> {
+        let mut all = Vec::new();
+        rd.read_to_end(&mut all).await.unwrap();
+        let mut out = Vec::new();
+        let mut rest = all.as_slice();
+        while let Some((f, n)) = frame::parse(rest, codec).unwrap() {
+            out.push(f);
+            rest = &rest[n..];
+        }
+        out
+    }
+
+    fn data_of(frames: &[Frame], id: u32) -> (Vec<u8>, bool) {
+        let mut bytes = Vec::new();
+        let mut fin = false;
+        for f in frames {
+            if let Frame::Data {
+                stream,
+                flags,
+                data,
+            } = f
+            {
+                if *stream == id {
+                    bytes.extend_from_slice(data);
+                    fin |= flags & FLAG_FIN != 0;
+                }
+            }
+        }
+        (bytes, fin)
+    }
+
+    #[tokio::test]
+    async fn connections_by_request_id_each_end_on_their_own() {
+        let f = fixture().await;
+        let (client, server_io) = tokio::io::duplex(1 << 16);
+        let session = tokio::spawn(spdy::port_forward::serve(
+            server_io,
+            f.server.clone(),
+            pod(&f),
+        ));
+        let (crd, mut cwr) = tokio::io::split(client);
+        let mut codec = HeaderCodec::new();
+        let mut open = |id: u32, ty: &str, port: &str, request: Option<&str>| {
+            let mut h = vec![("streamType", ty), ("port", port)];
+            if let Some(r) = request {
+                h.push(("requestID", r));
+            }
+            frame::syn_stream(&mut codec, id, 0, &h)
+        };
+        // Request 0 to the echo port: error stream 1, data stream 3.
+        let mut w = open(1, "error", "7", Some("0"));
+        w.extend(open(3, "data", "7", Some("0")));
+        // Request 1 to a refused port.
+        w.extend(open(5, "error", "8", Some("1")));
+        w.extend(open(7, "data", "8", Some("1")));
+        // An old client without request ids: error 9, data 11.
+        w.extend(open(9, "error", "7", None));
+        w.extend(open(11, "data", "7", None));
+        // A bad port.
+        w.extend(open(13, "error", "0", Some("3")));
+        w.extend(open(15, "data", "0", Some("3")));
+        cwr.write_all(&w).await.unwrap();
+        cwr.write_all(&frame::data(3, 0, b"ping-")).await.unwrap();
+        cwr.write_all(&frame::data(3, FLAG_FIN, b"one"))
+            .await
+            .unwrap();
+        cwr.write_all(&frame::data(11, FLAG_FIN, b"two"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cwr.write_all(&frame::go_away(15)).await.unwrap();
+        session.await.unwrap();
+        let mut codec = HeaderCodec::new();
+        let got = frames(crd, &mut codec).await;
+        assert_eq!(data_of(&got, 3), (b"ping-one".to_vec(), true));
+        assert_eq!(data_of(&got, 1), (Vec::new(), true));
+        assert_eq!(data_of(&got, 11), (b"two".to_vec(), true));
+        let (err, fin) = data_of(&got, 5);
+        let err = String::from_utf8(err).unwrap();
+        assert!(
+            fin && err.contains("port 8") && err.contains("refused"),
+            "{err}"
+        );
+        let (err, _) = data_of(&got, 13);
+        assert!(String::from_utf8(err).unwrap().contains("invalid port"));
+        let replies = got
+            .iter()
+            .filter(|f| matches!(f, Frame::SynReply { .. }))
+            .count();
+        assert_eq!(replies, 8);
+        assert!(matches!(got.last(), Some(Frame::GoAway { .. })));
+        let forwards = f
+            .agent
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("PortForward"))
+            .count();
+        assert_eq!(forwards, 3, "no agent call for a bad port");
+    }
+}

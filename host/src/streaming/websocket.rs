@@ -4,7 +4,7 @@
 //! base64) before each message. Version 5 adds a close signal
 //! (`255, channel`) so a client can end stdin and keep reading.
 
-use super::channels::{AbortOnDrop, Channels, Incoming, ERROR, QUEUE, STDERR, STDOUT};
+use super::channels::{AbortOnDrop, Channels, Incoming, QUEUE};
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderMap, Response, StatusCode};
@@ -48,6 +48,20 @@ pub const REMOTE_COMMAND: &[ChannelProtocol] = &[
     ChannelProtocol {
         name: "base64.channel.k8s.io",
         version: 1,
+        base64: true,
+    },
+];
+
+/// The protocols of port-forward (kubelet's), best first.
+pub const PORT_FORWARD: &[ChannelProtocol] = &[
+    ChannelProtocol {
+        name: "v4.channel.k8s.io",
+        version: 4,
+        base64: false,
+    },
+    ChannelProtocol {
+        name: "v4.base64.channel.k8s.io",
+        version: 4,
         base64: true,
     },
 ];
@@ -141,14 +155,12 @@ pub fn encode(p: &ChannelProtocol, channel: u8, data: &[u8]) -> Message {
     }
 }
 
-/// Carries a session's channels over `ws`: the client first gets an empty
-/// message on the lowest channel it reads (`hello`: stdout, else stderr,
-/// else error), as Kubernetes' server sends to say the session is up.
+/// Carries a session's channels over `ws`; the client first gets an empty
+/// message on channel `hello`, if any.
 pub fn carry<S>(
     ws: tokio_tungstenite::WebSocketStream<S>,
     proto: ChannelProtocol,
-    reads_stdout: bool,
-    reads_stderr: bool,
+    hello: Option<u8>,
 ) -> Channels
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -156,16 +168,11 @@ where
     let (mut sink, mut stream) = ws.split();
     let (out, mut out_rx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(QUEUE);
     let (in_tx, input) = tokio::sync::mpsc::channel::<Incoming>(QUEUE);
-    let hello = if reads_stdout {
-        STDOUT
-    } else if reads_stderr {
-        STDERR
-    } else {
-        ERROR
-    };
     let done = tokio::spawn(async move {
-        if sink.send(encode(&proto, hello, &[])).await.is_err() {
-            return;
+        if let Some(h) = hello {
+            if sink.send(encode(&proto, h, &[])).await.is_err() {
+                return;
+            }
         }
         while let Some((channel, data)) = out_rx.recv().await {
             if sink.send(encode(&proto, channel, &data)).await.is_err() {

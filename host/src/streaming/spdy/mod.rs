@@ -6,8 +6,12 @@
 //! `spdystream`, the session uses no SPDY flow control (TCP's is enough).
 //!
 //! - [`frame`]: the frames and header compression.
+//! - [`conn`]: reading frames and writing them, for every session.
+//! - [`port_forward`]: port-forward sessions (`portforward.k8s.io`).
 
+pub mod conn;
 pub mod frame;
+pub mod port_forward;
 
 use super::channels::{
     AbortOnDrop, Channels, Incoming, ERROR, QUEUE, RESIZE, STDERR, STDIN, STDOUT,
@@ -19,7 +23,6 @@ use hyper::body::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 /// Remote-command protocol versions over SPDY, best first.
@@ -33,10 +36,7 @@ pub const REMOTE_COMMAND: &[(&str, u8)] = &[
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 
 /// How long the client has to open its streams after the upgrade.
-const STREAM_CREATION: Duration = Duration::from_secs(30);
-
-/// Largest DATA frame sent.
-const MAX_DATA: usize = 32 << 10;
+pub(super) const STREAM_CREATION: Duration = Duration::from_secs(30);
 
 /// True when `headers` ask for a SPDY/3.1 upgrade.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -46,9 +46,15 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("SPDY/3.1"))
 }
 
-/// The first version the client lists that moatd speaks, in the client's
+/// The port-forward protocol over SPDY (one version).
+pub const PORT_FORWARD: &[(&str, u8)] = &[("portforward.k8s.io", 1)];
+
+/// The first of the `supported` versions the client lists, in the client's
 /// order (Kubernetes' `httpstream.Handshake`).
-pub fn negotiate(headers: &HeaderMap) -> Result<(&'static str, u8), String> {
+pub fn negotiate(
+    headers: &HeaderMap,
+    supported: &[(&'static str, u8)],
+) -> Result<(&'static str, u8), String> {
     let offered: Vec<&str> = headers
         .get_all(PROTOCOL_HEADER)
         .iter()
@@ -58,11 +64,11 @@ pub fn negotiate(headers: &HeaderMap) -> Result<(&'static str, u8), String> {
         .collect();
     offered
         .iter()
-        .find_map(|o| REMOTE_COMMAND.iter().find(|(n, _)| n == o).copied())
+        .find_map(|o| supported.iter().find(|(n, _)| n == o).copied())
         .ok_or_else(|| {
             format!(
                 "unable to upgrade: no common protocol version in {offered:?}; supports {:?}",
-                REMOTE_COMMAND.iter().map(|(n, _)| *n).collect::<Vec<_>>()
+                supported.iter().map(|(n, _)| *n).collect::<Vec<_>>()
             )
         })
 }
@@ -133,110 +139,86 @@ pub async fn carry<S>(io: S, version: u8, expected: Expected) -> Result<Channels
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut rd, mut wr) = tokio::io::split(io);
-    // Frames to write; an empty one ends the connection.
-    let (raw_tx, mut raw_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    let (rd, wr) = tokio::io::split(io);
+    let (raw_tx, writer) = conn::writer(wr);
     let streams: StreamMap = Arc::default();
     let (ready_tx, mut ready_rx) = watch::channel(false);
     let (in_tx, input) = mpsc::channel::<Incoming>(QUEUE);
-    // Writes frames in order until told to end the connection.
-    let writer = tokio::spawn(async move {
-        while let Some(f) = raw_rx.recv().await {
-            if f.is_empty() {
-                break;
-            }
-            if wr.write_all(&f).await.is_err() {
-                return;
-            }
-        }
-        let _ = wr.flush().await;
-        let _ = wr.shutdown().await;
-    });
     let reader = {
         let streams = streams.clone();
         let raw_tx = raw_tx.clone();
         let want = expected.channels();
         tokio::spawn(async move {
             let mut codec = HeaderCodec::new();
-            let mut buf = Vec::new();
+            let mut frames = conn::FrameReader::new(rd);
             let mut resize = Vec::new();
-            let mut chunk = vec![0u8; 64 << 10];
             loop {
-                let n = match rd.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
+                let frame = match frames.next(&mut codec).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!("streaming: SPDY: {e}");
+                        break;
+                    }
                 };
-                buf.extend_from_slice(&chunk[..n]);
-                loop {
-                    let (frame, used) = match frame::parse(&buf, &mut codec) {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::debug!("streaming: SPDY: {e}");
-                            let _ = in_tx.send(Incoming::End).await;
-                            return;
+                let channel_of_stream = |id: u32| {
+                    streams
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.iter().find(|(_, s)| **s == id).map(|(c, _)| *c))
+                };
+                match frame {
+                    Frame::SynStream {
+                        stream, headers, ..
+                    } => {
+                        let ty = headers
+                            .iter()
+                            .find(|(k, _)| k == "streamtype")
+                            .map(|(_, v)| v.as_str());
+                        let Some(ch) = ty.and_then(channel_of) else {
+                            let _ = raw_tx.send(frame::rst_stream(stream, 1)).await;
+                            continue;
+                        };
+                        let _ = raw_tx.send(frame::syn_reply(&mut codec, stream, &[])).await;
+                        let all = streams.lock().map(|mut m| {
+                            m.insert(ch, stream);
+                            want.iter().all(|c| m.contains_key(c))
+                        });
+                        if all.unwrap_or(false) {
+                            let _ = ready_tx.send(true);
                         }
-                    };
-                    buf.drain(..used);
-                    let channel_of_stream = |id: u32| {
-                        streams
-                            .lock()
-                            .ok()
-                            .and_then(|m| m.iter().find(|(_, s)| **s == id).map(|(c, _)| *c))
-                    };
-                    match frame {
-                        Frame::SynStream {
-                            stream, headers, ..
-                        } => {
-                            let ty = headers
-                                .iter()
-                                .find(|(k, _)| k == "streamtype")
-                                .map(|(_, v)| v.as_str());
-                            let Some(ch) = ty.and_then(channel_of) else {
-                                let _ = raw_tx.send(frame::rst_stream(stream, 1)).await;
-                                continue;
-                            };
-                            let _ = raw_tx.send(frame::syn_reply(&mut codec, stream, &[])).await;
-                            let all = streams.lock().map(|mut m| {
-                                m.insert(ch, stream);
-                                want.iter().all(|c| m.contains_key(c))
-                            });
-                            if all.unwrap_or(false) {
-                                let _ = ready_tx.send(true);
+                    }
+                    Frame::Data {
+                        stream,
+                        flags,
+                        data,
+                    } => match channel_of_stream(stream) {
+                        Some(STDIN) => {
+                            if !data.is_empty() {
+                                let _ = in_tx.send(Incoming::Data(STDIN, data)).await;
                             }
-                        }
-                        Frame::Data {
-                            stream,
-                            flags,
-                            data,
-                        } => match channel_of_stream(stream) {
-                            Some(STDIN) => {
-                                if !data.is_empty() {
-                                    let _ = in_tx.send(Incoming::Data(STDIN, data)).await;
-                                }
-                                if flags & FLAG_FIN != 0 {
-                                    let _ = in_tx.send(Incoming::CloseChannel(STDIN)).await;
-                                }
-                            }
-                            Some(RESIZE) => {
-                                resize.extend_from_slice(&data);
-                                for size in take_json_objects(&mut resize) {
-                                    let _ = in_tx.send(Incoming::Data(RESIZE, size)).await;
-                                }
-                            }
-                            _ => {}
-                        },
-                        Frame::RstStream { stream, .. } => {
-                            if channel_of_stream(stream) == Some(STDIN) {
+                            if flags & FLAG_FIN != 0 {
                                 let _ = in_tx.send(Incoming::CloseChannel(STDIN)).await;
                             }
                         }
-                        Frame::Ping(id) => {
-                            let _ = raw_tx.send(frame::ping(id)).await;
+                        Some(RESIZE) => {
+                            resize.extend_from_slice(&data);
+                            for size in take_json_objects(&mut resize) {
+                                let _ = in_tx.send(Incoming::Data(RESIZE, size)).await;
+                            }
                         }
-                        Frame::GoAway { .. } => break,
-                        Frame::SynReply { .. } | Frame::Other(_) => {}
+                        _ => {}
+                    },
+                    Frame::RstStream { stream, .. } => {
+                        if channel_of_stream(stream) == Some(STDIN) {
+                            let _ = in_tx.send(Incoming::CloseChannel(STDIN)).await;
+                        }
                     }
+                    Frame::Ping(id) => {
+                        let _ = raw_tx.send(frame::ping(id)).await;
+                    }
+                    Frame::GoAway { .. } => break,
+                    Frame::SynReply { .. } | Frame::Other(_) => {}
                 }
             }
             let _ = in_tx.send(Incoming::End).await;
@@ -254,10 +236,8 @@ where
         let stream_of = |ch: u8| streams.lock().ok().and_then(|m| m.get(&ch).copied());
         while let Some((ch, data)) = out_rx.recv().await {
             let Some(id) = stream_of(ch) else { continue };
-            for part in data.chunks(MAX_DATA) {
-                if raw_tx.send(frame::data(id, 0, part)).await.is_err() {
-                    return;
-                }
+            if !conn::send_data(&raw_tx, id, &data).await {
+                return;
             }
         }
         for ch in [STDOUT, STDERR, ERROR] {
@@ -300,6 +280,7 @@ fn take_json_objects(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn negotiation_follows_the_clients_order() {
@@ -307,8 +288,12 @@ mod tests {
         h.append(PROTOCOL_HEADER, "v5.channel.k8s.io".parse().unwrap());
         h.append(PROTOCOL_HEADER, "v3.channel.k8s.io".parse().unwrap());
         h.append(PROTOCOL_HEADER, "v4.channel.k8s.io".parse().unwrap());
-        assert_eq!(negotiate(&h).unwrap(), ("v3.channel.k8s.io", 3));
-        assert!(negotiate(&HeaderMap::new()).is_err());
+        assert_eq!(
+            negotiate(&h, REMOTE_COMMAND).unwrap(),
+            ("v3.channel.k8s.io", 3)
+        );
+        assert!(negotiate(&HeaderMap::new(), REMOTE_COMMAND).is_err());
+        assert!(negotiate(&h, PORT_FORWARD).is_err());
     }
 
     #[test]
