@@ -10,7 +10,13 @@
 //! crictl speak) is driven by a small client here, playing spdystream's
 //! part with moatd's frame module.
 //!
-//! Needs `make artifacts`, release builds, and python3-websocket
+//! PortForward: kubelet's WebSocket form through Debian's python3-websocket
+//! (`tests/python/ws_portforward.py`), and SPDY through `moatctl
+//! port-forward` with curl as the local client: a server bound only to the
+//! pod's 127.0.0.1, a refused port, several connections, 64 MiB intact, and
+//! nothing left open afterwards.
+//!
+//! Needs `make artifacts`, release builds, python3-websocket and curl
 //! (scripts/install-deps.sh).
 
 use moat_proto::cri::*;
@@ -332,3 +338,254 @@ fn streaming_body() {
 }
 
 moat_tests::vm_test!(exec_over_websocket, TIMEOUT, streaming_body);
+
+/// kubelet's WebSocket port-forward through `ws_portforward.py`.
+fn ws_forward(url: &str, protocol: &str, send: &str) -> Value {
+    let out = Command::new("/usr/bin/python3")
+        .arg(workspace_root().join("tests/python/ws_portforward.py"))
+        .args([url, protocol, send])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ws_portforward.py failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// curl (Debian's) through a forwarded local port: (exit status, body).
+fn curl(port: u16, path: &str) -> (bool, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "300"])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl (scripts/install-deps.sh)");
+    (out.status.success(), out.stdout)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Connections to port 8080 in the pod that are still established.
+async fn established_8080(rt: &mut Rt, c: &str) -> usize {
+    let tcp = exec_ok(rt, c, "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null").await;
+    tcp.lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(":1F90") && f[3] == "01"
+        })
+        .count()
+}
+
+/// moatd's open file descriptors.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn port_forward_body() {
+    tokio_runtime().block_on(async {
+        let m = Moatd::start("").expect("moatd");
+        let mut rt = m.runtime().await.unwrap();
+        let logs = m.dir.path().join("pods");
+        pull(&m).await;
+        let pod = run_pod(&mut rt, &m, pod_config("forwards", &logs)).await;
+        // A web server bound only to the pod's localhost, with a 64 MiB
+        // file of random bytes and its digest.
+        let web = create(
+            &mut rt,
+            &pod,
+            container_config(
+                &m,
+                "web",
+                "mkdir -p /www && echo hello-from-localhost > /www/index.html && \
+                 head -c 67108864 /dev/urandom > /www/big && sha256sum /www/big > /www/big.sha && \
+                 exec httpd -f -p 127.0.0.1:8080 -h /www",
+            ),
+        )
+        .await
+        .unwrap();
+        start(&mut rt, &web).await;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let digest = loop {
+            let out = exec_ok(&mut rt, &web, "cat /www/big.sha 2>/dev/null; true").await;
+            if let Some(d) = out.split_whitespace().next() {
+                break d.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the web container never got ready"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let moatd_pid = m.pid().unwrap();
+        let fds_before = fds(moatd_pid);
+
+        // Bad requests are refused before any URL exists.
+        for (req, code) in [
+            (
+                PortForwardRequest {
+                    pod_sandbox_id: "nope".into(),
+                    port: vec![80],
+                },
+                tonic::Code::NotFound,
+            ),
+            (
+                PortForwardRequest {
+                    pod_sandbox_id: pod.clone(),
+                    port: vec![70000],
+                },
+                tonic::Code::InvalidArgument,
+            ),
+        ] {
+            assert_code(rt.port_forward(req).await, code, "bad PortForward");
+        }
+
+        // WebSocket (kubelet's form), ports from the request: an HTTP
+        // request through the data channel of port 8080.
+        let url = rt
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![8080],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+        assert!(url.contains("/portforward/"), "{url}");
+        let r = ws_forward(
+            &url,
+            "v4.channel.k8s.io",
+            "GET /index.html HTTP/1.0\r\n\r\n",
+        );
+        assert_eq!(r["ports"], json!({"0": 8080, "1": 8080}), "{r}");
+        assert!(channel(&r, 0).contains("hello-from-localhost"), "{r}");
+        assert_eq!(channel(&r, 1), "", "{r}");
+        // A port nobody listens on, named in the URL, base64 framing.
+        let url = rt
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+        let r = ws_forward(&format!("{url}?port=9999"), "v4.base64.channel.k8s.io", "x");
+        assert!(
+            channel(&r, 1).contains("port 9999") && channel(&r, 1).contains("refused"),
+            "{r}"
+        );
+
+        // SPDY (kubectl's and crictl's form) through moatctl port-forward,
+        // curl as the local client.
+        let mut pf = Command::new(moat_tests::artifacts::binary("moatctl").unwrap())
+            .arg("--socket")
+            .arg(&m.socket)
+            .args(["port-forward", &pod, ":8080", ":9999"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(pf.stdout.take().unwrap());
+        let mut local = Vec::new();
+        for _ in 0..2 {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
+            // "Forwarding from 127.0.0.1:PORT -> REMOTE"
+            let port: u16 = line
+                .split(':')
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("moatctl said {line:?}"));
+            local.push(port);
+        }
+        let (web_port, closed_port) = (local[0], local[1]);
+        let (ok, body) = tokio::task::spawn_blocking(move || curl(web_port, "/index.html"))
+            .await
+            .unwrap();
+        assert!(ok && body == b"hello-from-localhost\n", "{body:?}");
+        // Several connections at once.
+        let many: Vec<_> = (0..4)
+            .map(|_| tokio::task::spawn_blocking(move || curl(web_port, "/index.html")))
+            .collect();
+        for c in many {
+            let (ok, body) = c.await.unwrap();
+            assert!(ok && body == b"hello-from-localhost\n", "{body:?}");
+        }
+        // A refused port fails that connection only.
+        let (ok, _) = tokio::task::spawn_blocking(move || curl(closed_port, "/"))
+            .await
+            .unwrap();
+        assert!(!ok, "a connection to a closed port succeeded");
+        // 64 MiB, byte-identical.
+        let t = Instant::now();
+        let (ok, big) = tokio::task::spawn_blocking(move || curl(web_port, "/big"))
+            .await
+            .unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        assert!(ok && big.len() == 64 << 20, "got {} bytes", big.len());
+        assert_eq!(sha256_hex(&big), digest);
+        println!(
+            "64 MiB through port-forward (SPDY) in {secs:.1} s: {:.1} MiB/s",
+            64.0 / secs
+        );
+        drop(big);
+        let (ok, body) = tokio::task::spawn_blocking(move || curl(web_port, "/index.html"))
+            .await
+            .unwrap();
+        assert!(
+            ok && body == b"hello-from-localhost\n",
+            "the session ended: {body:?}"
+        );
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pf.id() as i32, libc::SIGINT) };
+        let out = pf.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("error forwarding port 9999") && stderr.contains("refused"),
+            "moatctl's stderr: {stderr}"
+        );
+
+        // Nothing left behind: no connection in the pod, no descriptor in
+        // moatd.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let open = established_8080(&mut rt, &web).await;
+            let now = fds(moatd_pid);
+            if open == 0 && now <= fds_before + 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind: {open} connections in the pod, moatd fds {fds_before} -> {now}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    });
+}
+
+moat_tests::vm_test!(
+    port_forward_to_the_pods_localhost,
+    TIMEOUT,
+    port_forward_body
+);

@@ -118,6 +118,15 @@ pub enum Cmd {
         #[arg(short, long)]
         tty: bool,
     },
+    /// Forward local ports to ports on a pod's localhost (as kubectl
+    /// port-forward); runs until interrupted.
+    PortForward {
+        /// Pod id (or unique prefix).
+        id: String,
+        /// `[LOCAL:]REMOTE` pairs (LOCAL empty: any free port).
+        #[arg(required = true, value_parser = crate::port_forward::parse_pair)]
+        ports: Vec<crate::port_forward::PortPair>,
+    },
     /// Print a container's log.
     Logs {
         /// Container id (or unique prefix).

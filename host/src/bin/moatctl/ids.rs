@@ -61,11 +61,13 @@ pub async fn resolve_ids(
         Cmd::Inspectp { id }
         | Cmd::Stopp { id }
         | Cmd::Rmp { id }
+        | Cmd::PortForward { id, .. }
         | Cmd::Create(CreateArgs { pod: id, .. }) => {
             *id = pod_id(rt, std::mem::take(id)).await?;
         }
         Cmd::Start { id }
         | Cmd::Exec { id, .. }
+        | Cmd::Attach { id, .. }
         | Cmd::Logs { id, .. }
         | Cmd::Inspect { id }
         | Cmd::Stop { id, .. }

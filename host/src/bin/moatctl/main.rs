@@ -2,7 +2,8 @@
 //!
 //! Files: [`cli`] holds the command line; [`ids`] resolves short ids;
 //! [`runtime`], [`images`], [`pods`] and [`containers`] run the commands
-//! of each kind; [`output`] holds what printing shares.
+//! of each kind; [`stream`] runs exec and attach sessions and
+//! [`port_forward`] port-forward ones; [`output`] holds what printing shares.
 
 mod cli;
 mod containers;
@@ -10,6 +11,7 @@ mod ids;
 mod images;
 mod output;
 mod pods;
+mod port_forward;
 mod runtime;
 mod stream;
 
@@ -67,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
             interactive,
             tty,
         } => containers::attach(&mut rt, id, interactive, tty).await?,
+        Cmd::PortForward { id, ports } => port_forward::run(&mut rt, id, ports).await?,
         Cmd::Logs { id, raw } => containers::logs(&mut rt, id, raw).await?,
         Cmd::Ps { all, pod } => containers::list(&mut rt, all, pod).await?,
         Cmd::Inspect { id } => containers::inspect(&mut rt, id).await?,

@@ -7,8 +7,10 @@
 //!
 //! - [`frame`]: the frames and header compression.
 //! - [`conn`]: reading frames and writing them, for every session.
+//! - [`client`]: the client's upgrade (moatctl).
 //! - [`port_forward`]: port-forward sessions (`portforward.k8s.io`).
 
+pub mod client;
 pub mod conn;
 pub mod frame;
 pub mod port_forward;
