@@ -7,7 +7,7 @@ AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT_BIN    := target/$(AGENT_TARGET)/guest/moat-agent
 export MOAT_BUILD_DIR := $(CURDIR)/$(BUILD)
 
-.PHONY: all deps pyenv kernel build agent initramfs images artifacts lint test demo bench-boot node-stress clean
+.PHONY: all deps pyenv kernel build agent initramfs images artifacts lint test demo bench-boot bench-streaming node-stress clean
 
 all: artifacts
 
@@ -66,6 +66,11 @@ demo: deps artifacts
 ## Boot-time benchmark: moat-vmm against QEMU microvm, same kernel, same run.
 bench-boot: deps artifacts
 	scripts/bench-boot.sh
+
+## Streaming benchmark: exec through the streaming server vs ExecSync,
+## port-forward throughput, moatd's memory with idle sessions; prints a table.
+bench-streaming: deps artifacts
+	scripts/bench-streaming.sh
 
 ## The test node's failure rate: NODES nodes in a row, each running the boot
 ## benchmark's rounds and PODS pods at once through moatd; prints a table.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The moat demo: a local registry, moatd serving CRI, and a pod in its own
 # microVM with a container in it (pull, run pod, create and start a
-# container, its logs, execs through the streaming server, stats, stop,
+# container, its logs, execs and a port-forward through the streaming
+# server, stats, stop,
 # remove) — directly where the
 # host's KVM can run guests, else inside the test node. Run by `make demo`
 # after the artefacts are built.
@@ -54,6 +55,17 @@ echo "-- exec with a terminal, and one reading stdin:"
 $C exec -t "$ctr" -- sh -c 'echo "on $(tty)"'
 echo "piped into the container" | $C exec -i "$ctr" -- cat
 set +e; $C exec "$ctr" -- sh -c 'exit 3'; echo "exit code passed back: $?"; set -e
+echo "-- port-forward to a web server bound only to 127.0.0.1 inside the pod (SPDY, as kubectl port-forward):"
+web=$($C create "$pod" 127.0.0.1:5000/moat/busybox:latest --name web -- \
+  sh -c 'mkdir -p /www && echo "served from the pod'"'"'s localhost" > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www')
+$C start "$web" >/dev/null
+$C port-forward "$pod" :8080 > "$W/port-forward.out" 2>&1 &
+pf=$!
+for _ in $(seq 100); do grep -q Forwarding "$W/port-forward.out" && break; sleep 0.1; done
+cat "$W/port-forward.out"
+port=$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\) .*/\1/p' "$W/port-forward.out")
+for _ in $(seq 50); do curl -sS --max-time 20 "http://127.0.0.1:$port/index.html" 2>/dev/null && break; sleep 0.2; done
+kill "$pf"; wait "$pf" 2>/dev/null || true
 $C stats
 $C statsp
 
@@ -61,6 +73,8 @@ echo "== 6. stop the container (SIGTERM, grace period, SIGKILL), remove it, stop
 $C stop --timeout 2 "$ctr" >/dev/null
 $C inspect "$ctr" | grep -E "state|exit code|reason"
 $C rm "$ctr" >/dev/null
+$C stop --timeout 2 "$web" >/dev/null
+$C rm "$web" >/dev/null
 $C stopp "$pod"
 $C rmp "$pod"
 $C pods

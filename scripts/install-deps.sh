@@ -21,6 +21,8 @@ packages=(
   # a WebSocket client written by others for the streaming tests (exec, attach,
   # port-forward over v4/v5.channel.k8s.io)
   python3-websocket
+  # the streaming TLS test's certificate
+  openssl
 )
 
 # The test node's QEMU must be 10.0 or newer: bookworm's 7.2 locks up or

@@ -88,6 +88,11 @@ pub struct StreamingConfig {
     /// A session idle this long (no bytes either way) is closed (default
     /// 4 h, as kubelet and containerd).
     pub idle_timeout_secs: u64,
+    /// PEM certificate chain; with `tls_key_file`, sessions are served
+    /// over TLS (`https://` URLs). Neither: plain HTTP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for StreamingConfig {
@@ -96,6 +101,8 @@ impl Default for StreamingConfig {
             address: "127.0.0.1".into(),
             port: 0,
             idle_timeout_secs: 4 * 3600,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -231,6 +238,12 @@ impl Config {
             return Err(invalid(
                 "streaming.idle_timeout_secs".into(),
                 "must be at least 1",
+            ));
+        }
+        if self.streaming.tls_cert_file.is_some() != self.streaming.tls_key_file.is_some() {
+            return Err(invalid(
+                "streaming.tls_cert_file".into(),
+                "tls_cert_file and tls_key_file go together",
             ));
         }
         for (name, h) in &self.runtime_handlers {

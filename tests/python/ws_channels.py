@@ -2,19 +2,23 @@
 Debian's python3-websocket (websocket-client), a client moat did not write.
 
 Usage: ws_channels.py URL PROTOCOL ACTIONS_JSON
+(an https:// URL is opened as wss://, trusting the CA in $MOAT_CA_FILE)
 
 ACTIONS_JSON is a list run in order after the connection opens:
   ["send", channel, "text"]   data on a channel
   ["close", channel]          v5 close signal for a channel
   ["sleep", seconds]
   ["disconnect"]              drop the connection at once (no reading)
+  ["digest"]                  report channels by length and SHA-256
 Then everything the server sends is read until it closes the connection.
 Prints one JSON object: the negotiated protocol, the first message's
-channel and length, and each channel's bytes (latin-1), or the HTTP status
-when the upgrade is refused.
+channel and length, and each channel's bytes (latin-1; with "digest",
+{"len", "sha256"}), or the HTTP status when the upgrade is refused.
 """
 import base64
+import hashlib
 import json
+import os
 import sys
 import time
 
@@ -26,9 +30,11 @@ def main():
     b64 = "base64" in protocol
     try:
         ws = websocket.create_connection(
-            url.replace("http://", "ws://", 1),
+            url.replace("http://", "ws://", 1).replace("https://", "wss://", 1),
             subprotocols=[protocol] if protocol else None,
             timeout=120,
+            # wss: trust only this CA (the test's own certificate).
+            sslopt={"ca_certs": os.environ["MOAT_CA_FILE"]} if "MOAT_CA_FILE" in os.environ else None,
         )
     except websocket.WebSocketBadStatusException as e:
         print(json.dumps({"http_status": e.status_code}))
@@ -40,8 +46,11 @@ def main():
         else:
             ws.send_binary(bytes([channel]) + data)
 
+    digest = False
     for a in actions:
-        if a[0] == "send":
+        if a[0] == "digest":
+            digest = True
+        elif a[0] == "send":
             send(a[1], a[2].encode())
         elif a[0] == "close":
             ws.send_binary(bytes([255, a[1]]))
@@ -53,6 +62,7 @@ def main():
             return
 
     channels, first = {}, None
+    hashes, lengths = {}, {}
     while True:
         try:
             opcode, data = ws.recv_data()
@@ -68,14 +78,22 @@ def main():
             channel, payload = data[0], data[1:]
         if first is None:
             first = [channel, len(payload)]
-        channels.setdefault(str(channel), b"")
-        channels[str(channel)] += payload
+        key = str(channel)
+        if digest:
+            hashes.setdefault(key, hashlib.sha256()).update(payload)
+            lengths[key] = lengths.get(key, 0) + len(payload)
+        else:
+            channels[key] = channels.get(key, b"") + payload
     print(
         json.dumps(
             {
                 "protocol": ws.getsubprotocol(),
                 "first": first,
-                "channels": {k: v.decode("latin-1") for k, v in channels.items()},
+                "channels": (
+                    {k: {"len": lengths[k], "sha256": h.hexdigest()} for k, h in hashes.items()}
+                    if digest
+                    else {k: v.decode("latin-1") for k, v in channels.items()}
+                ),
             }
         )
     )

@@ -150,6 +150,8 @@ fn streaming_body() {
             .await
             .unwrap();
         start(&mut rt, &c).await;
+        let moatd_pid = m.pid().unwrap();
+        let fds_before = fds(moatd_pid);
 
         // Bad requests are refused before any URL exists.
         let bad = |cmd: &[&str], tty: bool, stderr: bool| ExecRequest {
@@ -324,6 +326,71 @@ fn streaming_body() {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+
+        // 16 sessions at once, each its own output and status.
+        let mut urls = Vec::new();
+        for i in 0..16 {
+            let cmd = format!("echo session-{i}; sleep 2; echo done-{i} >&2");
+            urls.push(exec_url(&mut rt, &c, &["sh", "-c", &cmd], false, false).await);
+        }
+        let runs: Vec<_> = urls
+            .into_iter()
+            .map(|u| tokio::task::spawn_blocking(move || ws(&u, "v4.channel.k8s.io", json!([]))))
+            .collect();
+        for (i, r) in runs.into_iter().enumerate() {
+            let r = r.await.unwrap();
+            assert_eq!(channel(&r, 1), format!("session-{i}\n"), "{r}");
+            assert_eq!(channel(&r, 2), format!("done-{i}\n"), "{r}");
+            assert_eq!(status(&r)["status"], "Success", "{r}");
+        }
+
+        // 64 MiB of output to a client that reads nothing for 30 s: neither
+        // moatd nor the VM (its agent) holds it; then all of it arrives,
+        // byte-identical.
+        let sum = exec_ok(
+            &mut rt,
+            &c,
+            "head -c 67108864 /dev/urandom > /tmp/big && sha256sum /tmp/big",
+        )
+        .await;
+        let digest = sum.split_whitespace().next().unwrap().to_string();
+        let vmm = vmm_pid(&mut rt, &pod).await;
+        let before = (rss_mib(moatd_pid), rss_mib(vmm));
+        let url = exec_url(&mut rt, &c, &["cat", "/tmp/big"], false, false).await;
+        let t = Instant::now();
+        let slow = tokio::task::spawn_blocking(move || {
+            ws(&url, "v5.channel.k8s.io", json!([["sleep", 30], ["digest"]]))
+        });
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let idle = (rss_mib(moatd_pid), rss_mib(vmm));
+        println!(
+            "RSS (MiB) before / with a 64 MiB exec output unread for 25 s: moatd {} / {}, VMM {} / {}",
+            before.0, idle.0, before.1, idle.1
+        );
+        assert!(idle.0 < before.0 + 24, "moatd grew: {before:?} -> {idle:?}");
+        assert!(idle.1 < before.1 + 24, "the VM grew: {before:?} -> {idle:?}");
+        let r = slow.await.unwrap();
+        println!(
+            "64 MiB exec stdout (WebSocket) after the idle 30 s: {:.1} s",
+            t.elapsed().as_secs_f64() - 30.0
+        );
+        assert_eq!(
+            r["channels"]["1"],
+            json!({"len": 64 << 20, "sha256": digest}),
+            "{r}"
+        );
+        exec_ok(&mut rt, &c, "rm /tmp/big").await;
+
+        // Nothing left behind in moatd.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fds(moatd_pid) > fds_before + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "moatd fds {fds_before} -> {}",
+                fds(moatd_pid)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         rt.stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),
         })
@@ -335,6 +402,31 @@ fn streaming_body() {
         .await
         .unwrap();
     });
+}
+
+/// The resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+/// The pid of pod `pod`'s VMM (PodSandboxStatus, verbose).
+async fn vmm_pid(rt: &mut Rt, pod: &str) -> u32 {
+    let s = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: Value = serde_json::from_str(&s.info["info"]).unwrap();
+    u32::try_from(info["vmmPid"].as_u64().unwrap()).unwrap()
 }
 
 moat_tests::vm_test!(exec_over_websocket, TIMEOUT, streaming_body);

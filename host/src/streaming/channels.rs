@@ -72,5 +72,12 @@ pub async fn finish(
     }
     drop(out);
     let _ = done.await;
-    drop(reader);
+    // Let the client finish its side of the close (a WebSocket client
+    // answers moatd's Close; over TLS an early drop would cut it off).
+    let mut reader = reader;
+    let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader.0).await;
 }
+
+/// How long a session's connection waits for the client's side of the
+/// close once everything was sent.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

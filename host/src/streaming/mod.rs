@@ -1,10 +1,12 @@
-//! The streaming server: where kubelet sends `kubectl exec` (and, later,
-//! attach and port-forward) sessions. Exec, Attach and PortForward answer
-//! with a URL on this server holding a single-use token ([`tokens`]); the
-//! client (kubelet proxying the user, or crictl) upgrades that URL to a
-//! WebSocket speaking Kubernetes' channel protocols ([`websocket`]); the
-//! session ([`exec`]) runs the command in the container through its pod's
-//! agent and reports its end ([`status`]).
+//! The streaming server: where kubelet sends `kubectl exec`, `attach` and
+//! `port-forward` sessions. Exec, Attach and PortForward answer with a URL
+//! on this server holding a single-use token ([`tokens`]), over TLS when
+//! configured ([`tls`]); the client (kubelet proxying the user, or crictl)
+//! upgrades that URL to SPDY/3.1 ([`spdy`]) or a WebSocket speaking
+//! Kubernetes' channel protocols ([`websocket`]); the session runs the
+//! command in the container through its pod's agent ([`exec`],
+//! [`attach`]) and reports its end ([`status`]), or carries connections
+//! to ports on the pod's localhost ([`port_forward`]).
 
 pub mod attach;
 pub mod channels;
@@ -14,6 +16,7 @@ pub mod spdy;
 pub mod status;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 pub mod tokens;
 pub mod websocket;
 
@@ -71,17 +74,22 @@ impl StreamingServer {
         pods: Arc<Pods>,
     ) -> anyhow::Result<Arc<Self>> {
         let ip: IpAddr = cfg.address.parse()?;
+        let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let listener = tokio::net::TcpListener::bind((ip, cfg.port)).await?;
         let addr: SocketAddr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let server = Arc::new(Self {
-            base_url: format!("http://{addr}"),
+            base_url: format!("{scheme}://{addr}"),
             requests: TokenCache::new(TOKEN_TTL),
             containers,
             pods,
             idle: Duration::from_secs(cfg.idle_timeout_secs),
         });
-        tracing::info!(%addr, "streaming server listening");
-        tokio::spawn(accept_loop(listener, server.clone()));
+        tracing::info!(%addr, tls = tls.is_some(), "streaming server listening");
+        tokio::spawn(accept_loop(listener, tls, server.clone()));
         Ok(server)
     }
 
@@ -129,7 +137,14 @@ impl StreamingServer {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<StreamingServer>) {
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    server: Arc<StreamingServer>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -139,17 +154,32 @@ async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<StreamingSer
                 continue;
             }
         };
-        let server = server.clone();
+        let (server, tls) = (server.clone(), tls.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                std::future::ready(route(server.clone(), req))
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await;
+            match tls {
+                None => serve(stream, server).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve(s, server).await,
+                        Ok(Err(e)) => tracing::debug!("streaming: TLS handshake: {e}"),
+                        Err(_) => tracing::debug!("streaming: TLS handshake timed out"),
+                    }
+                }
+            }
         });
     }
+}
+
+/// Serves HTTP/1.1 (and its upgrades) on one connection.
+async fn serve<S>(io: S, server: Arc<StreamingServer>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| std::future::ready(route(server.clone(), req)));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
 }
 
 fn plain(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {

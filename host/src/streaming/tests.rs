@@ -22,6 +22,23 @@ struct Fixture {
 /// A ready pod (its "VM" this process, its agent the fake) with a running
 /// container "c1".
 async fn fixture() -> Fixture {
+    let (dir, containers, pods, agent) = parts().await;
+    let server = Arc::new(StreamingServer {
+        base_url: "http://test".into(),
+        requests: TokenCache::new(TOKEN_TTL),
+        containers,
+        pods,
+        idle: Duration::from_secs(3600),
+    });
+    Fixture {
+        _dir: dir,
+        server,
+        agent,
+    }
+}
+
+/// What a streaming server serves: the fixture's pod and container.
+async fn parts() -> (tempfile::TempDir, Containers, Arc<Pods>, Arc<FakeAgent>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let agent = FakeAgent::new(Script::default());
@@ -61,18 +78,7 @@ async fn fixture() -> Fixture {
     };
     store.put(CONTAINERS, "c1", &rec).unwrap();
     containers.start("c1", &sb).await.unwrap();
-    let server = Arc::new(StreamingServer {
-        base_url: "http://test".into(),
-        requests: TokenCache::new(TOKEN_TTL),
-        containers,
-        pods,
-        idle: Duration::from_secs(3600),
-    });
-    Fixture {
-        _dir: dir,
-        server,
-        agent,
-    }
+    (dir, containers, pods, agent)
 }
 
 /// Everything a session sent, once it ended.
@@ -360,4 +366,80 @@ mod spdy_port_forward {
             .count();
         assert_eq!(forwards, 3, "no agent call for a bad port");
     }
+}
+
+/// Over TLS, with clients moatd did not write: curl gets 404 for a forged
+/// URL, and Debian's python3-websocket runs an exec session (`wss://`),
+/// both trusting only the test's own certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_over_tls_with_clients_moat_did_not_write() {
+    let (dir, containers, pods, _agent) = parts().await;
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (scripts/install-deps.sh)");
+    assert!(made.status.success(), "{made:?}");
+    let cfg = crate::config::StreamingConfig {
+        tls_cert_file: Some(cert.clone()),
+        tls_key_file: Some(key),
+        ..Default::default()
+    };
+    let server = StreamingServer::start(&cfg, containers, pods)
+        .await
+        .unwrap();
+    assert!(server.base_url().starts_with("https://127.0.0.1:"));
+
+    let forged = format!("{}/exec/{}", server.base_url(), "0".repeat(64));
+    let cert_arg = cert.clone();
+    let code = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&cert_arg)
+            .arg(&forged)
+            .output()
+            .expect("curl")
+    })
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&code.stdout), "404", "{code:?}");
+
+    let url = server
+        .url(Pending::Exec(exec_req(&["echo", "over tls"])))
+        .unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/ws_channels.py");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("/usr/bin/python3")
+            .arg(script)
+            .args([&url, "v4.channel.k8s.io", "[[\"close\", 0]]"])
+            .env("MOAT_CA_FILE", &cert)
+            .output()
+            .expect("python3 (scripts/install-deps.sh)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["channels"]["1"], "over tls\n", "{r}");
+    let status: serde_json::Value =
+        serde_json::from_str(r["channels"]["3"].as_str().unwrap()).unwrap();
+    assert_eq!(status["status"], "Success");
 }
