@@ -18,6 +18,7 @@ W=$(mktemp -d /tmp/moat-bench-streaming.XXXXXX)
 cleanup() {
   [ -n "${pf:-}" ] && kill "$pf" 2>/dev/null
   [ -n "${idle:-}" ] && kill $idle 2>/dev/null
+  if [ -n "${pod:-}" ]; then $C stopp "$pod" >/dev/null 2>&1; $C rmp "$pod" >/dev/null 2>&1; fi
   local_moatd_stop "$W" moatbench0
   rm -rf "$W"
 }
@@ -45,7 +46,10 @@ port=$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\) .*/\1/p' "$W/pf.out")
 get() { curl -sS -o /dev/null "http://127.0.0.1:$port/big"; }
 get
 t=$(date +%s%N); get; one=$(ms "$t")
-t=$(date +%s%N); get & get & get & get & wait; four=$(ms "$t")
+t=$(date +%s%N)
+gets=
+for _ in 1 2 3 4; do get & gets="$gets $!"; done
+wait $gets; four=$(ms "$t")
 kill "$pf"; wait "$pf" 2>/dev/null || true; pf=
 
 base=$(rss "$moatd")

@@ -151,7 +151,6 @@ fn streaming_body() {
             .unwrap();
         start(&mut rt, &c).await;
         let moatd_pid = m.pid().unwrap();
-        let fds_before = fds(moatd_pid);
 
         // Bad requests are refused before any URL exists.
         let bad = |cmd: &[&str], tty: bool, stderr: bool| ExecRequest {
@@ -209,6 +208,10 @@ fn streaming_body() {
         let r = ws(&url, "v4.base64.channel.k8s.io", json!([]));
         assert_eq!(channel(&r, 1), "fine\n");
         assert_eq!(status(&r)["status"], "Success");
+        // What moatd holds once its agent channels are up and no session
+        // is open: every later session must leave it as it was.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let before = (fds(moatd_pid), sessions_and_tasks(&mut rt).await.1);
 
         // stdin round trip, ended by v5's close signal.
         let url = exec_url(&mut rt, &c, &["cat"], true, false).await;
@@ -355,7 +358,7 @@ fn streaming_body() {
         .await;
         let digest = sum.split_whitespace().next().unwrap().to_string();
         let vmm = vmm_pid(&mut rt, &pod).await;
-        let before = (rss_mib(moatd_pid), rss_mib(vmm));
+        let rss_before = (rss_mib(moatd_pid), rss_mib(vmm));
         let url = exec_url(&mut rt, &c, &["cat", "/tmp/big"], false, false).await;
         let t = Instant::now();
         let slow = tokio::task::spawn_blocking(move || {
@@ -365,10 +368,16 @@ fn streaming_body() {
         let idle = (rss_mib(moatd_pid), rss_mib(vmm));
         println!(
             "RSS (MiB) before / with a 64 MiB exec output unread for 25 s: moatd {} / {}, VMM {} / {}",
-            before.0, idle.0, before.1, idle.1
+            rss_before.0, idle.0, rss_before.1, idle.1
         );
-        assert!(idle.0 < before.0 + 24, "moatd grew: {before:?} -> {idle:?}");
-        assert!(idle.1 < before.1 + 24, "the VM grew: {before:?} -> {idle:?}");
+        assert!(
+            idle.0 < rss_before.0 + 24,
+            "moatd grew: {rss_before:?} -> {idle:?}"
+        );
+        assert!(
+            idle.1 < rss_before.1 + 24,
+            "the VM grew: {rss_before:?} -> {idle:?}"
+        );
         let r = slow.await.unwrap();
         println!(
             "64 MiB exec stdout (WebSocket) after the idle 30 s: {:.1} s",
@@ -382,15 +391,7 @@ fn streaming_body() {
         exec_ok(&mut rt, &c, "rm /tmp/big").await;
 
         // Nothing left behind in moatd.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while fds(moatd_pid) > fds_before + 2 {
-            assert!(
-                Instant::now() < deadline,
-                "moatd fds {fds_before} -> {}",
-                fds(moatd_pid)
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        nothing_left(&mut rt, moatd_pid, before).await;
         rt.stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),
         })
@@ -402,6 +403,44 @@ fn streaming_body() {
         .await
         .unwrap();
     });
+}
+
+/// moatd's open streaming sessions and live tasks (Status, verbose).
+async fn sessions_and_tasks(rt: &mut Rt) -> (u64, u64) {
+    let s = rt
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let v: Value = serde_json::from_str(&s.info["streaming"]).unwrap();
+    (
+        v["openSessions"].as_u64().unwrap(),
+        v["tasks"].as_u64().unwrap(),
+    )
+}
+
+/// Waits until moatd has no session open and no more descriptors and tasks
+/// than at `before` (a little slack for its agent connections).
+async fn nothing_left(rt: &mut Rt, pid: u32, before: (usize, u64)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (sessions, tasks) = sessions_and_tasks(rt).await;
+        let now = fds(pid);
+        if sessions == 0 && now <= before.0 + 2 && tasks <= before.1 + 4 {
+            println!(
+                "moatd after the sessions: fds {} -> {now}, tasks {} -> {tasks}",
+                before.0, before.1
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind in moatd: {sessions} sessions, fds {} -> {now}, tasks {} -> {tasks}",
+            before.0,
+            before.1
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The resident memory of process `pid`, in MiB.
@@ -519,7 +558,7 @@ fn port_forward_body() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         let moatd_pid = m.pid().unwrap();
-        let fds_before = fds(moatd_pid);
+        let before = (fds(moatd_pid), sessions_and_tasks(&mut rt).await.1);
 
         // Bad requests are refused before any URL exists.
         for (req, code) in [
@@ -648,21 +687,16 @@ fn port_forward_body() {
             "moatctl's stderr: {stderr}"
         );
 
-        // Nothing left behind: no connection in the pod, no descriptor in
-        // moatd.
+        // Nothing left behind: no connection in the pod, nothing in moatd.
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let open = established_8080(&mut rt, &web).await;
-            let now = fds(moatd_pid);
-            if open == 0 && now <= fds_before + 2 {
-                break;
-            }
+        while established_8080(&mut rt, &web).await > 0 {
             assert!(
                 Instant::now() < deadline,
-                "left behind: {open} connections in the pod, moatd fds {fds_before} -> {now}"
+                "connections left open in the pod"
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        nothing_left(&mut rt, moatd_pid, before).await;
         rt.stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),
         })

@@ -53,6 +53,19 @@ pub fn status(d: &Daemon, verbose: bool) -> StatusResponse {
             })
             .to_string(),
         );
+        // What a leak would grow: open streaming sessions, moatd's tasks.
+        let tasks = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_alive_tasks())
+            .ok();
+        info.insert(
+            "streaming".into(),
+            serde_json::json!({
+                "url": d.streaming.base_url(),
+                "openSessions": d.streaming.open_sessions(),
+                "tasks": tasks,
+            })
+            .to_string(),
+        );
     }
     StatusResponse {
         status: Some(RuntimeStatus {

@@ -64,6 +64,8 @@ pub struct StreamingServer {
     containers: Containers,
     pods: Arc<Pods>,
     idle: Duration,
+    /// Sessions whose connection is open.
+    sessions: std::sync::atomic::AtomicUsize,
 }
 
 impl StreamingServer {
@@ -87,15 +89,21 @@ impl StreamingServer {
             containers,
             pods,
             idle: Duration::from_secs(cfg.idle_timeout_secs),
+            sessions: std::sync::atomic::AtomicUsize::new(0),
         });
         tracing::info!(%addr, tls = tls.is_some(), "streaming server listening");
         tokio::spawn(accept_loop(listener, tls, server.clone()));
         Ok(server)
     }
 
-    /// Where the server listens (`http://ADDR:PORT`).
+    /// Where the server listens (`http://ADDR:PORT`, or `https://`).
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// How many sessions are open now.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The single-use URL that opens the session of `pending`.
@@ -238,19 +246,41 @@ impl Session {
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
 /// Answers the upgrade now and, once hyper hands the connection over,
-/// runs `then` on it.
-fn on_upgraded<F, Fut>(req: &mut Request<Incoming>, then: F)
+/// runs `then` on it (counted as an open session meanwhile).
+fn on_upgraded<F, Fut>(server: &Arc<StreamingServer>, req: &mut Request<Incoming>, then: F)
 where
     F: FnOnce(Upgraded) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let on_upgrade = hyper::upgrade::on(req);
+    let open = OpenSession::new(server.clone());
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(io) => then(TokioIo::new(io)).await,
             Err(e) => tracing::debug!("streaming upgrade failed: {e}"),
         }
+        drop(open);
     });
+}
+
+/// Counts a session as open while it lives.
+struct OpenSession(Arc<StreamingServer>);
+
+impl OpenSession {
+    fn new(server: Arc<StreamingServer>) -> Self {
+        server
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(server)
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0
+            .sessions
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Accepts a WebSocket upgrade speaking one of `supported`: the answer,
@@ -290,7 +320,7 @@ fn upgrade(
             stderr,
             resize: tty && version >= 3,
         };
-        on_upgraded(&mut req, move |io| async move {
+        on_upgraded(&server.clone(), &mut req, move |io| async move {
             match spdy::carry(io, version, expected).await {
                 Ok(ch) => session.run(server, ch).await,
                 Err(e) => tracing::info!("streaming: session not started: {e}"),
@@ -317,7 +347,7 @@ fn upgrade(
     } else {
         channels::ERROR
     };
-    on_upgraded(&mut req, move |io| async move {
+    on_upgraded(&server.clone(), &mut req, move |io| async move {
         let ch = websocket::carry(websocket_stream(io).await, proto, Some(hello));
         session.run(server, ch).await;
     });
@@ -341,7 +371,7 @@ fn upgrade_port_forward(
             Ok(p) => p,
             Err(e) => return plain(StatusCode::FORBIDDEN, &e),
         };
-        on_upgraded(&mut req, move |io| {
+        on_upgraded(&server.clone(), &mut req, move |io| {
             spdy::port_forward::serve(io, server, sb)
         });
         return spdy::accept(name);
@@ -386,7 +416,7 @@ fn upgrade_port_forward(
         Ok(r) => r,
         Err(e) => return plain(StatusCode::BAD_REQUEST, &e),
     };
-    on_upgraded(&mut req, move |io| async move {
+    on_upgraded(&server.clone(), &mut req, move |io| async move {
         let ch = websocket::carry(websocket_stream(io).await, proto, None);
         port_forward::websocket_session(server, ch, sb, ports).await;
     });

@@ -29,6 +29,7 @@ async fn fixture() -> Fixture {
         containers,
         pods,
         idle: Duration::from_secs(3600),
+        sessions: Default::default(),
     });
     Fixture {
         _dir: dir,

@@ -32,6 +32,7 @@ pub const REMOTE_COMMAND: &[(&str, u8)] = &[
     ("v4.channel.k8s.io", 4),
     ("v3.channel.k8s.io", 3),
     ("v2.channel.k8s.io", 2),
+    ("channel.k8s.io", 1),
 ];
 
 /// The request header listing the client's protocol versions.
