@@ -671,6 +671,17 @@ fn port_forward_body() {
             64.0 / secs
         );
         drop(big);
+        // A local client that leaves mid-transfer: the session carries on.
+        let cut = tokio::task::spawn_blocking(move || {
+            Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "--max-time", "1"])
+                .arg(format!("http://127.0.0.1:{web_port}/big"))
+                .status()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(!cut.success(), "64 MiB in under a second?");
         let (ok, body) = tokio::task::spawn_blocking(move || curl(web_port, "/index.html"))
             .await
             .unwrap();

@@ -160,11 +160,19 @@ async fn connection(s: Arc<Session>, tcp: TcpStream, port: u16) {
         })
     };
     // The pod's bytes until its side ends; then shut the local write side.
+    // A local client that went away resets the data stream: moatd stops
+    // that connection, and its frames stop here.
     while let Some(f) = data_rx.recv().await {
         match f {
-            Frame::Data { flags, data, .. } => {
-                if wr.write_all(&data).await.is_err() {
-                    break;
+            Frame::Data { flags, data: d, .. } => {
+                if wr.write_all(&d).await.is_err() {
+                    if let Ok(mut r) = s.routes.lock() {
+                        r.remove(&data);
+                    }
+                    drop(data_rx);
+                    let _ = s.raw.send(frame::rst_stream(data, CANCEL)).await;
+                    up.abort();
+                    return forget(&s, data, error);
                 }
                 if flags & FLAG_FIN != 0 {
                     break;
@@ -185,6 +193,14 @@ async fn connection(s: Arc<Session>, tcp: TcpStream, port: u16) {
         eprintln!("error: {}", String::from_utf8_lossy(&message));
     }
     up.abort();
+    forget(&s, data, error);
+}
+
+/// SPDY's CANCEL status.
+const CANCEL: u32 = 5;
+
+/// Drops the routes of a connection's streams.
+fn forget(s: &Session, data: u32, error: u32) {
     if let Ok(mut r) = s.routes.lock() {
         r.remove(&data);
         r.remove(&error);

@@ -53,10 +53,13 @@ where
     let mut half_open: HashMap<String, HalfOpen> = HashMap::new();
     // Open connections: the client's data stream → bytes toward the pod.
     let mut to_pod: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    // Open connections by data stream, to stop one the client resets.
+    let mut running: HashMap<u32, tokio::task::AbortHandle> = HashMap::new();
     let mut tasks = JoinSet::new();
     let mut last_stream = 0;
     loop {
         while tasks.try_join_next().is_some() {}
+        running.retain(|_, t| !t.is_finished());
         let idle = half_open.is_empty() && tasks.is_empty();
         let next = if idle {
             match tokio::time::timeout(server.idle, frames.next(&mut codec)).await {
@@ -126,7 +129,7 @@ where
                 half_open.remove(&request);
                 let (tx, from_client) = mpsc::channel(QUEUE);
                 to_pod.insert(data, tx);
-                tasks.spawn(connection(
+                let task = tasks.spawn(connection(
                     server.clone(),
                     sb.clone(),
                     port,
@@ -134,6 +137,7 @@ where
                     from_client,
                     raw_tx.clone(),
                 ));
+                running.insert(data, task);
             }
             Frame::Data {
                 stream,
@@ -151,7 +155,11 @@ where
                 }
             }
             Frame::RstStream { stream, .. } => {
+                // The client gave up this connection: stop it at once.
                 to_pod.remove(&stream);
+                if let Some(t) = running.remove(&stream) {
+                    t.abort();
+                }
             }
             Frame::Ping(id) => {
                 let _ = raw_tx.send(frame::ping(id)).await;
