@@ -68,6 +68,8 @@ pub struct FakeAgent {
     /// Calls received, as "Method container_id [detail]".
     calls: Mutex<Vec<String>>,
     stuck_waits: Mutex<usize>,
+    /// ContainerStats never answers while set.
+    silent_stats: std::sync::atomic::AtomicBool,
 }
 
 impl FakeAgent {
@@ -78,6 +80,13 @@ impl FakeAgent {
             script,
             ..Self::default()
         })
+    }
+
+    /// Makes ContainerStats answer (a guest that claims 1 TiB of memory and
+    /// 64 CPUs' worth of time a second) or never answer.
+    pub fn set_silent_stats(&self, silent: bool) {
+        self.silent_stats
+            .store(silent, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The calls received so far.
@@ -188,7 +197,6 @@ impl Agent for FakeAgent {
         destroy_sandbox(DestroySandboxRequest) -> DestroySandboxResponse;
         copy_file(CopyFileRequest) -> CopyFileResponse;
         list_containers(ListContainersRequest) -> ListContainersResponse;
-        container_stats(ContainerStatsRequest) -> ContainerStatsResponse;
         list_processes(ListProcessesRequest) -> ListProcessesResponse;
         write_stdin(WriteStdinRequest) -> WriteStdinResponse;
         close_stdin(CloseStdinRequest) -> CloseStdinResponse;
@@ -347,6 +355,32 @@ impl Agent for FakeAgent {
         Ok(Response::new(Box::pin(chunks.chain(
             futures_util::stream::once(ended).filter_map(|()| async { None }),
         ))))
+    }
+
+    /// Claims more than any VM has; or never answers (set_silent_stats).
+    async fn container_stats(
+        &self,
+        r: Request<ContainerStatsRequest>,
+    ) -> R<ContainerStatsResponse> {
+        self.record(format!("ContainerStats {}", r.get_ref().container_id));
+        if self.silent_stats.load(std::sync::atomic::Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+        let now = crate::clock::now_ns();
+        Ok(Response::new(ContainerStatsResponse {
+            cpu: Some(CpuStats {
+                // 64 s of CPU per second of wall time since the epoch.
+                usage_ns: u64::try_from(now).unwrap_or(0).saturating_mul(64),
+                ..Default::default()
+            }),
+            memory: Some(MemoryStats {
+                usage_bytes: 1 << 40,
+                working_set_bytes: 1 << 40,
+                ..Default::default()
+            }),
+            timestamp_ns: now,
+            ..Default::default()
+        }))
     }
 
     type PortForwardStream = ForwardChunks;

@@ -48,6 +48,16 @@ pub(super) struct Inner {
     pub(super) pod_locks: PodLocks,
     /// Last CPU sample per container, for usage_nano_cores.
     pub(super) cpu_samples: StdMutex<HashMap<String, (i64, u64)>>,
+    /// Each container's last stats answer from the guest, and when it came.
+    pub(super) last_stats: StdMutex<
+        HashMap<
+            String,
+            (
+                std::time::Instant,
+                moat_proto::agent::ContainerStatsResponse,
+            ),
+        >,
+    >,
 }
 
 /// All containers of this moatd.
@@ -75,6 +85,7 @@ impl Containers {
                 attached: StdMutex::new(HashMap::new()),
                 pod_locks,
                 cpu_samples: StdMutex::new(HashMap::new()),
+                last_stats: StdMutex::new(HashMap::new()),
             }),
             blk_slots: config
                 .runtime_handlers

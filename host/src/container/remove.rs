@@ -55,6 +55,9 @@ impl Containers {
         if let Ok(mut s) = self.inner.cpu_samples.lock() {
             s.remove(&rec.id);
         }
+        if let Ok(mut s) = self.inner.last_stats.lock() {
+            s.remove(&rec.id);
+        }
         self.inner.store.delete(CONTAINERS, &rec.id)?;
         tracing::info!(id = %rec.id, "container removed");
         self.inner

@@ -253,3 +253,34 @@ async fn a_container_whose_pod_vm_is_gone_has_exited() {
     assert_eq!((r.state, r.exit_code), (ContainerState::Exited, 255));
     assert_eq!(record(&f, "c1").message, "the pod VM stopped");
 }
+
+/// Stats: the guest's numbers held to its VM; a silent guest answered for
+/// by its last numbers within the deadline, or an error, never a hang.
+#[tokio::test(start_paused = true)]
+async fn stats_are_bounded_by_the_vm_and_by_a_deadline() {
+    let f = fixture(Script::default());
+    let rec = created(&f, "c1");
+    let u = f.containers.usage(&rec, &f.sb).await.unwrap();
+    let vm = f.sb.memory_mib << 20;
+    let mem = u.stats.memory.unwrap();
+    assert_eq!((mem.usage_bytes, mem.working_set_bytes), (vm, vm));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let u = f.containers.usage(&rec, &f.sb).await.unwrap();
+    assert!(
+        u.nano_cores.unwrap() <= u64::from(f.sb.vcpus) * 1_000_000_000,
+        "{:?}",
+        u.nano_cores
+    );
+
+    f.agent.set_silent_stats(true);
+    let t = tokio::time::Instant::now();
+    let u = f.containers.usage(&rec, &f.sb).await.unwrap();
+    assert!(t.elapsed() <= stats::STATS_DEADLINE + Duration::from_millis(100));
+    assert_eq!(u.stats.memory.unwrap().usage_bytes, vm, "the last answer");
+    assert_eq!(u.nano_cores, None);
+    // No earlier answer to stand in: an error, as soon.
+    let other = created(&f, "c2");
+    let t = tokio::time::Instant::now();
+    assert!(f.containers.usage(&other, &f.sb).await.is_err());
+    assert!(t.elapsed() <= stats::STATS_DEADLINE + Duration::from_millis(100));
+}

@@ -442,17 +442,26 @@ pub async fn pod_container_stats(
     sb: &SandboxRecord,
     containers: &[ContainerRecord],
 ) -> Vec<ContainerStats> {
-    let mut out = Vec::new();
-    for rec in containers
+    let running = containers
         .iter()
-        .filter(|r| r.sandbox_id == sb.id && r.state == ContainerState::Running)
-    {
-        match stats_of(d, rec, sb).await {
-            Ok(s) => out.push(s),
-            Err(e) => tracing::debug!(id = %rec.id, "container stats: {e}"),
-        }
-    }
-    out
+        .filter(|r| r.sandbox_id == sb.id && r.state == ContainerState::Running);
+    gathered(running.map(|rec| async move { (rec.id.as_str(), stats_of(d, rec, sb).await) })).await
+}
+
+/// The stats the guests gave, asked of all at once (each within its
+/// deadline); a container whose stats cannot be read is left out.
+async fn gathered<'a, F>(calls: impl Iterator<Item = F>) -> Vec<ContainerStats>
+where
+    F: std::future::Future<Output = (&'a str, Result<ContainerStats, Status>)>,
+{
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter_map(|(id, r)| {
+            r.map_err(|e| tracing::debug!(%id, "container stats: {}", e.message()))
+                .ok()
+        })
+        .collect()
 }
 
 /// ContainerStats.
@@ -479,19 +488,16 @@ pub async fn list_stats(
         pod_sandbox_id: f.pod_sandbox_id,
         label_selector: f.label_selector,
     };
-    let mut stats = Vec::new();
-    for rec in all(d)?.into_iter().filter(|r| matches(r, &filter)) {
-        if rec.state == ContainerState::Exited {
-            continue;
-        }
-        let Some(sb) = sandbox_of(d, &rec) else {
-            continue;
-        };
-        match stats_of(d, &rec, &sb).await {
-            Ok(s) => stats.push(s),
-            Err(e) => tracing::debug!(id = %rec.id, "container stats: {e}"),
-        }
-    }
+    let live: Vec<(ContainerRecord, SandboxRecord)> = all(d)?
+        .into_iter()
+        .filter(|r| matches(r, &filter) && r.state != ContainerState::Exited)
+        .filter_map(|r| sandbox_of(d, &r).map(|sb| (r, sb)))
+        .collect();
+    let stats = gathered(
+        live.iter()
+            .map(|(rec, sb)| async move { (rec.id.as_str(), stats_of(d, rec, sb).await) }),
+    )
+    .await;
     Ok(ListContainerStatsResponse { stats })
 }
 

@@ -157,11 +157,14 @@ impl CriImageService for CriImages {
         let req = req.into_inner();
         let name = image_name(req.image, "image")?;
         let auth = pull_auth(req.auth)?;
-        let rec = self
-            .images
-            .pull(&name, &auth)
-            .await
-            .map_err(status_from_image_error)?;
+        let images = self.images.clone();
+        let rec = super::detached(async move {
+            images
+                .pull(&name, &auth)
+                .await
+                .map_err(status_from_image_error)
+        })
+        .await?;
         Ok(Response::new(PullImageResponse { image_ref: rec.id }))
     }
 

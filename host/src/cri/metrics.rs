@@ -10,7 +10,7 @@
 //! CRI carries each value as an unsigned integer that kubelet exports as
 //! is, so `*_seconds_total` counters are whole seconds.
 
-use crate::container::ContainerState;
+use crate::container::{ContainerRecord, ContainerState};
 use crate::cri::Daemon;
 use crate::pod::{SandboxRecord, SandboxState};
 use moat_proto::cri::*;
@@ -362,52 +362,69 @@ fn pod_network_metrics(sb: &SandboxRecord) -> Vec<Metric> {
     .collect()
 }
 
-/// ListPodSandboxMetrics: every ready pod with its running containers.
+/// ListPodSandboxMetrics: every ready pod with its running containers,
+/// their guests asked all at once (each within its deadline).
 pub async fn list_pod_sandbox_metrics(d: &Daemon) -> Result<ListPodSandboxMetricsResponse, Status> {
     let pods = d.pods.list().map_err(crate::cri::status_from_pod_error)?;
     let containers = d.containers.list().unwrap_or_default();
-    let mut pod_metrics = Vec::new();
-    for sb in pods.into_iter().filter(|p| p.state == SandboxState::Ready) {
-        let md = sb.metadata();
-        let mut per_container = Vec::new();
-        for rec in containers
-            .iter()
-            .filter(|c| c.sandbox_id == sb.id && c.state == ContainerState::Running)
-        {
-            let usage = match d.containers.usage(rec, &sb).await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(id = %rec.id, "container metrics: {e}");
-                    continue;
-                }
-            };
-            let processes = d.containers.process_count(rec, &sb).await.ok();
-            let name = rec
-                .config
-                .metadata
-                .as_ref()
-                .map(|m| m.name.clone())
-                .unwrap_or_default();
-            let labels = vec![
-                name,
-                rec.id.clone(),
-                rec.image_ref.clone(),
-                rec.id.clone(),
-                md.namespace.clone(),
-                md.name.clone(),
-            ];
-            per_container.push(ContainerMetrics {
-                container_id: rec.id.clone(),
-                metrics: container_metrics(&labels, rec.started_at, &usage.stats, processes),
-            });
+    let ready = pods.into_iter().filter(|p| p.state == SandboxState::Ready);
+    let pod_metrics = futures_util::future::join_all(ready.map(|sb| {
+        let containers = &containers;
+        async move {
+            let running = containers
+                .iter()
+                .filter(|c| c.sandbox_id == sb.id && c.state == ContainerState::Running);
+            let per_container = futures_util::future::join_all(
+                running.map(|rec| container_metrics_of(d, &sb, rec)),
+            )
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+            PodSandboxMetrics {
+                pod_sandbox_id: sb.id.clone(),
+                metrics: pod_network_metrics(&sb),
+                container_metrics: per_container,
+            }
         }
-        pod_metrics.push(PodSandboxMetrics {
-            pod_sandbox_id: sb.id.clone(),
-            metrics: pod_network_metrics(&sb),
-            container_metrics: per_container,
-        });
-    }
+    }))
+    .await;
     Ok(ListPodSandboxMetricsResponse { pod_metrics })
+}
+
+/// One running container's metrics, or None when its guest cannot tell.
+async fn container_metrics_of(
+    d: &Daemon,
+    sb: &SandboxRecord,
+    rec: &ContainerRecord,
+) -> Option<ContainerMetrics> {
+    let usage = match d.containers.usage(rec, sb).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(id = %rec.id, "container metrics: {e}");
+            return None;
+        }
+    };
+    let processes = d.containers.process_count(rec, sb).await.ok();
+    let md = sb.metadata();
+    let name = rec
+        .config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let labels = vec![
+        name,
+        rec.id.clone(),
+        rec.image_ref.clone(),
+        rec.id.clone(),
+        md.namespace.clone(),
+        md.name.clone(),
+    ];
+    Some(ContainerMetrics {
+        container_id: rec.id.clone(),
+        metrics: container_metrics(&labels, rec.started_at, &usage.stats, processes),
+    })
 }
 
 #[cfg(test)]

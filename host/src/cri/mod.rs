@@ -52,8 +52,26 @@ pub fn status_from_pod_error(e: PodError) -> Status {
         PodError::Invalid(m) => Status::invalid_argument(m),
         PodError::NotFound(_) => Status::not_found(e.to_string()),
         PodError::Precondition(m) => Status::failed_precondition(m),
+        PodError::NameTaken { .. } => Status::already_exists(e.to_string()),
         other => Status::internal(crate::chain(&other)),
     }
+}
+
+/// Runs a state-changing RPC's work to its end even when the caller goes
+/// away: kubelet's deadline (`grpc-timeout`) drops the handler, and work
+/// stopped half-way would leave a VM, a netns or a slot behind with no one
+/// to finish it. The caller's retry then finds the result (or, for a pod,
+/// its name taken by the finished sandbox).
+pub async fn detached<T, Fut>(work: Fut) -> Result<T, Status>
+where
+    Fut: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        Err(Status::internal(format!(
+            "the request's handler failed: {e}"
+        )))
+    })
 }
 
 /// What every RPC handler shares.

@@ -1,7 +1,7 @@
 //! The CRI `RuntimeService` trait, dispatching each RPC to the module that
 //! holds it.
 
-use crate::cri::{container, metrics, runtime_info, sandbox, stats, streaming, Daemon};
+use crate::cri::{container, detached, metrics, runtime_info, sandbox, stats, streaming, Daemon};
 use moat_proto::cri::runtime_service_server::RuntimeService;
 use moat_proto::cri::*;
 use std::pin::Pin;
@@ -36,21 +36,24 @@ impl RuntimeService for CriRuntime {
         &self,
         req: Request<RunPodSandboxRequest>,
     ) -> Rpc<RunPodSandboxResponse> {
-        ok(sandbox::run(&self.d, req.into_inner()).await?)
+        let d = self.d.clone();
+        ok(detached(async move { sandbox::run(&d, req.into_inner()).await }).await?)
     }
 
     async fn stop_pod_sandbox(
         &self,
         req: Request<StopPodSandboxRequest>,
     ) -> Rpc<StopPodSandboxResponse> {
-        ok(sandbox::stop(&self.d, req.into_inner()).await?)
+        let d = self.d.clone();
+        ok(detached(async move { sandbox::stop(&d, req.into_inner()).await }).await?)
     }
 
     async fn remove_pod_sandbox(
         &self,
         req: Request<RemovePodSandboxRequest>,
     ) -> Rpc<RemovePodSandboxResponse> {
-        ok(sandbox::remove(&self.d, req.into_inner()).await?)
+        let d = self.d.clone();
+        ok(detached(async move { sandbox::remove(&d, req.into_inner()).await }).await?)
     }
 
     async fn pod_sandbox_status(
@@ -71,28 +74,32 @@ impl RuntimeService for CriRuntime {
         &self,
         req: Request<CreateContainerRequest>,
     ) -> Rpc<CreateContainerResponse> {
-        ok(container::create(&self.d, req.into_inner()).await?)
+        let d = self.d.clone();
+        ok(detached(async move { container::create(&d, req.into_inner()).await }).await?)
     }
 
     async fn start_container(
         &self,
         req: Request<StartContainerRequest>,
     ) -> Rpc<StartContainerResponse> {
-        ok(container::start(&self.d, req.into_inner()).await?)
+        let d = self.d.clone();
+        ok(detached(async move { container::start(&d, req.into_inner()).await }).await?)
     }
 
     async fn stop_container(
         &self,
         req: Request<StopContainerRequest>,
     ) -> Rpc<StopContainerResponse> {
-        ok(container::stop(&self.d, req.into_inner()).await?)
+        let d = self.d.clone();
+        ok(detached(async move { container::stop(&d, req.into_inner()).await }).await?)
     }
 
     async fn remove_container(
         &self,
         req: Request<RemoveContainerRequest>,
     ) -> Rpc<RemoveContainerResponse> {
-        ok(container::remove(&self.d, req.into_inner()).await?)
+        let d = self.d.clone();
+        ok(detached(async move { container::remove(&d, req.into_inner()).await }).await?)
     }
 
     async fn list_containers(
@@ -113,7 +120,8 @@ impl RuntimeService for CriRuntime {
         &self,
         req: Request<UpdateContainerResourcesRequest>,
     ) -> Rpc<UpdateContainerResourcesResponse> {
-        ok(container::update(&self.d, req.into_inner()).await?)
+        let d = self.d.clone();
+        ok(detached(async move { container::update(&d, req.into_inner()).await }).await?)
     }
 
     async fn reopen_container_log(

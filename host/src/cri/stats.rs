@@ -128,10 +128,10 @@ pub async fn list_pod_sandbox_stats(
         })
         .collect();
     let containers = all_containers(d);
-    let mut stats = Vec::new();
-    for rec in &pods {
-        stats.push(with_containers(d, rec, &containers).await);
-    }
+    // All pods at once: each guest answers within its own deadline.
+    let stats =
+        futures_util::future::join_all(pods.iter().map(|rec| with_containers(d, rec, &containers)))
+            .await;
     Ok(ListPodSandboxStatsResponse { stats })
 }
 

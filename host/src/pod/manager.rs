@@ -50,6 +50,14 @@ pub enum PodError {
     /// The state store failed (Internal).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another sandbox holds the pod's name (AlreadyExists).
+    #[error("pod sandbox name {name:?} is reserved for {holder}")]
+    NameTaken {
+        /// The name (pod name, namespace, uid, attempt).
+        name: String,
+        /// The sandbox holding it.
+        holder: String,
+    },
 }
 
 pub(super) fn failed(e: impl std::fmt::Display) -> PodError {
@@ -77,6 +85,8 @@ pub struct Pods {
     pub(super) locks: PodLocks,
     /// Channels to the pods' agents, shared with the containers.
     pub(super) agents: AgentPool,
+    /// Names of the sandboxes being created.
+    pub(super) reserved: super::names::Reserved,
 }
 
 impl Pods {
@@ -94,6 +104,7 @@ impl Pods {
             cni,
             locks,
             agents,
+            reserved: Default::default(),
         }
     }
 

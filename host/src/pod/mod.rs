@@ -6,9 +6,11 @@
 //!   verbs beside it: `run.rs`, `stop.rs` (stop and remove), `validate.rs`.
 //! - [`locks`]: the one lock per pod that pod and container operations share.
 //! - [`port_forward`]: a connection to a port on the pod's localhost.
+//! - [`names`]: a pod's name held by one sandbox until it is removed.
 
 pub mod locks;
 pub mod manager;
+pub mod names;
 pub mod port_forward;
 pub mod record;
 mod run;

@@ -120,6 +120,7 @@ impl Pods {
             )));
         }
         let id = crate::ids::new_id().map_err(caused("reading /dev/urandom"))?;
+        let _name = self.reserve_name(&config.metadata.clone().unwrap_or_default(), &id)?;
         let _guard = self.locks.lock(&id).await;
         let (vcpus, memory_mib) = vm_size(&config, &handler);
         let mut rec = SandboxRecord {

@@ -60,12 +60,45 @@ pub fn pod_lifecycle_body() {
             started.elapsed().as_secs_f64()
         );
         assert_eq!(id.len(), 64);
-        let other = rt
+        // A caller whose deadline passes mid-way (kubelet's grpc-timeout)
+        // does not stop the work: the pod comes up all the same, and the
+        // retry finds the name taken by it rather than booting a second VM.
+        let mut hasty = tonic::Request::new(run_req(pod_config("db", &[("app", "db")]), "microvm"));
+        hasty.set_timeout(Duration::from_millis(300));
+        let other = match rt.run_pod_sandbox(hasty).await {
+            Ok(r) => r.into_inner().pod_sandbox_id,
+            Err(e) => {
+                assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+                let deadline = Instant::now() + Duration::from_secs(300);
+                loop {
+                    let pods = rt
+                        .list_pod_sandbox(ListPodSandboxRequest::default())
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .items;
+                    let db = pods.iter().find(|p| {
+                        p.metadata.as_ref().is_some_and(|m| m.name == "db")
+                            && p.state == PodSandboxState::SandboxReady as i32
+                    });
+                    if let Some(db) = db {
+                        break db.id.clone();
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "the pod never came up\n{}",
+                        m.log()
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let again = rt
             .run_pod_sandbox(run_req(pod_config("db", &[("app", "db")]), "microvm"))
             .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id;
+            .expect_err("the same pod twice");
+        assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+        assert!(again.message().contains(&other), "{again:?}");
         assert_eq!(vmm_pids().len(), 2);
 
         let ev = tokio::time::timeout(Duration::from_secs(10), events.message())
