@@ -68,7 +68,12 @@ pub fn pod_lifecycle_body() {
         let other = match rt.run_pod_sandbox(hasty).await {
             Ok(r) => r.into_inner().pod_sandbox_id,
             Err(e) => {
-                assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+                // tonic's client gives up with Cancelled; a server that
+                // saw the deadline first would say DeadlineExceeded.
+                assert!(
+                    matches!(e.code(), Code::Cancelled | Code::DeadlineExceeded),
+                    "{e:?}"
+                );
                 let deadline = Instant::now() + Duration::from_secs(300);
                 loop {
                     let pods = rt

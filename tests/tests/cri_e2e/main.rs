@@ -101,8 +101,7 @@ fn runtime_info_and_image_service() {
             .into_inner()
             .pod_metrics
             .is_empty());
-        // Exec and Attach name the missing container; port forwarding
-        // says clearly that it is not served yet.
+        // Exec, Attach and PortForward name what is missing.
         let e = rt.exec(ExecRequest::default()).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(e.message().contains("container_id"), "{e:?}");
@@ -112,7 +111,8 @@ fn runtime_info_and_image_service() {
             .port_forward(PortForwardRequest::default())
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::Unimplemented);
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("pod_sandbox_id"), "{e:?}");
 
         // Images: pull, list, status (verbose), fs info, remove.
         let busybox = m.registry.busybox();
