@@ -74,6 +74,26 @@ pub struct Config {
     /// The streaming server kubelet sends exec, attach and port-forward
     /// sessions to.
     pub streaming: StreamingConfig,
+    /// Limits on what a registry may send (images are untrusted).
+    pub image_limits: ImageLimits,
+}
+
+/// Limits on what a registry may send.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageLimits {
+    /// Largest layer accepted, in bytes as it travels (default 8 GiB). A
+    /// layer must also arrive with exactly the size its manifest declares;
+    /// the download stops at the first byte past either.
+    pub max_layer_bytes: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self {
+            max_layer_bytes: 8 << 30,
+        }
+    }
 }
 
 /// The streaming server (containerd's `stream_server_*` settings).
@@ -164,6 +184,7 @@ impl Default for Config {
             registry_config_dir: "/etc/moat/certs.d".into(),
             cgroup_driver: "systemd".into(),
             streaming: StreamingConfig::default(),
+            image_limits: ImageLimits::default(),
         }
     }
 }
@@ -237,6 +258,12 @@ impl Config {
         if self.streaming.idle_timeout_secs == 0 {
             return Err(invalid(
                 "streaming.idle_timeout_secs".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.image_limits.max_layer_bytes == 0 {
+            return Err(invalid(
+                "image_limits.max_layer_bytes".into(),
                 "must be at least 1",
             ));
         }

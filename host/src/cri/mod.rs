@@ -103,7 +103,8 @@ impl Daemon {
                 store.clone(),
                 config.insecure_registries.clone(),
             )?
-            .with_registry_config_dir(&config.registry_config_dir),
+            .with_registry_config_dir(&config.registry_config_dir)
+            .with_limits(config.image_limits),
         );
         let cni = match CniNetwork::load_dir(&config.cni_conf_dir, config.cni_bin_dirs.clone()) {
             Ok(n) => {

@@ -391,12 +391,15 @@ impl Puller {
     }
 
     /// Downloads blob `digest` (a layer of the resolved manifest) to `dest`,
-    /// verifying its sha256 while writing, from the first host with the
-    /// `pull` capability that serves it. Returns its size and the host.
+    /// verifying its sha256 and its declared size while writing, from the
+    /// first host with the `pull` capability that serves it; a layer over
+    /// `max_bytes` (declared or sent) is refused. Returns its size and the
+    /// host.
     pub async fn fetch_blob(
         &self,
         layer: &oci_client::manifest::OciDescriptor,
         dest: &Path,
+        max_bytes: u64,
     ) -> Result<(u64, String), PullError> {
         let Some(want) = layer.digest.strip_prefix("sha256:") else {
             return Err(PullError::BadContent {
@@ -404,6 +407,19 @@ impl Puller {
                 reason: format!("unsupported digest algorithm in {}", layer.digest),
             });
         };
+        let declared = u64::try_from(layer.size).map_err(|_| PullError::BadContent {
+            reference: self.reference.whole(),
+            reason: format!("layer {} declares a size of {}", layer.digest, layer.size),
+        })?;
+        if declared > max_bytes {
+            return Err(PullError::BadContent {
+                reference: self.reference.whole(),
+                reason: format!(
+                    "layer {} declares {declared} bytes, over image_limits.max_layer_bytes ({max_bytes})",
+                    layer.digest
+                ),
+            });
+        }
         let mut failures = Vec::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             if !ep.host.capabilities.pull {
@@ -419,7 +435,7 @@ impl Puller {
                 ));
                 continue;
             }
-            match self.fetch_blob_from(ep, layer, want, dest).await {
+            match self.fetch_blob_from(ep, layer, want, declared, dest).await {
                 Ok(len) => {
                     if !failures.is_empty() {
                         tracing::info!(image = %self.reference, layer = %layer.digest, host = %ep.label, skipped = failures.len(), "layer served by a later host");
@@ -456,6 +472,7 @@ impl Puller {
         ep: &Endpoint,
         layer: &oci_client::manifest::OciDescriptor,
         want: &str,
+        declared: u64,
         dest: &Path,
     ) -> Result<u64, (PullError, bool)> {
         let io = |context: &str| {
@@ -479,15 +496,38 @@ impl Puller {
             inner: tokio::io::BufWriter::new(file),
             hasher: Sha256::new(),
             len: 0,
+            limit: declared,
         };
         // The auth for this host's client (resolving may have used another).
         ep.client
             .store_auth_if_needed(ep.reference.resolve_registry(), &self.auth)
             .await;
-        ep.client
-            .pull_blob(&ep.reference, layer, &mut writer)
-            .await
-            .map_err(|e| (self.registry_err(&e), is_connect_error(&e)))?;
+        let pulled = ep.client.pull_blob(&ep.reference, layer, &mut writer).await;
+        if writer.len > declared {
+            return Err((
+                PullError::BadContent {
+                    reference: self.reference.whole(),
+                    reason: format!(
+                        "layer {} sent more than the {declared} bytes its manifest declares",
+                        layer.digest
+                    ),
+                },
+                false,
+            ));
+        }
+        pulled.map_err(|e| (self.registry_err(&e), is_connect_error(&e)))?;
+        if writer.len != declared {
+            return Err((
+                PullError::BadContent {
+                    reference: self.reference.whole(),
+                    reason: format!(
+                        "layer {} ended after {} of the {declared} bytes its manifest declares",
+                        layer.digest, writer.len
+                    ),
+                },
+                false,
+            ));
+        }
         writer.inner.flush().await.map_err(io("writing the blob"))?;
         writer
             .inner
@@ -509,11 +549,13 @@ impl Puller {
     }
 }
 
-/// An AsyncWrite that hashes what passes through.
+/// An AsyncWrite that hashes what passes through, and refuses bytes past
+/// `limit` (the layer's declared size).
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     len: u64,
+    limit: u64,
 }
 
 impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HashingWriter<W> {
@@ -523,6 +565,13 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HashingWriter<W
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = &mut *self;
+        if this.len.saturating_add(buf.len() as u64) > this.limit {
+            // Counted, so the caller can tell why the write failed.
+            this.len = this.len.saturating_add(buf.len() as u64);
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "more bytes than the layer's declared size",
+            )));
+        }
         let poll = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
         if let std::task::Poll::Ready(Ok(n)) = &poll {
             this.hasher.update(&buf[..*n]);
@@ -591,5 +640,120 @@ mod tests {
         assert_eq!(p.endpoints[0].reference.namespace(), Some("docker.io"));
         assert_eq!(p.endpoints[2].reference.namespace(), None);
         assert_eq!(p.reference.whole(), "docker.io/library/busybox:latest");
+    }
+
+    /// A registry on 127.0.0.1 that lies: each path answers with a fixed
+    /// body (manifests with the OCI media type).
+    async fn lying_registry(files: Vec<(String, Vec<u8>)>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let files = std::sync::Arc::new(files);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let files = files.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                        let path = req.uri().path().to_string();
+                        let found = files.iter().find(|(p, _)| *p == path).cloned();
+                        async move {
+                            let mut r = http::Response::new(http_body_util::Full::new(
+                                hyper::body::Bytes::from(
+                                    found.clone().map(|f| f.1).unwrap_or_default(),
+                                ),
+                            ));
+                            if found.is_none() && path != "/v2/" {
+                                *r.status_mut() = http::StatusCode::NOT_FOUND;
+                            }
+                            if path.contains("/manifests/") {
+                                r.headers_mut().insert(
+                                    http::header::CONTENT_TYPE,
+                                    http::HeaderValue::from_static(
+                                        "application/vnd.oci.image.manifest.v1+json",
+                                    ),
+                                );
+                            }
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr.to_string()
+    }
+
+    fn digest_of(data: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    }
+
+    /// Layers must arrive with exactly their declared size, within the
+    /// limit: a registry sending more, less, or declaring too much is
+    /// refused, naming the layer.
+    #[tokio::test]
+    async fn layers_are_held_to_their_declared_size_and_the_limit() {
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let layer = vec![7u8; 4096];
+        let layer_digest = digest_of(&layer);
+        let manifest = |size: usize| {
+            serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": digest_of(config), "size": config.len()},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                            "digest": layer_digest, "size": size}]
+            })
+            .to_string()
+            .into_bytes()
+        };
+        let files = vec![
+            ("/v2/short/manifests/latest".to_string(), manifest(1000)),
+            ("/v2/long/manifests/latest".to_string(), manifest(8192)),
+            ("/v2/exact/manifests/latest".to_string(), manifest(4096)),
+            (
+                format!("/v2/short/blobs/{}", digest_of(config)),
+                config.to_vec(),
+            ),
+            (
+                format!("/v2/long/blobs/{}", digest_of(config)),
+                config.to_vec(),
+            ),
+            (
+                format!("/v2/exact/blobs/{}", digest_of(config)),
+                config.to_vec(),
+            ),
+            (format!("/v2/short/blobs/{layer_digest}"), layer.clone()),
+            (format!("/v2/long/blobs/{layer_digest}"), layer.clone()),
+            (format!("/v2/exact/blobs/{layer_digest}"), layer.clone()),
+        ];
+        let addr = lying_registry(files).await;
+        let dir = tempfile::tempdir().unwrap();
+        let fetch = |name: &'static str, limit: u64| {
+            let addr = addr.clone();
+            let dest = dir.path().join(name);
+            async move {
+                let reference = parse_reference(&format!("{addr}/{name}:latest")).unwrap();
+                let hosts =
+                    super::super::hosts::registry_hosts(None, reference.registry(), &[]).unwrap();
+                let p = Puller::new(reference, &PullAuth::default(), &hosts).unwrap();
+                let resolved = p.resolve().await.unwrap();
+                p.fetch_blob(&resolved.manifest.layers[0], &dest, limit)
+                    .await
+            }
+        };
+        // Declared 1000, sent 4096: stopped at the declared size.
+        let e = fetch("short", 1 << 30).await.unwrap_err().reason();
+        assert!(e.contains("more than the 1000 bytes"), "{e}");
+        // Declared 8192, sent 4096.
+        let e = fetch("long", 1 << 30).await.unwrap_err().reason();
+        assert!(e.contains("ended after 4096 of the 8192 bytes"), "{e}");
+        // Honest, but over the limit: refused before downloading.
+        let e = fetch("exact", 4095).await.unwrap_err().reason();
+        assert!(e.contains("over image_limits.max_layer_bytes"), "{e}");
+        let (n, _) = fetch("exact", 4096).await.unwrap();
+        assert_eq!(n, 4096);
     }
 }

@@ -118,6 +118,8 @@ pub struct ImageService {
     /// containerd-style `hosts.toml` directory (mirrors, per-registry TLS),
     /// read at every pull.
     registry_config_dir: Option<PathBuf>,
+    /// What a registry may send.
+    limits: crate::config::ImageLimits,
     /// Pulls are serialized: they share blobs, tags and disk bandwidth.
     pull_lock: tokio::sync::Mutex<()>,
 }
@@ -149,8 +151,15 @@ impl ImageService {
             store,
             insecure_registries,
             registry_config_dir: None,
+            limits: crate::config::ImageLimits::default(),
             pull_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Holds registries to `limits`.
+    pub fn with_limits(mut self, limits: crate::config::ImageLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Reads registry mirrors and per-registry settings from `dir`
@@ -263,7 +272,10 @@ impl ImageService {
                     .join("tmp")
                     .join(format!("blob-{}", hex_of(&layer.digest).unwrap_or("x")));
                 tracing::info!(image, layer = %layer.digest, bytes = layer.size, "downloading layer");
-                match puller.fetch_blob(layer, &tmp).await {
+                match puller
+                    .fetch_blob(layer, &tmp, self.limits.max_layer_bytes)
+                    .await
+                {
                     Ok((bytes, host)) => {
                         tracing::info!(image, layer = %layer.digest, bytes, %host, "layer downloaded")
                     }
