@@ -15,6 +15,11 @@ pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(path)?;
+    read_open(file, path, limit)
+}
+
+/// Reads an opened file (from `path`) if it is regular and within `limit`.
+fn read_open(file: std::fs::File, path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::new(
@@ -39,9 +44,68 @@ pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// Reads `rel` inside the directory tree `root` as [`read_regular`] does,
+/// never leaving the tree: no part of `rel` may be a symlink (an image's
+/// `etc -> /etc` would otherwise lead to the host's files) or `..`.
+pub fn read_in_root(root: &Path, rel: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::path::Component;
+    let refused = |why: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} in {}: {why}", rel.display(), root.display()),
+        )
+    };
+    let parts: Vec<_> = rel.components().collect();
+    let Some((last, dirs)) = parts.split_last() else {
+        return Err(refused("an empty path"));
+    };
+    let mut at = root.to_path_buf();
+    for c in dirs {
+        let Component::Normal(name) = c else {
+            return Err(refused("only plain names may lead there"));
+        };
+        at.push(name);
+        if !std::fs::symlink_metadata(&at)?.is_dir() {
+            return Err(refused("a part of it is not a directory (a symlink?)"));
+        }
+    }
+    let Component::Normal(name) = last else {
+        return Err(refused("only plain names may lead there"));
+    };
+    at.push(name);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(&at)?;
+    read_open(file, &at, limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_in_a_tree_are_read_without_leaving_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), b"root:x:0:0::/:/bin/sh\n").unwrap();
+        assert_eq!(
+            read_in_root(&root, Path::new("etc/passwd"), 1024).unwrap(),
+            b"root:x:0:0::/:/bin/sh\n"
+        );
+        // An image whose etc is the host's.
+        let evil = dir.path().join("evil");
+        std::fs::create_dir_all(&evil).unwrap();
+        std::os::unix::fs::symlink("/etc", evil.join("etc")).unwrap();
+        assert!(read_in_root(&evil, Path::new("etc/passwd"), 1 << 20).is_err());
+        // The file itself a link out.
+        std::fs::create_dir_all(evil.join("e2")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", evil.join("e2/passwd")).unwrap();
+        assert!(read_in_root(&evil, Path::new("e2/passwd"), 1 << 20).is_err());
+        assert!(read_in_root(&root, Path::new("../rootfs/etc/passwd"), 1024).is_err());
+        assert!(read_in_root(&root, Path::new("etc/passwd"), 4).is_err());
+    }
 
     #[test]
     fn only_regular_files_within_the_limit_are_read() {

@@ -5,7 +5,8 @@
 //! builds in one pass over the tree, and keeps owners, modes and xattrs.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Why a block image could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,10 @@ pub enum BlockError {
         /// What it printed.
         stderr: String,
     },
+    /// mkfs.erofs ran past its time limit (a tree shaped to make it crawl)
+    /// and was killed.
+    #[error("mkfs.erofs ran longer than {0:?} and was stopped")]
+    TimedOut(std::time::Duration),
     /// The result could not be moved into place.
     #[error("installing {path}: {source}")]
     Install {
@@ -31,10 +36,21 @@ pub enum BlockError {
     },
 }
 
-/// Builds `out` from `root` (written to a temporary name, then renamed).
+/// How long mkfs.erofs may run on one image.
+pub const MKFS_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// Builds `out` from `root` (written to a temporary name, then renamed)
+/// within [`MKFS_LIMIT`].
 pub fn build_erofs(root: &Path, out: &Path) -> Result<u64, BlockError> {
+    build_erofs_within(root, out, MKFS_LIMIT)
+}
+
+/// Builds `out` from `root`, killing mkfs.erofs after `limit`.
+pub fn build_erofs_within(root: &Path, out: &Path, limit: Duration) -> Result<u64, BlockError> {
     let tmp = out.with_extension("erofs.tmp");
-    let result = Command::new("mkfs.erofs")
+    let log = out.with_extension("erofs.log");
+    let stderr = std::fs::File::create(&log).map_err(BlockError::Spawn)?;
+    let mut child = Command::new("mkfs.erofs")
         // Fixed timestamps and UUID: the same image gives the same bytes.
         .args([
             "-T0",
@@ -44,13 +60,32 @@ pub fn build_erofs(root: &Path, out: &Path) -> Result<u64, BlockError> {
         ])
         .arg(&tmp)
         .arg(root)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
         .map_err(BlockError::Spawn)?;
-    if !result.status.success() {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(BlockError::Spawn)? {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&log);
+            return Err(BlockError::TimedOut(limit));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let said = crate::files::read_regular(&log, 64 << 10).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    if !status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(BlockError::Failed {
-            status: result.status.to_string(),
-            stderr: String::from_utf8_lossy(&result.stderr).trim().to_string(),
+            status: status.to_string(),
+            stderr: String::from_utf8_lossy(&said).trim().to_string(),
         });
     }
     let install = |source| BlockError::Install {
@@ -91,5 +126,24 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = build_erofs(&tmp.path().join("nope"), &tmp.path().join("x.erofs"));
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn a_build_past_its_limit_is_stopped_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        for i in 0..2000 {
+            let d = root.join(format!("d{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("f"), b"x").unwrap();
+        }
+        let out = tmp.path().join("slow.erofs");
+        let e = build_erofs_within(&root, &out, Duration::ZERO).unwrap_err();
+        assert!(matches!(e, BlockError::TimedOut(_)), "{e}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("root")]);
     }
 }

@@ -98,16 +98,14 @@ impl ImageRecord {
 /// Largest account file (`/etc/passwd`, `/etc/group`) kept from an image.
 const MAX_ACCOUNT_FILE: u64 = 1 << 20;
 
-/// Reads an account file of an unpacked rootfs: a regular file (not a
-/// symlink, which could point out of the rootfs) of bounded size, else "".
+/// Reads an account file of an unpacked rootfs: a regular file of
+/// bounded size reached without a symlink (an image's `etc -> /etc` must
+/// not lead to the host's accounts), else "".
 fn account_file(rootfs: &Path, rel: &str) -> String {
-    let path = rootfs.join(rel);
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.is_file() && m.len() <= MAX_ACCOUNT_FILE => {
-            std::fs::read_to_string(&path).unwrap_or_default()
-        }
-        _ => String::new(),
-    }
+    crate::files::read_in_root(rootfs, Path::new(rel), MAX_ACCOUNT_FILE)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default()
 }
 
 /// The image store.
@@ -146,6 +144,11 @@ impl ImageService {
             std::fs::create_dir_all(root.join(d))
                 .map_err(io_err(format!("creating images/{d}")))?;
         }
+        // Unpacked trees keep the image's modes (the guest must see them),
+        // setuid binaries included: no one but moatd may reach them.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("making images/ private"))?;
         Ok(Self {
             root,
             store,
@@ -413,5 +416,30 @@ impl ImageService {
     /// The directory the store lives in.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn unpacked_images_are_out_of_other_users_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        ImageService::open(dir.path(), store, Vec::new()).unwrap();
+        let mode = std::fs::metadata(dir.path().join("images"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn account_files_come_from_the_image_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("etc")).unwrap();
+        assert_eq!(account_file(dir.path(), "etc/passwd"), "");
     }
 }
