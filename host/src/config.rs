@@ -86,12 +86,16 @@ pub struct ImageLimits {
     /// layer must also arrive with exactly the size its manifest declares;
     /// the download stops at the first byte past either.
     pub max_layer_bytes: u64,
+    /// A pull still running after this long is stopped and leaves nothing
+    /// behind (default 1 h). Pulls of other images never wait on it.
+    pub pull_timeout_secs: u64,
 }
 
 impl Default for ImageLimits {
     fn default() -> Self {
         Self {
             max_layer_bytes: 8 << 30,
+            pull_timeout_secs: 3600,
         }
     }
 }
@@ -264,6 +268,12 @@ impl Config {
         if self.image_limits.max_layer_bytes == 0 {
             return Err(invalid(
                 "image_limits.max_layer_bytes".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.image_limits.pull_timeout_secs == 0 {
+            return Err(invalid(
+                "image_limits.pull_timeout_secs".into(),
                 "must be at least 1",
             ));
         }

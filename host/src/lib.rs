@@ -10,10 +10,12 @@
 //! - [`pod`]: pod sandboxes, each a microVM.
 //! - [`container`]: containers inside pod VMs.
 //! - [`store`]: the durable state (redb).
-//! - [`streaming`]: the streaming server of exec sessions (WebSocket).
+//! - [`streaming`]: the streaming server of exec, attach and port-forward
+//!   sessions (SPDY/3.1, WebSocket).
 //! - [`clock`]: CRI timestamps and overflow-free deadlines.
 //! - [`files`]: reading files named by requests without following tricks.
 //! - [`ids`]: ids for pods, containers and exec processes.
+//! - [`keyed_locks`]: a lock per name (a pod, an image).
 //! - [`procfs`]: the fields of `/proc/PID/stat` moatd reads.
 //! - [`vm`]: starting a pod's moat-vmm and reaching its agent.
 //!
@@ -28,6 +30,7 @@ pub mod cri;
 pub mod files;
 pub mod ids;
 pub mod image;
+pub mod keyed_locks;
 pub mod logs;
 pub mod network;
 pub mod pod;

@@ -13,6 +13,8 @@ pub mod block;
 pub mod hosts;
 pub mod pull;
 pub mod service;
+#[cfg(test)]
+mod test_registry;
 pub mod unpack;
 
 pub use service::{ImageError, ImageRecord, ImageService};

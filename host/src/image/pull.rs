@@ -642,51 +642,7 @@ mod tests {
         assert_eq!(p.reference.whole(), "docker.io/library/busybox:latest");
     }
 
-    /// A registry on 127.0.0.1 that lies: each path answers with a fixed
-    /// body (manifests with the OCI media type).
-    async fn lying_registry(files: Vec<(String, Vec<u8>)>) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let files = std::sync::Arc::new(files);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let files = files.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: http::Request<_>| {
-                        let path = req.uri().path().to_string();
-                        let found = files.iter().find(|(p, _)| *p == path).cloned();
-                        async move {
-                            let mut r = http::Response::new(http_body_util::Full::new(
-                                hyper::body::Bytes::from(
-                                    found.clone().map(|f| f.1).unwrap_or_default(),
-                                ),
-                            ));
-                            if found.is_none() && path != "/v2/" {
-                                *r.status_mut() = http::StatusCode::NOT_FOUND;
-                            }
-                            if path.contains("/manifests/") {
-                                r.headers_mut().insert(
-                                    http::header::CONTENT_TYPE,
-                                    http::HeaderValue::from_static(
-                                        "application/vnd.oci.image.manifest.v1+json",
-                                    ),
-                                );
-                            }
-                            Ok::<_, std::convert::Infallible>(r)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        addr.to_string()
-    }
-
-    fn digest_of(data: &[u8]) -> String {
-        format!("sha256:{}", hex::encode(Sha256::digest(data)))
-    }
+    use super::super::test_registry::digest_of;
 
     /// Layers must arrive with exactly their declared size, within the
     /// limit: a registry sending more, less, or declaring too much is
@@ -729,7 +685,7 @@ mod tests {
             (format!("/v2/long/blobs/{layer_digest}"), layer.clone()),
             (format!("/v2/exact/blobs/{layer_digest}"), layer.clone()),
         ];
-        let addr = lying_registry(files).await;
+        let addr = super::super::test_registry::serve(files, None).await;
         let dir = tempfile::tempdir().unwrap();
         let fetch = |name: &'static str, limit: u64| {
             let addr = addr.clone();

@@ -12,6 +12,7 @@ use super::{block, unpack};
 use crate::store::{Store, StoreError, IMAGES};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Why an image operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +119,18 @@ pub struct ImageService {
     registry_config_dir: Option<PathBuf>,
     /// What a registry may send.
     limits: crate::config::ImageLimits,
-    /// Pulls are serialized: they share blobs, tags and disk bandwidth.
-    pull_lock: tokio::sync::Mutex<()>,
+    /// A lock per reference, per image and per blob: two pulls of one
+    /// thing wait for each other, pulls of different images do not.
+    locks: crate::keyed_locks::KeyedLocks,
+}
+
+/// A file removed when dropped, unless it was moved away first.
+struct Leftover(PathBuf);
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn hex_of(digest: &str) -> Option<&str> {
@@ -155,7 +166,7 @@ impl ImageService {
             insecure_registries,
             registry_config_dir: None,
             limits: crate::config::ImageLimits::default(),
-            pull_lock: tokio::sync::Mutex::new(()),
+            locks: Default::default(),
         })
     }
 
@@ -177,11 +188,34 @@ impl ImageService {
     }
 
     /// Pulls `image` (or finds it already pulled), prepares its block image
-    /// and records it. Returns the record.
+    /// and records it, within `image_limits.pull_timeout_secs`. Returns the
+    /// record.
     pub async fn pull(&self, image: &str, auth: &PullAuth) -> Result<ImageRecord, ImageError> {
         let reference = parse_reference(image)?;
-        let _guard = self.pull_lock.lock().await;
         let whole = reference.whole();
+        let limit = Duration::from_secs(self.limits.pull_timeout_secs);
+        match tokio::time::timeout(limit, self.pull_now(reference, auth)).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(image = %whole, "pull stopped after {limit:?}");
+                Err(ImageError::Prepare {
+                    image: whole,
+                    reason: format!(
+                        "the pull took longer than image_limits.pull_timeout_secs ({} s) and was stopped",
+                        limit.as_secs()
+                    ),
+                })
+            }
+        }
+    }
+
+    async fn pull_now(
+        &self,
+        reference: oci_client::Reference,
+        auth: &PullAuth,
+    ) -> Result<ImageRecord, ImageError> {
+        let whole = reference.whole();
+        let _reference_lock = self.locks.lock(&format!("ref:{whole}")).await;
         tracing::info!(image = %whole, "pulling");
         let started = std::time::Instant::now();
         let hosts = registry_hosts(
@@ -216,6 +250,7 @@ impl ImageService {
         );
         let repo_tag = reference.tag().map(|t| format!("{name}:{t}"));
 
+        let _image_lock = self.locks.lock(&format!("image:{id}")).await;
         let mut record = match self.store.get::<ImageRecord>(IMAGES, &id)? {
             Some(r) if r.block_image.exists() => r,
             _ => self.prepare(&puller, &resolved, &id, &whole).await?,
@@ -269,25 +304,20 @@ impl ImageService {
                     reason: format!("unsupported layer digest {}", layer.digest),
                 });
             };
+            let _blob_lock = self.locks.lock(&format!("blob:{}", layer.digest)).await;
             if !path.exists() {
-                let tmp = self
-                    .root
-                    .join("tmp")
-                    .join(format!("blob-{}", hex_of(&layer.digest).unwrap_or("x")));
+                // Removed unless stored, even when the pull is stopped.
+                let tmp = Leftover(
+                    self.root
+                        .join("tmp")
+                        .join(format!("blob-{}", hex_of(&layer.digest).unwrap_or("x"))),
+                );
                 tracing::info!(image, layer = %layer.digest, bytes = layer.size, "downloading layer");
-                match puller
-                    .fetch_blob(layer, &tmp, self.limits.max_layer_bytes)
-                    .await
-                {
-                    Ok((bytes, host)) => {
-                        tracing::info!(image, layer = %layer.digest, bytes, %host, "layer downloaded")
-                    }
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(e.into());
-                    }
-                }
-                std::fs::rename(&tmp, &path).map_err(io_err("storing a layer"))?;
+                let (bytes, host) = puller
+                    .fetch_blob(layer, &tmp.0, self.limits.max_layer_bytes)
+                    .await?;
+                tracing::info!(image, layer = %layer.digest, bytes, %host, "layer downloaded");
+                std::fs::rename(&tmp.0, &path).map_err(io_err("storing a layer"))?;
             }
             size += std::fs::metadata(&path)
                 .map_err(io_err("reading a layer"))?
@@ -302,8 +332,11 @@ impl ImageService {
             .filter_map(|d| self.blob_path(d).map(|p| (p, d.clone())))
             .collect();
         let (rootfs2, block2, image2) = (rootfs.clone(), block_image.clone(), image.to_string());
-        let built = tokio::task::spawn_blocking(move || -> Result<(u64, String, String), ImageError> {
-            let prep = |reason: String| ImageError::Prepare { image: image2.clone(), reason };
+        let unpack_and_build = move || -> Result<(u64, String, String), ImageError> {
+            let prep = |reason: String| ImageError::Prepare {
+                image: image2.clone(),
+                reason,
+            };
             std::fs::create_dir_all(&rootfs2).map_err(io_err("creating the unpack directory"))?;
             for (i, (path, digest)) in blobs.iter().enumerate() {
                 tracing::info!(image = %image2, layer = %digest, n = i + 1, of = blobs.len(), "applying layer");
@@ -314,10 +347,19 @@ impl ImageService {
             tracing::info!(image = %image2, "building erofs block image");
             let size = block::build_erofs(&rootfs2, &block2).map_err(|e| prep(e.to_string()))?;
             Ok((size, passwd, group))
+        };
+        // The tree goes with the task that made it, so a pull stopped
+        // meanwhile leaves none behind.
+        let built = tokio::task::spawn_blocking(move || {
+            let r = unpack_and_build();
+            let _ = std::fs::remove_dir_all(&rootfs);
+            r
         })
         .await
-        .map_err(|e| ImageError::Prepare { image: image.into(), reason: format!("unpack task: {e}") });
-        let _ = std::fs::remove_dir_all(&rootfs);
+        .map_err(|e| ImageError::Prepare {
+            image: image.into(),
+            reason: format!("unpack task: {e}"),
+        });
         let (block_size, passwd, group) = built??;
         Ok(ImageRecord {
             id: id.to_string(),
@@ -441,5 +483,93 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/etc", dir.path().join("etc")).unwrap();
         assert_eq!(account_file(dir.path(), "etc/passwd"), "");
+    }
+
+    fn tar_with(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// A registry that trickles one image's layer holds up that pull only;
+    /// the pull is stopped at its deadline and leaves nothing behind.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_trickling_pull_holds_up_only_itself_and_leaves_nothing() {
+        use super::super::test_registry::{digest_of, manifest, serve};
+        let config = |who: &str| {
+            format!(r#"{{"architecture":"amd64","os":"linux","author":"{who}","rootfs":{{"type":"layers","diff_ids":[]}}}}"#)
+                .into_bytes()
+        };
+        let (fast_cfg, slow_cfg) = (config("fast"), config("slow"));
+        let (fast_layer, slow_layer) = (tar_with("hello", b"hi"), tar_with("slow", b"zz"));
+        let files = vec![
+            (
+                "/v2/fast/manifests/latest".to_string(),
+                manifest(&fast_cfg, &[&fast_layer]),
+            ),
+            (
+                format!("/v2/fast/blobs/{}", digest_of(&fast_cfg)),
+                fast_cfg.clone(),
+            ),
+            (
+                format!("/v2/fast/blobs/{}", digest_of(&fast_layer)),
+                fast_layer.clone(),
+            ),
+            (
+                "/v2/slow/manifests/latest".to_string(),
+                manifest(&slow_cfg, &[&slow_layer]),
+            ),
+            (
+                format!("/v2/slow/blobs/{}", digest_of(&slow_cfg)),
+                slow_cfg.clone(),
+            ),
+            (
+                format!("/v2/slow/blobs/{}", digest_of(&slow_layer)),
+                slow_layer.clone(),
+            ),
+        ];
+        let slow_path = format!("/v2/slow/blobs/{}", digest_of(&slow_layer));
+        let addr = serve(files, Some(slow_path)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let images = std::sync::Arc::new(
+            ImageService::open(dir.path(), store, Vec::new())
+                .unwrap()
+                .with_limits(crate::config::ImageLimits {
+                    pull_timeout_secs: 5,
+                    ..Default::default()
+                }),
+        );
+        let slow = {
+            let (images, addr) = (images.clone(), addr.clone());
+            tokio::spawn(async move {
+                images
+                    .pull(&format!("{addr}/slow:latest"), &PullAuth::default())
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t = std::time::Instant::now();
+        let fast = images
+            .pull(&format!("{addr}/fast:latest"), &PullAuth::default())
+            .await
+            .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+        assert_eq!(fast.id, digest_of(&fast_cfg));
+        let e = slow.await.unwrap().unwrap_err().to_string();
+        assert!(e.contains("pull_timeout_secs"), "{e}");
+        let ids: Vec<String> = images.list().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![fast.id]);
+        let tmp: Vec<_> = std::fs::read_dir(dir.path().join("images/tmp"))
+            .unwrap()
+            .collect();
+        assert!(tmp.is_empty(), "left in images/tmp: {tmp:?}");
     }
 }
