@@ -89,6 +89,13 @@ pub struct ImageLimits {
     /// A pull still running after this long is stopped and leaves nothing
     /// behind (default 1 h). Pulls of other images never wait on it.
     pub pull_timeout_secs: u64,
+    /// Most bytes of file data an image may unpack to, all layers together
+    /// (default 64 GiB): a decompression bomb stops here, before its layer
+    /// is written.
+    pub max_unpacked_bytes: u64,
+    /// Most entries (files, directories, links) an image may hold, all
+    /// layers together (default 1 000 000).
+    pub max_unpacked_entries: u64,
 }
 
 impl Default for ImageLimits {
@@ -96,6 +103,8 @@ impl Default for ImageLimits {
         Self {
             max_layer_bytes: 8 << 30,
             pull_timeout_secs: 3600,
+            max_unpacked_bytes: 64 << 30,
+            max_unpacked_entries: 1_000_000,
         }
     }
 }
@@ -271,11 +280,17 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if self.image_limits.pull_timeout_secs == 0 {
-            return Err(invalid(
-                "image_limits.pull_timeout_secs".into(),
-                "must be at least 1",
-            ));
+        for (key, v) in [
+            ("pull_timeout_secs", self.image_limits.pull_timeout_secs),
+            ("max_unpacked_bytes", self.image_limits.max_unpacked_bytes),
+            (
+                "max_unpacked_entries",
+                self.image_limits.max_unpacked_entries,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(format!("image_limits.{key}"), "must be at least 1"));
+            }
         }
         if self.streaming.tls_cert_file.is_some() != self.streaming.tls_key_file.is_some() {
             return Err(invalid(

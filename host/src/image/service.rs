@@ -332,7 +332,10 @@ impl ImageService {
             .filter_map(|d| self.blob_path(d).map(|p| (p, d.clone())))
             .collect();
         let (rootfs2, block2, image2) = (rootfs.clone(), block_image.clone(), image.to_string());
+        let limits = self.limits;
         let unpack_and_build = move || -> Result<(u64, String, String), ImageError> {
+            let mut budget =
+                unpack::Budget::new(limits.max_unpacked_bytes, limits.max_unpacked_entries);
             let prep = |reason: String| ImageError::Prepare {
                 image: image2.clone(),
                 reason,
@@ -340,7 +343,8 @@ impl ImageService {
             std::fs::create_dir_all(&rootfs2).map_err(io_err("creating the unpack directory"))?;
             for (i, (path, digest)) in blobs.iter().enumerate() {
                 tracing::info!(image = %image2, layer = %digest, n = i + 1, of = blobs.len(), "applying layer");
-                unpack::apply_layer(&rootfs2, path, digest).map_err(|e| prep(e.to_string()))?;
+                unpack::apply_layer(&rootfs2, path, digest, &mut budget)
+                    .map_err(|e| prep(e.to_string()))?;
             }
             let passwd = account_file(&rootfs2, "etc/passwd");
             let group = account_file(&rootfs2, "etc/group");

@@ -34,6 +34,60 @@ pub enum UnpackError {
         /// Why it is rejected.
         reason: &'static str,
     },
+    /// The image unpacks to more than its limits allow (a decompression
+    /// bomb, or simply too big).
+    #[error("layer {layer}: the image holds more {what} than image_limits.{key} ({limit})")]
+    TooLarge {
+        /// The layer where the limit was passed.
+        layer: String,
+        /// "bytes" or "entries".
+        what: &'static str,
+        /// The configuration key.
+        key: &'static str,
+        /// Its value.
+        limit: u64,
+    },
+}
+
+/// What an image may still unpack to, across its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Bytes of file data.
+    pub bytes: u64,
+    /// Entries (files, directories, links).
+    pub entries: u64,
+    /// The limits it started from (for errors).
+    pub limits: (u64, u64),
+}
+
+impl Budget {
+    /// A budget of `bytes` and `entries`.
+    pub fn new(bytes: u64, entries: u64) -> Self {
+        Self {
+            bytes,
+            entries,
+            limits: (bytes, entries),
+        }
+    }
+
+    /// Takes one entry of `size` bytes from the budget.
+    fn take(&mut self, size: u64, layer: &str) -> Result<(), UnpackError> {
+        let over = |what, key, limit| UnpackError::TooLarge {
+            layer: layer.to_string(),
+            what,
+            key,
+            limit,
+        };
+        self.entries = self
+            .entries
+            .checked_sub(1)
+            .ok_or_else(|| over("entries", "max_unpacked_entries", self.limits.1))?;
+        self.bytes = self
+            .bytes
+            .checked_sub(size)
+            .ok_or_else(|| over("bytes", "max_unpacked_bytes", self.limits.0))?;
+        Ok(())
+    }
 }
 
 /// How a layer blob is compressed, from its first bytes.
@@ -121,8 +175,15 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Applies one layer file onto `root`. `layer` names it in errors.
-pub fn apply_layer(root: &Path, blob: &Path, layer: &str) -> Result<(), UnpackError> {
+/// Applies one layer file onto `root`, within what is left of `budget`
+/// (checked while reading the layer, before anything of it is written).
+/// `layer` names it in errors.
+pub fn apply_layer(
+    root: &Path,
+    blob: &Path,
+    layer: &str,
+    budget: &mut Budget,
+) -> Result<(), UnpackError> {
     let io = |context: String| {
         let layer = layer.to_string();
         move |source| UnpackError::Io {
@@ -137,10 +198,14 @@ pub fn apply_layer(root: &Path, blob: &Path, layer: &str) -> Result<(), UnpackEr
         reason,
     };
 
-    // Pass 1: whiteouts, which apply to the layers below this one only.
+    // Pass 1: the budget, and whiteouts, which apply to the layers below
+    // this one only.
     let mut archive = tar::Archive::new(open_layer(blob, layer)?);
+    let mut whiteouts = Vec::new();
     for entry in archive.entries().map_err(io("reading entries".into()))? {
         let entry = entry.map_err(io("reading an entry".into()))?;
+        let declared = entry.header().size().unwrap_or(u64::MAX);
+        budget.take(entry.size().max(declared), layer)?;
         let raw = entry
             .path()
             .map_err(io("reading an entry path".into()))?
@@ -154,6 +219,9 @@ pub fn apply_layer(root: &Path, blob: &Path, layer: &str) -> Result<(), UnpackEr
         let Some(target_name) = name.strip_prefix(".wh.") else {
             continue;
         };
+        whiteouts.push((rel.clone(), target_name.to_string()));
+    }
+    for (rel, target_name) in whiteouts {
         let Some(target) = real_parent_path(root, &rel) else {
             continue;
         };
@@ -299,8 +367,8 @@ mod tests {
             ],
             false,
         );
-        apply_layer(&root, &l1, "l1").unwrap();
-        apply_layer(&root, &l2, "l2").unwrap();
+        apply_layer(&root, &l1, "l1", &mut Budget::new(u64::MAX, u64::MAX)).unwrap();
+        apply_layer(&root, &l2, "l2", &mut Budget::new(u64::MAX, u64::MAX)).unwrap();
         assert!(!root.join("etc/a").exists());
         assert_eq!(std::fs::read(root.join("etc/b")).unwrap(), b"b");
         assert!(!root.join("var/old").exists());
@@ -336,7 +404,7 @@ mod tests {
             ],
             false,
         );
-        let err = apply_layer(&root, &evil, "evil");
+        let err = apply_layer(&root, &evil, "evil", &mut Budget::new(u64::MAX, u64::MAX));
         assert!(err.is_err(), "an entry through a symlink must fail");
         assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"keep");
         assert!(!outside.join("planted").exists());
@@ -361,7 +429,7 @@ mod tests {
         let z = zstd::encode_all(std::fs::read(&plain).unwrap().as_slice(), 1).unwrap();
         let zpath = tmp.path().join("z.tar.zst");
         std::fs::write(&zpath, z).unwrap();
-        apply_layer(&root, &zpath, "z").unwrap();
+        apply_layer(&root, &zpath, "z", &mut Budget::new(u64::MAX, u64::MAX)).unwrap();
         assert_eq!(std::fs::read(root.join("z")).unwrap(), b"zstd!");
     }
 
@@ -372,6 +440,33 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         let g = tmp.path().join("g");
         std::fs::write(&g, [0x1f, 0x8b, 0, 1, 2, 3]).unwrap();
-        assert!(apply_layer(&root, &g, "g").is_err());
+        assert!(apply_layer(&root, &g, "g", &mut Budget::new(u64::MAX, u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn an_image_past_its_budget_stops_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layer(
+            dir.path(),
+            "l",
+            &[
+                E::Dir("d"),
+                E::File("d/a", &[1u8; 1000]),
+                E::File("d/b", &[2u8; 1000]),
+            ],
+            true,
+        );
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let e = apply_layer(&root, &l, "l", &mut Budget::new(u64::MAX, 2)).unwrap_err();
+        assert!(e.to_string().contains("max_unpacked_entries (2)"), "{e}");
+        let e = apply_layer(&root, &l, "l", &mut Budget::new(1500, 100)).unwrap_err();
+        assert!(e.to_string().contains("max_unpacked_bytes (1500)"), "{e}");
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+        // The budget spans layers.
+        let mut budget = Budget::new(3000, 100);
+        apply_layer(&root, &l, "l", &mut budget).unwrap();
+        assert_eq!((budget.bytes, budget.entries), (1000, 97));
+        assert!(apply_layer(&root, &l, "l2", &mut budget).is_err());
     }
 }
