@@ -15,43 +15,31 @@ Prints one JSON object: the negotiated protocol, the first message's
 channel and length, and each channel's bytes (latin-1; with "digest",
 {"len", "sha256"}), or the HTTP status when the upgrade is refused.
 """
-import base64
 import hashlib
 import json
-import os
 import sys
 import time
 
 import websocket
+
+from k8s_channels import connect, messages, send
 
 
 def main():
     url, protocol, actions = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     b64 = "base64" in protocol
     try:
-        ws = websocket.create_connection(
-            url.replace("http://", "ws://", 1).replace("https://", "wss://", 1),
-            subprotocols=[protocol] if protocol else None,
-            timeout=120,
-            # wss: trust only this CA (the test's own certificate).
-            sslopt={"ca_certs": os.environ["MOAT_CA_FILE"]} if "MOAT_CA_FILE" in os.environ else None,
-        )
+        ws = connect(url, protocol)
     except websocket.WebSocketBadStatusException as e:
         print(json.dumps({"http_status": e.status_code}))
         return
-
-    def send(channel, data):
-        if b64:
-            ws.send(str(channel) + base64.b64encode(data).decode())
-        else:
-            ws.send_binary(bytes([channel]) + data)
 
     digest = False
     for a in actions:
         if a[0] == "digest":
             digest = True
         elif a[0] == "send":
-            send(a[1], a[2].encode())
+            send(ws, b64, a[1], a[2].encode())
         elif a[0] == "close":
             ws.send_binary(bytes([255, a[1]]))
         elif a[0] == "sleep":
@@ -63,19 +51,7 @@ def main():
 
     channels, first = {}, None
     hashes, lengths = {}, {}
-    while True:
-        try:
-            opcode, data = ws.recv_data()
-        except websocket.WebSocketConnectionClosedException:
-            break
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            break
-        if not data:
-            continue
-        if b64:
-            channel, payload = data[0] - ord("0"), base64.b64decode(data[1:])
-        else:
-            channel, payload = data[0], data[1:]
+    for channel, payload in messages(ws, b64):
         if first is None:
             first = [channel, len(payload)]
         key = str(channel)

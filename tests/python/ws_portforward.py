@@ -11,49 +11,31 @@ the connection. Prints one JSON object: the negotiated protocol, each
 channel's port prefix and the rest of its bytes (latin-1), or the HTTP
 status when the upgrade is refused.
 """
-import base64
 import json
 import struct
 import sys
 
 import websocket
 
+from k8s_channels import connect, messages, send
+
 
 def main():
-    url, protocol, send = sys.argv[1], sys.argv[2], sys.argv[3]
+    url, protocol, payload = sys.argv[1], sys.argv[2], sys.argv[3]
     b64 = "base64" in protocol
     try:
-        ws = websocket.create_connection(
-            url.replace("http://", "ws://", 1),
-            subprotocols=[protocol] if protocol else None,
-            timeout=120,
-        )
+        ws = connect(url, protocol)
     except websocket.WebSocketBadStatusException as e:
         print(json.dumps({"http_status": e.status_code}))
         return
-    if b64:
-        ws.send("0" + base64.b64encode(send.encode()).decode())
-    else:
-        ws.send_binary(b"\x00" + send.encode())
+    send(ws, b64, 0, payload.encode())
     channels, ports = {}, {}
-    while True:
-        try:
-            opcode, data = ws.recv_data()
-        except websocket.WebSocketConnectionClosedException:
-            break
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            break
-        if not data:
-            continue
-        if b64:
-            channel, payload = data[0] - ord("0"), base64.b64decode(data[1:])
-        else:
-            channel, payload = data[0], data[1:]
+    for channel, data in messages(ws, b64):
         key = str(channel)
         if key not in ports:
-            ports[key] = struct.unpack("<H", payload[:2])[0]
-            payload = payload[2:]
-        channels[key] = channels.get(key, b"") + payload
+            ports[key] = struct.unpack("<H", data[:2])[0]
+            data = data[2:]
+        channels[key] = channels.get(key, b"") + data
     print(
         json.dumps(
             {

@@ -126,6 +126,37 @@ pub async fn run_container(rt: &mut Rt, m: &Moatd, pod: &str, config: ContainerC
     id
 }
 
+/// PodSandboxStatus that must succeed (`verbose`: with moatd's info).
+pub async fn pod_status(rt: &mut Rt, pod: &str, verbose: bool) -> PodSandboxStatusResponse {
+    rt.pod_sandbox_status(PodSandboxStatusRequest {
+        pod_sandbox_id: pod.into(),
+        verbose,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("PodSandboxStatus {pod}: {e:?}"))
+    .into_inner()
+}
+
+/// What moatd tells of a pod in its verbose status (`vmmPid`, `vmDir`, ...).
+pub async fn pod_info(rt: &mut Rt, pod: &str) -> serde_json::Value {
+    let st = pod_status(rt, pod, true).await;
+    serde_json::from_str(&st.info["info"]).unwrap_or_else(|e| panic!("pod info: {e}"))
+}
+
+/// Stops and removes a pod; both must succeed.
+pub async fn remove_pod(rt: &mut Rt, pod: &str) {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e:?}"));
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e:?}"));
+}
+
 /// ContainerStatus that must succeed.
 pub async fn status(rt: &mut Rt, id: &str) -> ContainerStatus {
     rt.container_status(ContainerStatusRequest {

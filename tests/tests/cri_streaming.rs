@@ -392,16 +392,7 @@ fn streaming_body() {
 
         // Nothing left behind in moatd.
         nothing_left(&mut rt, moatd_pid, before).await;
-        rt.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-        rt.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+        remove_pod(&mut rt, &pod).await;
     });
 }
 
@@ -456,15 +447,7 @@ fn rss_mib(pid: u32) -> u64 {
 
 /// The pid of pod `pod`'s VMM (PodSandboxStatus, verbose).
 async fn vmm_pid(rt: &mut Rt, pod: &str) -> u32 {
-    let s = rt
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.into(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: Value = serde_json::from_str(&s.info["info"]).unwrap();
+    let info = pod_info(rt, pod).await;
     u32::try_from(info["vmmPid"].as_u64().unwrap()).unwrap()
 }
 
@@ -708,16 +691,7 @@ fn port_forward_body() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         nothing_left(&mut rt, moatd_pid, before).await;
-        rt.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-        rt.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+        remove_pod(&mut rt, &pod).await;
     });
 }
 

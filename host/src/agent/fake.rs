@@ -415,6 +415,31 @@ impl Agent for FakeAgent {
     }
 }
 
+/// The record of container `id`, created (not yet started) in pod
+/// `sandbox_id`, for the fake to play.
+pub fn created_record(id: &str, sandbox_id: &str) -> crate::container::ContainerRecord {
+    crate::container::ContainerRecord {
+        id: id.into(),
+        sandbox_id: sandbox_id.into(),
+        config: Default::default(),
+        image_ref: "img".into(),
+        image_id: "sha256:0".into(),
+        image_digest: String::new(),
+        slot: 1,
+        spec: Default::default(),
+        log_path: None,
+        state: crate::container::ContainerState::Created,
+        created_at: 1,
+        started_at: 0,
+        finished_at: 0,
+        exit_code: 0,
+        reason: String::new(),
+        message: String::new(),
+        pid: 0,
+        resources: None,
+    }
+}
+
 /// A ready pod whose "VM" is this test process (alive, so the pod counts as
 /// running), its files under `dir`; its agent is whatever the pool dials.
 pub fn ready_pod(dir: &std::path::Path) -> SandboxRecord {

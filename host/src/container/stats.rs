@@ -44,25 +44,20 @@ impl Containers {
                 .await
                 .map_err(agent_err("agent ContainerStats"))
         };
-        let stats = match tokio::time::timeout(STATS_DEADLINE, call).await {
-            Ok(Ok(r)) => bounded(r.into_inner(), sb),
-            failed => {
+        let stats = match within_deadline(rec, "its stats", call).await {
+            Ok(r) => bounded(r.into_inner(), sb),
+            Err(e) => {
                 let last = self.inner.last_stats.lock().ok().and_then(|m| {
                     m.get(&rec.id)
                         .filter(|(at, _)| at.elapsed() < STALE_AFTER)
                         .map(|(_, s)| *s)
                 });
-                return match (last, failed) {
-                    (Some(stats), _) => Ok(Usage {
+                return last
+                    .map(|stats| Usage {
                         stats,
                         nano_cores: None,
-                    }),
-                    (None, Ok(Err(e))) => Err(e),
-                    (None, _) => Err(ContainerError::Precondition(format!(
-                        "container {}: the guest did not answer for its stats within {STATS_DEADLINE:?}",
-                        rec.id
-                    ))),
-                };
+                    })
+                    .ok_or(e);
             }
         };
         if let Ok(mut m) = self.inner.last_stats.lock() {
@@ -98,17 +93,28 @@ impl Containers {
                 .await
                 .map_err(agent_err("agent ListProcesses"))
         };
-        let list = tokio::time::timeout(STATS_DEADLINE, call)
-            .await
-            .map_err(|_| {
-                ContainerError::Precondition(format!(
-                    "container {}: the guest did not list its processes within {STATS_DEADLINE:?}",
-                    rec.id
-                ))
-            })??
+        let list = within_deadline(rec, "its processes", call)
+            .await?
             .into_inner();
         Ok(list.processes.len() as u64)
     }
+}
+
+/// `call` (asking the guest for `what` of `rec`), or an error naming it if
+/// it takes longer than [`STATS_DEADLINE`].
+async fn within_deadline<T>(
+    rec: &ContainerRecord,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, ContainerError>>,
+) -> Result<T, ContainerError> {
+    tokio::time::timeout(STATS_DEADLINE, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ContainerError::Precondition(format!(
+                "container {}: the guest did not answer for {what} within {STATS_DEADLINE:?}",
+                rec.id
+            )))
+        })
 }
 
 /// The guest's answer held to what its VM can have: no memory figure above

@@ -43,26 +43,7 @@ fn fixture(script: Script) -> Fixture {
 /// A container created in the guest and recorded, not yet started.
 fn created(f: &Fixture, id: &str) -> ContainerRecord {
     f.agent.has_container(id);
-    let rec = ContainerRecord {
-        id: id.into(),
-        sandbox_id: f.sb.id.clone(),
-        config: Default::default(),
-        image_ref: "img".into(),
-        image_id: "sha256:0".into(),
-        image_digest: String::new(),
-        slot: 1,
-        spec: Default::default(),
-        log_path: None,
-        state: ContainerState::Created,
-        created_at: 1,
-        started_at: 0,
-        finished_at: 0,
-        exit_code: 0,
-        reason: String::new(),
-        message: String::new(),
-        pid: 0,
-        resources: None,
-    };
+    let rec = crate::agent::fake::created_record(id, &f.sb.id);
     f.containers.put(&rec).unwrap();
     rec
 }

@@ -129,19 +129,8 @@ impl StreamingServer {
     /// The ready pod of a container.
     fn pod_of(&self, container_id: &str) -> Result<SandboxRecord, ContainerError> {
         let rec = self.containers.get(container_id)?;
-        let sb = self
-            .pods
-            .get(&rec.sandbox_id)
-            .and_then(|s| self.pods.refresh(s))
-            .map_err(|_| {
-                ContainerError::Precondition(format!("container {container_id}: its pod is gone"))
-            })?;
-        if sb.state != SandboxState::Ready {
-            return Err(ContainerError::Precondition(format!(
-                "container {container_id}: its pod is not ready"
-            )));
-        }
-        Ok(sb)
+        self.ready_pod(&rec.sandbox_id)
+            .map_err(|e| ContainerError::Precondition(format!("container {container_id}: {e}")))
     }
 }
 

@@ -7,7 +7,6 @@ use super::*;
 use crate::agent::fake::{FakeAgent, FakeDialer, Script};
 use crate::agent::AgentPool;
 use crate::config::Config;
-use crate::container::{ContainerRecord, ContainerState};
 use crate::cri::events::EventBus;
 use crate::pod::PodLocks;
 use crate::store::{Store, CONTAINERS, SANDBOXES};
@@ -57,26 +56,7 @@ async fn parts() -> (tempfile::TempDir, Containers, Arc<Pods>, Arc<FakeAgent>) {
     let sb = crate::agent::fake::ready_pod(dir.path());
     store.put(SANDBOXES, &sb.id, &sb).unwrap();
     agent.has_container("c1");
-    let rec = ContainerRecord {
-        id: "c1".into(),
-        sandbox_id: sb.id.clone(),
-        config: Default::default(),
-        image_ref: "img".into(),
-        image_id: "sha256:0".into(),
-        image_digest: String::new(),
-        slot: 1,
-        spec: Default::default(),
-        log_path: None,
-        state: ContainerState::Created,
-        created_at: 1,
-        started_at: 0,
-        finished_at: 0,
-        exit_code: 0,
-        reason: String::new(),
-        message: String::new(),
-        pid: 0,
-        resources: None,
-    };
+    let rec = crate::agent::fake::created_record("c1", &sb.id);
     store.put(CONTAINERS, "c1", &rec).unwrap();
     containers.start("c1", &sb).await.unwrap();
     (dir, containers, pods, agent)

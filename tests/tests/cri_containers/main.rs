@@ -39,15 +39,7 @@ pub(crate) async fn wait_log(path: &Path, needle: &str) -> String {
 
 /// Every block slot of the pod's VM that has an image attached.
 pub(crate) async fn attached_slots(rt: &mut Rt, pod: &str) -> usize {
-    let st = rt
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.into(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    let info = pod_info(rt, pod).await;
     let api = PathBuf::from(info["vmDir"].as_str().unwrap()).join("api.sock");
     let mut s = std::os::unix::net::UnixStream::connect(&api).unwrap();
     use std::io::{BufRead, Write};

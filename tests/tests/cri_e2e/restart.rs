@@ -23,14 +23,7 @@ pub fn restart_body() {
             vmms,
             "the pod VM did not survive the moatd crash"
         );
-        let st = rt
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let st = moat_tests::cri::pod_status(&mut rt, &id, false).await;
         assert_eq!(
             st.status.unwrap().state,
             PodSandboxState::SandboxReady as i32
@@ -41,14 +34,7 @@ pub fn restart_body() {
         unsafe { libc::kill(vmms[0] as i32, libc::SIGKILL) };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let st = rt
-                .pod_sandbox_status(PodSandboxStatusRequest {
-                    pod_sandbox_id: id.clone(),
-                    verbose: false,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let st = moat_tests::cri::pod_status(&mut rt, &id, false).await;
             if st.status.unwrap().state == PodSandboxState::SandboxNotready as i32 {
                 break;
             }
