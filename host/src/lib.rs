@@ -13,6 +13,7 @@
 //! - [`streaming`]: the streaming server of exec, attach and port-forward
 //!   sessions (SPDY/3.1, WebSocket).
 //! - [`clock`]: CRI timestamps and overflow-free deadlines.
+//! - [`crash_point`]: test-only points where moatd kills itself.
 //! - [`files`]: reading files named by requests without following tricks.
 //! - [`ids`]: ids for pods, containers and exec processes.
 //! - [`keyed_locks`]: a lock per name (a pod, an image).
@@ -26,6 +27,7 @@ pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod container;
+pub mod crash_point;
 pub mod cri;
 pub mod files;
 pub mod ids;

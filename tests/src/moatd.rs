@@ -96,21 +96,26 @@ impl Moatd {
             bridge,
             child: None,
         };
-        m.spawn()?;
+        m.spawn(None)?;
         Ok(m)
     }
 
-    fn spawn(&mut self) -> anyhow::Result<()> {
+    /// Spawns moatd; with `crash_at`, it kills itself at that crash point
+    /// (`moatd::crash_point`).
+    fn spawn(&mut self, crash_at: Option<&str>) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("moatd.log"))?;
-        let child = Command::new(artifacts::binary("moatd")?)
-            .arg("--config")
+        let mut cmd = Command::new(artifacts::binary("moatd")?);
+        cmd.arg("--config")
             .arg(self.dir.path().join("moatd.toml"))
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+            .stderr(log);
+        if let Some(point) = crash_at {
+            cmd.env(moatd::crash_point::ENV, point);
+        }
+        let child = cmd.spawn()?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.socket.exists() {
@@ -142,7 +147,40 @@ impl Moatd {
     pub fn restart(&mut self, crash: bool) -> anyhow::Result<()> {
         self.stop(crash);
         let _ = std::fs::remove_file(&self.socket);
-        self.spawn()
+        self.spawn(None)
+    }
+
+    /// Restarts moatd so that it kills itself at crash point `point`.
+    pub fn restart_crashing_at(&mut self, point: &str) -> anyhow::Result<()> {
+        self.stop(false);
+        let _ = std::fs::remove_file(&self.socket);
+        self.spawn(Some(point))
+    }
+
+    /// Waits until moatd has died of SIGKILL at the crash point it was
+    /// started with.
+    pub fn wait_crashed(&mut self) -> anyhow::Result<()> {
+        use std::os::unix::process::ExitStatusExt;
+        let Some(mut child) = self.child.take() else {
+            anyhow::bail!("moatd is not running");
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if status.signal() != Some(libc::SIGKILL) {
+                    anyhow::bail!(
+                        "moatd ended with {status}, not SIGKILL; log:\n{}",
+                        self.log()
+                    );
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.child = Some(child);
+                anyhow::bail!("moatd did not reach its crash point; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn stop(&mut self, crash: bool) {

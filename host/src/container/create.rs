@@ -6,9 +6,11 @@
 use super::manager::{agent_err, Containers};
 use super::mounts;
 use super::record::{ContainerRecord, ContainerState};
+use super::slots;
 use super::spec::{self, SpecInput};
 use super::ContainerError;
 use crate::agent::AGENT_CALL;
+use crate::crash_point;
 use crate::image::ImageRecord;
 use crate::pod::{SandboxRecord, SandboxState};
 use crate::store::SANDBOXES;
@@ -100,14 +102,8 @@ impl Containers {
             serde_json::to_vec(&oci).map_err(ContainerError::caused("encoding the OCI spec"))?;
         let control = ControlClient::new(&sb.vm_paths.api());
         if attach {
-            control
-                .call(&moat_vmm::api::Request::AttachDrive {
-                    slot,
-                    path: image.block_image.clone(),
-                    read_only: true,
-                })
-                .await
-                .map_err(ContainerError::caused("attaching the image"))?;
+            slots::attach(&control, slot, &image.block_image).await?;
+            crash_point::here(crash_point::CREATE_CONTAINER_ATTACHED);
         }
         let id = crate::ids::new_id().map_err(ContainerError::caused("reading /dev/urandom"))?;
         let created = tokio::time::timeout(
@@ -131,13 +127,14 @@ impl Containers {
             Ok(r) => r.into_inner().pid,
             Err(e) => {
                 if attach {
-                    let _ = control
-                        .call(&moat_vmm::api::Request::DetachDrive { slot })
-                        .await;
+                    let _ = slots::detach(&control, slot).await;
                 }
                 return Err(e);
             }
         };
+        // A crash from here to the record leaves a guest container and a
+        // slot no record names; recovery removes both.
+        crash_point::here(crash_point::CREATE_CONTAINER_IN_GUEST);
         let rec = ContainerRecord {
             id: id.clone(),
             sandbox_id: sb.id.clone(),

@@ -12,7 +12,8 @@
 //!   exec), [`exec_sync`], [`update`],
 //!   [`log_reopen`], [`stats`] (ContainerStats and process counts); and
 //!   [`monitor`] (a running container's output and exit), [`pod_hooks`]
-//!   (its pod stops or goes), [`recover`] (after a restart).
+//!   (its pod stops or goes), [`recover`] (after a restart, reconciled
+//!   with the guest and the VMM), [`slots`] (the VM's image slots).
 
 mod create;
 pub mod exec;
@@ -27,6 +28,7 @@ pub mod record;
 mod recover;
 mod remove;
 pub mod seccomp;
+mod slots;
 pub mod spec;
 mod start;
 mod stats;

@@ -2,7 +2,9 @@
 
 use super::manager::{set_log, Containers};
 use super::record::ContainerState;
+use super::slots;
 use super::ContainerError;
+use crate::crash_point;
 use crate::pod::SandboxRecord;
 use crate::store::CONTAINERS;
 use crate::vm::ControlClient;
@@ -40,15 +42,14 @@ impl Containers {
                 Err(s) if s.code() == tonic::Code::NotFound => {}
                 Err(s) => return Err(ContainerError::from_agent("agent RemoveContainer", s)),
             }
+            crash_point::here(crash_point::REMOVE_CONTAINER_IN_GUEST);
             let shared = self
                 .list()?
                 .iter()
                 .any(|r| r.sandbox_id == rec.sandbox_id && r.id != rec.id && r.slot == rec.slot);
             if !shared {
-                ControlClient::new(&sb.vm_paths.api())
-                    .call(&moat_vmm::api::Request::DetachDrive { slot: rec.slot })
-                    .await
-                    .map_err(ContainerError::caused("detaching the image"))?;
+                slots::detach(&ControlClient::new(&sb.vm_paths.api()), rec.slot).await?;
+                crash_point::here(crash_point::REMOVE_CONTAINER_DETACHED);
             }
         }
         set_log(&self.inner, &rec.id, None);

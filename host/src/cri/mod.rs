@@ -128,7 +128,7 @@ impl Daemon {
         );
         let pods = Arc::new(Pods::new(config.clone(), store, cni, locks, agents));
         pods.recover().await?;
-        containers.recover(&pods.list()?)?;
+        containers.recover(&pods.list()?).await?;
         let streaming = StreamingServer::start(&config.streaming, containers.clone(), pods.clone())
             .await
             .context("starting the streaming server")?;

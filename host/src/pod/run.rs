@@ -5,6 +5,7 @@ use super::manager::{caused, failed, PodError, Pods, POD_TAP};
 use super::record::{SandboxRecord, SandboxState};
 use super::sizing::vm_size;
 use super::validate::{host_network, pod_hostname, validate};
+use crate::crash_point;
 use crate::network::capability_args::capability_args;
 use crate::network::cni::Attachment;
 use crate::network::{tap, NetNs, POD_IFNAME};
@@ -145,6 +146,7 @@ impl Pods {
         };
         // Recorded first, so a crash part-way is cleaned up at the next start.
         self.store.put(SANDBOXES, &id, &rec)?;
+        crash_point::here(crash_point::RUN_POD_RECORDED);
         let md = rec.metadata();
         tracing::info!(%id, pod = %md.name, namespace = %md.namespace, vcpus, memory_mib, "creating pod sandbox");
         let mut boots = 0;
@@ -152,6 +154,7 @@ impl Pods {
             boots += 1;
             match self.bring_up(&mut rec, &handler).await {
                 Ok(()) => {
+                    crash_point::here(crash_point::RUN_POD_AGENT);
                     rec.state = SandboxState::Ready;
                     self.store.put(SANDBOXES, &id, &rec)?;
                     return Ok(id);
@@ -185,10 +188,13 @@ impl Pods {
         let mut net = None;
         let mut guest_nic = None;
         if let (false, Some(cni)) = (host_network(&rec.config), &self.cni) {
+            // The path is recorded before the namespace exists, so a crash
+            // in between leaves nothing recovery cannot find.
+            rec.netns = Some(self.netns_dir().join(&rec.id));
+            self.store.put(SANDBOXES, &rec.id, rec)?;
             let ns = NetNs::create(&self.netns_dir(), &rec.id)
                 .map_err(caused("creating the pod netns"))?;
-            rec.netns = Some(ns.path().to_path_buf());
-            self.store.put(SANDBOXES, &rec.id, rec)?;
+            crash_point::here(crash_point::RUN_POD_NETNS);
             let md = rec.metadata();
             let args =
                 capability_args(&rec.config, &self.pod_cidrs()?).map_err(PodError::Invalid)?;
@@ -196,6 +202,7 @@ impl Pods {
                 .add(&attachment(&rec.id, &md, ns.path(), &args))
                 .await
                 .map_err(caused("CNI ADD"))?;
+            crash_point::here(crash_point::RUN_POD_CNI);
             rec.ips = result
                 .ips()
                 .iter()
@@ -204,6 +211,7 @@ impl Pods {
             rec.cni = Some(result);
             self.store.put(SANDBOXES, &rec.id, rec)?;
             let info = tap::setup(&ns, POD_IFNAME, POD_TAP).map_err(caused("pod TAP"))?;
+            crash_point::here(crash_point::RUN_POD_TAP);
             guest_nic = Some((info.mac.clone(), info.mtu));
             net = Some(NetConfig {
                 tap: Some(info.tap),
@@ -225,6 +233,9 @@ impl Pods {
         };
         let (vm, mut child) =
             launch(&spec, &rec.vm_paths, netns.as_ref()).map_err(caused("starting the VM"))?;
+        // A crash before the record holds the pid: recovery finds the VMM
+        // by its config path (`vm::launch::running_vmms`).
+        crash_point::here(crash_point::RUN_POD_VMM);
         rec.vm = Some(vm);
         self.store.put(SANDBOXES, &rec.id, rec)?;
         let timeout = Duration::from_secs(self.config.agent_timeout_secs);

@@ -7,6 +7,7 @@ use super::run::attachment;
 use crate::network::capability_args::capability_args;
 use crate::network::NetNs;
 use crate::store::SANDBOXES;
+use crate::vm::launch::running_vmms;
 use crate::vm::ControlClient;
 use std::time::Duration;
 
@@ -39,6 +40,18 @@ impl Pods {
             }
             // The channels to this VM's agent are done.
             self.agents.forget(&rec.id);
+        }
+        // A VMM no record names: started by a moatd that crashed before
+        // recording its pid.
+        for stray in running_vmms(&rec.vm_paths) {
+            tracing::warn!(id = %rec.id, pid = stray.pid, "killing a VMM left by a crash");
+            stray.kill();
+            for _ in 0..200 {
+                if !stray.is_alive() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         if let Some(path) = rec.netns.clone() {
             let ns = NetNs::at(path);

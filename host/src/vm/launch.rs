@@ -139,6 +139,34 @@ pub fn launch(
     Ok((VmHandle { pid, start_ticks }, child))
 }
 
+/// The live moat-vmm processes started for the VM at `paths`, found by the
+/// config path on their command line: how recovery finds a VMM whose pid a
+/// crash kept out of the record.
+pub fn running_vmms(paths: &VmPaths) -> Vec<VmHandle> {
+    let config = paths.config();
+    let want = config.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.windows(2)
+                .any(|w| w[0] == b"--config".as_slice() && w[1] == want)
+        })
+        .filter_map(|pid| {
+            let stat = crate::procfs::Stat::of(pid)?;
+            (stat.state != 'Z').then_some(VmHandle {
+                pid,
+                start_ticks: stat.start_ticks,
+            })
+        })
+        .collect()
+}
+
 /// The last `n` lines of a log file, for error messages.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -238,6 +266,46 @@ pub async fn wait_for_agent(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vmm_is_found_by_its_config_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = VmPaths {
+            dir: dir.path().to_path_buf(),
+        };
+        // A shell waiting on its stdin, with the VMM's arguments on its
+        // command line.
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("read x")
+            .arg("--config")
+            .arg(paths.config())
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The kernel fills in a new program's command line a moment after
+        // spawn() returns (close-on-exec runs first).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut found = running_vmms(&paths);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            found = running_vmms(&paths);
+        }
+        let other = running_vmms(&VmPaths {
+            dir: dir.path().join("other"),
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            found.iter().map(|v| v.pid).collect::<Vec<_>>(),
+            vec![child.id()]
+        );
+        assert!(other.is_empty());
+        assert!(
+            running_vmms(&paths).is_empty(),
+            "a reaped process is still found"
+        );
+    }
 
     #[test]
     fn own_process_is_alive_and_a_wrong_start_time_is_not() {

@@ -2,8 +2,10 @@
 //! microVMs (in the test node here), images from the registry on 127.0.0.1,
 //! real CNI plugins. Covers kubelet's sequence (pull → run pod → create →
 //! start → status → exec → logs → stop → remove), the container RPCs and
-//! their error cases, a moatd restart with a container running, and 20 pods
-//! with containers created and removed in a row without leaks.
+//! their error cases, a moatd restart with a container running, moatd
+//! killed at each step of RunPodSandbox, CreateContainer and
+//! RemoveContainer, and 20 pods with containers created and removed in a
+//! row without leaks.
 //!
 //! Needs `make artifacts` and release builds of moatd and moat-vmm.
 
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tonic::Code;
 
+mod crash;
 mod kubelet_sequence;
 mod restart;
 mod twenty_pods;
@@ -65,6 +68,12 @@ moat_tests::vm_test!(
     running_containers_survive_a_moatd_restart,
     TIMEOUT,
     restart::body
+);
+
+moat_tests::vm_test!(
+    moatd_killed_at_each_step_leaves_nothing,
+    TIMEOUT,
+    crash::body
 );
 
 moat_tests::vm_test!(

@@ -1,0 +1,65 @@
+//! A pod VM's image slots as its VMM holds them: attaching and detaching
+//! that a retry after a crash can repeat, and the attached set recovery
+//! compares with the records.
+
+use super::ContainerError;
+use crate::vm::ControlClient;
+use moat_vmm::api::Request;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Slot → the image file attached to it, as the VMM reports.
+pub(super) async fn attached(
+    control: &ControlClient,
+) -> Result<BTreeMap<u32, PathBuf>, ContainerError> {
+    let state = control
+        .call(&Request::State {})
+        .await
+        .map_err(ContainerError::caused("asking the VMM for its slots"))?;
+    Ok(state["slots"]
+        .as_array()
+        .map(|slots| {
+            slots
+                .iter()
+                .filter_map(|s| {
+                    let slot = u32::try_from(s["slot"].as_u64()?).ok()?;
+                    Some((slot, PathBuf::from(s["path"].as_str()?)))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Attaches `path` read-only to `slot`; a slot already holding `path` (a
+/// crash between attaching and recording) is left as it is.
+pub(super) async fn attach(
+    control: &ControlClient,
+    slot: u32,
+    path: &Path,
+) -> Result<(), ContainerError> {
+    if attached(control).await?.get(&slot).map(PathBuf::as_path) == Some(path) {
+        return Ok(());
+    }
+    control
+        .call(&Request::AttachDrive {
+            slot,
+            path: path.to_path_buf(),
+            read_only: true,
+        })
+        .await
+        .map_err(ContainerError::caused("attaching the image"))?;
+    Ok(())
+}
+
+/// Detaches `slot`; an empty slot (a crash between detaching and
+/// forgetting the record) is done already.
+pub(super) async fn detach(control: &ControlClient, slot: u32) -> Result<(), ContainerError> {
+    if !attached(control).await?.contains_key(&slot) {
+        return Ok(());
+    }
+    control
+        .call(&Request::DetachDrive { slot })
+        .await
+        .map_err(ContainerError::caused("detaching the image"))?;
+    Ok(())
+}
