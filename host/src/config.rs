@@ -96,6 +96,11 @@ pub struct ImageLimits {
     /// Most entries (files, directories, links) an image may hold, all
     /// layers together (default 1 000 000).
     pub max_unpacked_entries: u64,
+    /// Largest manifest or image index accepted, in bytes (default 4 MiB,
+    /// the limit Docker's registry puts on manifests it stores).
+    pub max_manifest_bytes: u64,
+    /// Largest image config accepted, in bytes (default 8 MiB).
+    pub max_config_bytes: u64,
 }
 
 impl Default for ImageLimits {
@@ -105,6 +110,8 @@ impl Default for ImageLimits {
             pull_timeout_secs: 3600,
             max_unpacked_bytes: 64 << 30,
             max_unpacked_entries: 1_000_000,
+            max_manifest_bytes: 4 << 20,
+            max_config_bytes: 8 << 20,
         }
     }
 }

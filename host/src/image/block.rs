@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Why a block image could not be built.
@@ -26,6 +27,9 @@ pub enum BlockError {
     /// and was killed.
     #[error("mkfs.erofs ran longer than {0:?} and was stopped")]
     TimedOut(std::time::Duration),
+    /// The pull that asked for the image was stopped.
+    #[error("the pull was stopped")]
+    Stopped,
     /// The result could not be moved into place.
     #[error("installing {path}: {source}")]
     Install {
@@ -40,15 +44,26 @@ pub enum BlockError {
 pub const MKFS_LIMIT: Duration = Duration::from_secs(30 * 60);
 
 /// Builds `out` from `root` (written to a temporary name, then renamed)
-/// within [`MKFS_LIMIT`].
-pub fn build_erofs(root: &Path, out: &Path) -> Result<u64, BlockError> {
-    build_erofs_within(root, out, MKFS_LIMIT)
+/// within [`MKFS_LIMIT`]; setting `stop` kills mkfs.erofs and leaves
+/// nothing.
+pub fn build_erofs(root: &Path, out: &Path, stop: &AtomicBool) -> Result<u64, BlockError> {
+    build_erofs_within(root, out, MKFS_LIMIT, stop)
 }
 
-/// Builds `out` from `root`, killing mkfs.erofs after `limit`.
-pub fn build_erofs_within(root: &Path, out: &Path, limit: Duration) -> Result<u64, BlockError> {
-    let tmp = out.with_extension("erofs.tmp");
-    let log = out.with_extension("erofs.log");
+/// Builds `out` from `root`, killing mkfs.erofs after `limit` or once
+/// `stop` is set.
+pub fn build_erofs_within(
+    root: &Path,
+    out: &Path,
+    limit: Duration,
+    stop: &AtomicBool,
+) -> Result<u64, BlockError> {
+    // Names of their own: a stopped build may still be ending while the
+    // next pull of the image starts its own.
+    static BUILDS: AtomicU64 = AtomicU64::new(0);
+    let n = BUILDS.fetch_add(1, Ordering::Relaxed);
+    let tmp = out.with_extension(format!("erofs.{n}.tmp"));
+    let log = out.with_extension(format!("erofs.{n}.log"));
     let stderr = std::fs::File::create(&log).map_err(BlockError::Spawn)?;
     let mut child = Command::new("mkfs.erofs")
         // Fixed timestamps and UUID: the same image gives the same bytes.
@@ -70,12 +85,17 @@ pub fn build_erofs_within(root: &Path, out: &Path, limit: Duration) -> Result<u6
         if let Some(s) = child.try_wait().map_err(BlockError::Spawn)? {
             break s;
         }
-        if started.elapsed() > limit {
+        let stopped = stop.load(Ordering::Relaxed);
+        if stopped || started.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
             let _ = std::fs::remove_file(&tmp);
             let _ = std::fs::remove_file(&log);
-            return Err(BlockError::TimedOut(limit));
+            return Err(if stopped {
+                BlockError::Stopped
+            } else {
+                BlockError::TimedOut(limit)
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -111,39 +131,63 @@ mod tests {
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("etc/hello"), b"hi").unwrap();
         let a = tmp.path().join("a.erofs");
-        let size = build_erofs(&root, &a).unwrap();
+        let size = build_erofs(&root, &a, &AtomicBool::new(false)).unwrap();
         assert!(size > 0 && size.is_multiple_of(4096), "{size}");
         // erofs superblock magic at offset 1024.
         let bytes = std::fs::read(&a).unwrap();
         assert_eq!(&bytes[1024..1028], &0xE0F5_E1E2u32.to_le_bytes());
         let b = tmp.path().join("b.erofs");
-        build_erofs(&root, &b).unwrap();
+        build_erofs(&root, &b, &AtomicBool::new(false)).unwrap();
         assert_eq!(bytes, std::fs::read(&b).unwrap());
     }
 
     #[test]
     fn missing_root_is_a_clear_error() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = build_erofs(&tmp.path().join("nope"), &tmp.path().join("x.erofs"));
+        let err = build_erofs(
+            &tmp.path().join("nope"),
+            &tmp.path().join("x.erofs"),
+            &AtomicBool::new(false),
+        );
         assert!(err.is_err());
     }
 
-    #[test]
-    fn a_build_past_its_limit_is_stopped_and_leaves_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("root");
+    /// A tree mkfs.erofs takes a while over.
+    fn slow_tree(tmp: &Path) -> std::path::PathBuf {
+        let root = tmp.join("root");
         for i in 0..2000 {
             let d = root.join(format!("d{i}"));
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("f"), b"x").unwrap();
         }
-        let out = tmp.path().join("slow.erofs");
-        let e = build_erofs_within(&root, &out, Duration::ZERO).unwrap_err();
-        assert!(matches!(e, BlockError::TimedOut(_)), "{e}");
-        let left: Vec<_> = std::fs::read_dir(tmp.path())
+        root
+    }
+
+    fn left_in(dir: &Path) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left, vec![std::ffi::OsString::from("root")]);
+            .collect()
+    }
+
+    #[test]
+    fn a_build_past_its_limit_is_stopped_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = slow_tree(tmp.path());
+        let out = tmp.path().join("slow.erofs");
+        let e =
+            build_erofs_within(&root, &out, Duration::ZERO, &AtomicBool::new(false)).unwrap_err();
+        assert!(matches!(e, BlockError::TimedOut(_)), "{e}");
+        assert_eq!(left_in(tmp.path()), vec![std::ffi::OsString::from("root")]);
+    }
+
+    #[test]
+    fn a_stopped_build_ends_at_once_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = slow_tree(tmp.path());
+        let out = tmp.path().join("stopped.erofs");
+        let e = build_erofs(&root, &out, &AtomicBool::new(true)).unwrap_err();
+        assert!(matches!(e, BlockError::Stopped), "{e}");
+        assert_eq!(left_in(tmp.path()), vec![std::ffi::OsString::from("root")]);
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! - [`hosts`]: registry mirrors and per-registry TLS (containerd's `hosts.toml`):
 //!   the directory lookup, the file's parsing, its values and CA files.
-//! - [`pull`]: the registry client (manifest lists → linux/amd64, digest checks).
+//! - [`pull`]: the registry client for one pull: its hosts, and layers
+//!   fetched with their declared sizes and digests enforced.
+//! - [`resolve`]: a reference → its linux/amd64 manifest and config, each
+//!   read within a size cap.
 //! - [`unpack`]: layers applied in order with whiteouts.
 //! - [`block`]: the erofs block image.
 //! - [`service`]: the image store behind the CRI ImageService.
@@ -12,6 +15,7 @@
 pub mod block;
 pub mod hosts;
 pub mod pull;
+pub mod resolve;
 pub mod service;
 #[cfg(test)]
 mod test_registry;

@@ -3,7 +3,6 @@
 use super::hosts::{RegistryHost, RegistryHosts, Role, Scheme};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
-use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
@@ -139,50 +138,41 @@ fn install_crypto_provider() {
     });
 }
 
-/// A manifest resolved for linux/amd64 and its config.
-pub struct ResolvedImage {
-    /// The platform manifest.
-    pub manifest: OciImageManifest,
-    /// Its digest.
-    pub manifest_digest: String,
-    /// The digest of the index it was picked from, if any.
-    pub index_digest: Option<String>,
-    /// The raw config JSON (checked against the manifest's config digest).
-    pub config: String,
-}
-
 /// One host a pull may use, with its own client (TLS settings are per
 /// client) and the reference as that host is asked for it.
-struct Endpoint {
-    host: RegistryHost,
-    client: Client,
+pub(super) struct Endpoint {
+    pub(super) host: RegistryHost,
+    pub(super) client: Client,
+    /// A plain HTTP client with the same settings, for the requests moatd
+    /// makes itself (manifests, read within a cap).
+    pub(super) http: reqwest::Client,
     /// The image's reference, with the host set as its mirror when the host
     /// is not the registry itself (the client then adds `?ns=<registry>`,
     /// as containerd does).
-    reference: Reference,
+    pub(super) reference: Reference,
     /// `mirror http://…` / `server https://…`, for logs and errors.
-    label: String,
+    pub(super) label: String,
 }
 
 /// A registry client for one pull: the image's reference as the user gave
 /// it, and the hosts to fetch it from, in order (mirrors, then the server).
 pub struct Puller {
-    reference: Reference,
-    auth: RegistryAuth,
-    endpoints: Vec<Endpoint>,
+    pub(super) reference: Reference,
+    pub(super) auth: RegistryAuth,
+    pub(super) endpoints: Vec<Endpoint>,
     /// Endpoints that failed to connect during this pull; later blobs skip
     /// them instead of waiting for each connect to fail again.
     unreachable: std::sync::Mutex<Vec<bool>>,
 }
 
 /// Whether an error is a failure to reach the host at all.
-fn is_connect_error(e: &OciDistributionError) -> bool {
+pub(super) fn is_connect_error(e: &OciDistributionError) -> bool {
     matches!(e, OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout())
 }
 
 /// An error with its sources (reqwest's own message omits the cause, such
 /// as "Connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -194,6 +184,30 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+/// A reqwest client with the TLS, timeout and proxy settings oci-client
+/// makes of `config`.
+fn http_client(config: &ClientConfig) -> Result<reqwest::Client, reqwest::Error> {
+    let mut b = reqwest::Client::builder()
+        .danger_accept_invalid_certs(config.accept_invalid_certificates)
+        .user_agent(config.user_agent);
+    for c in &config.extra_root_certificates {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(&c.data)?);
+    }
+    if let Some(t) = config.read_timeout {
+        b = b.read_timeout(t);
+    }
+    if let Some(t) = config.connect_timeout {
+        b = b.connect_timeout(t);
+    }
+    if let Some(p) = &config.https_proxy {
+        b = b.proxy(reqwest::Proxy::https(p)?);
+    }
+    if let Some(p) = &config.http_proxy {
+        b = b.proxy(reqwest::Proxy::http(p)?);
+    }
+    b.build()
 }
 
 impl Puller {
@@ -243,6 +257,10 @@ impl Puller {
             };
             // Client::new would fall back to a default client on a bad
             // setting (e.g. an unusable CA), silently dropping it.
+            let http = http_client(&config).map_err(|e| PullError::Registry {
+                reference: reference.whole(),
+                reason: format!("setting up a client for {label}: {}", error_chain(&e)),
+            })?;
             let client = Client::try_from(config).map_err(|e| PullError::Registry {
                 reference: reference.whole(),
                 reason: format!("setting up a client for {label}: {}", error_chain(&e)),
@@ -250,6 +268,7 @@ impl Puller {
             endpoints.push(Endpoint {
                 host: host.clone(),
                 client,
+                http,
                 reference: host_ref,
                 label,
             });
@@ -268,7 +287,7 @@ impl Puller {
         self.endpoints.iter().map(|e| e.label.clone()).collect()
     }
 
-    fn mark_unreachable(&self, i: usize) {
+    pub(super) fn mark_unreachable(&self, i: usize) {
         if let Ok(mut u) = self.unreachable.lock() {
             u[i] = true;
         }
@@ -280,7 +299,11 @@ impl Puller {
 
     /// The error once every host failed: a single host's error as it is,
     /// else every host with its failure.
-    fn all_failed(&self, what: &str, mut failures: Vec<(String, PullError)>) -> PullError {
+    pub(super) fn all_failed(
+        &self,
+        what: &str,
+        mut failures: Vec<(String, PullError)>,
+    ) -> PullError {
         if failures.len() == 1 {
             return failures.remove(0).1;
         }
@@ -294,96 +317,7 @@ impl Puller {
         }
     }
 
-    /// Fetches the manifest (picking linux/amd64 from an index) and config,
-    /// from the first host that can: mirrors in order, then the server. A
-    /// tag needs a host with the `resolve` capability; a digest, `pull`.
-    pub async fn resolve(&self) -> Result<ResolvedImage, PullError> {
-        let by_digest = self.reference.digest().is_some();
-        let mut failures = Vec::new();
-        for (i, ep) in self.endpoints.iter().enumerate() {
-            let caps = ep.host.capabilities;
-            let allowed = caps.pull && (by_digest || caps.resolve);
-            if !allowed {
-                let why = if by_digest {
-                    "it lacks the pull capability"
-                } else {
-                    "it lacks the pull and resolve capabilities"
-                };
-                tracing::info!(image = %self.reference, host = %ep.label, "not resolving from this host: {why}");
-                continue;
-            }
-            match self.resolve_on(ep).await {
-                Ok(resolved) => {
-                    tracing::info!(
-                        image = %self.reference,
-                        host = %ep.label,
-                        digest = %resolved.manifest_digest,
-                        skipped = failures.len(),
-                        "resolved"
-                    );
-                    return Ok(resolved);
-                }
-                Err((e, connect)) => {
-                    if connect {
-                        self.mark_unreachable(i);
-                    }
-                    tracing::warn!(image = %self.reference, host = %ep.label, "resolving failed, trying the next host: {}", e.reason());
-                    failures.push((ep.label.clone(), e));
-                }
-            }
-        }
-        if failures.is_empty() {
-            return Err(PullError::Registry {
-                reference: self.reference.whole(),
-                reason: format!(
-                    "no configured host may resolve it (hosts: {}; a tag needs the pull and resolve capabilities)",
-                    self.hosts().join(", ")
-                ),
-            });
-        }
-        Err(self.all_failed("resolve", failures))
-    }
-
-    async fn resolve_on(&self, ep: &Endpoint) -> Result<ResolvedImage, (PullError, bool)> {
-        let (manifest, manifest_digest, config, index_digest) = ep
-            .client
-            .pull_manifest_and_config_and_list_digest(&ep.reference, &self.auth)
-            .await
-            .map_err(|e| (self.registry_err(&e), is_connect_error(&e)))?;
-        let got = format!("sha256:{}", hex::encode(Sha256::digest(config.as_bytes())));
-        if got != manifest.config.digest {
-            return Err((
-                PullError::BadContent {
-                    reference: self.reference.whole(),
-                    reason: format!(
-                        "config digest {got} does not match the manifest's {}",
-                        manifest.config.digest
-                    ),
-                },
-                false,
-            ));
-        }
-        if let Some(want) = self.reference.digest() {
-            let pinned = index_digest.as_deref().unwrap_or(&manifest_digest);
-            if pinned != want {
-                return Err((
-                    PullError::BadContent {
-                        reference: self.reference.whole(),
-                        reason: format!("the host served {pinned} for {want}"),
-                    },
-                    false,
-                ));
-            }
-        }
-        Ok(ResolvedImage {
-            manifest,
-            manifest_digest,
-            index_digest,
-            config,
-        })
-    }
-
-    fn registry_err(&self, e: &OciDistributionError) -> PullError {
+    pub(super) fn registry_err(&self, e: &OciDistributionError) -> PullError {
         PullError::Registry {
             reference: self.reference.whole(),
             reason: error_chain(e),
@@ -551,11 +485,11 @@ impl Puller {
 
 /// An AsyncWrite that hashes what passes through, and refuses bytes past
 /// `limit` (the layer's declared size).
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    len: u64,
-    limit: u64,
+pub(super) struct HashingWriter<W> {
+    pub(super) inner: W,
+    pub(super) hasher: Sha256,
+    pub(super) len: u64,
+    pub(super) limit: u64,
 }
 
 impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HashingWriter<W> {
@@ -695,7 +629,7 @@ mod tests {
                 let hosts =
                     super::super::hosts::registry_hosts(None, reference.registry(), &[]).unwrap();
                 let p = Puller::new(reference, &PullAuth::default(), &hosts).unwrap();
-                let resolved = p.resolve().await.unwrap();
+                let resolved = p.resolve(&Default::default()).await.unwrap();
                 p.fetch_blob(&resolved.manifest.layers[0], &dest, limit)
                     .await
             }

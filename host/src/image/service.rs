@@ -127,6 +127,24 @@ pub struct ImageService {
 /// A file removed when dropped, unless it was moved away first.
 struct Leftover(PathBuf);
 
+/// The block image a pull is building: if the pull is dropped before it
+/// records the image (stopped by its deadline), the unpack and mkfs are
+/// told to stop and whatever they built is removed.
+struct Building {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    block: PathBuf,
+    recorded: bool,
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = std::fs::remove_file(&self.block);
+        }
+    }
+}
+
 impl Drop for Leftover {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
@@ -160,6 +178,28 @@ impl ImageService {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err("making images/ private"))?;
+        // What no record names: block images of a crash or a failed record
+        // after mkfs (and their temporary files), and layers of pulls that
+        // failed later (kept until now so that a retry need not download
+        // them again).
+        let records: Vec<ImageRecord> = store.values(IMAGES)?;
+        let blocks: Vec<PathBuf> = records.iter().map(|r| r.block_image.clone()).collect();
+        let layers: Vec<PathBuf> = records
+            .iter()
+            .flat_map(|r| r.layers.iter())
+            .filter_map(|d| hex_of(d).map(|h| root.join("blobs/sha256").join(h)))
+            .collect();
+        for (dir, known) in [("blocks", &blocks), ("blobs/sha256", &layers)] {
+            for entry in std::fs::read_dir(root.join(dir))
+                .map_err(io_err(format!("reading images/{dir}")))?
+                .flatten()
+            {
+                if !known.contains(&entry.path()) {
+                    tracing::info!(file = %entry.path().display(), "removing a file no image record names");
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         Ok(Self {
             root,
             store,
@@ -232,7 +272,7 @@ impl ImageService {
             tracing::info!(image = %whole, dir = %dir.display(), hosts = ?urls, "registry hosts configured");
         }
         let puller = Puller::new(reference.clone(), auth, &hosts)?;
-        let resolved = puller.resolve().await?;
+        let resolved = puller.resolve(&self.limits).await?;
         let id = resolved.manifest.config.digest.clone();
         if hex_of(&id).is_none() {
             return Err(ImageError::Prepare {
@@ -283,7 +323,7 @@ impl ImageService {
     async fn prepare(
         &self,
         puller: &Puller,
-        resolved: &super::pull::ResolvedImage,
+        resolved: &super::resolve::ResolvedImage,
         id: &str,
         image: &str,
     ) -> Result<ImageRecord, ImageError> {
@@ -326,7 +366,17 @@ impl ImageService {
         }
         let hex = hex_of(id).unwrap_or("invalid").to_string();
         let block_image = self.root.join("blocks").join(format!("{hex}.erofs"));
-        let rootfs = self.root.join("tmp").join(format!("rootfs-{hex}"));
+        let mut building = Building {
+            stop: Default::default(),
+            block: block_image.clone(),
+            recorded: false,
+        };
+        let stop = building.stop.clone();
+        // A tree of its own: a stopped pull's task may still be ending.
+        let rootfs = self.root.join("tmp").join(format!(
+            "rootfs-{hex}-{}",
+            crate::ids::new_id().unwrap_or_default()
+        ));
         let blobs: Vec<(PathBuf, String)> = layers
             .iter()
             .filter_map(|d| self.blob_path(d).map(|p| (p, d.clone())))
@@ -342,6 +392,9 @@ impl ImageService {
             };
             std::fs::create_dir_all(&rootfs2).map_err(io_err("creating the unpack directory"))?;
             for (i, (path, digest)) in blobs.iter().enumerate() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(prep(block::BlockError::Stopped.to_string()));
+                }
                 tracing::info!(image = %image2, layer = %digest, n = i + 1, of = blobs.len(), "applying layer");
                 unpack::apply_layer(&rootfs2, path, digest, &mut budget)
                     .map_err(|e| prep(e.to_string()))?;
@@ -349,7 +402,13 @@ impl ImageService {
             let passwd = account_file(&rootfs2, "etc/passwd");
             let group = account_file(&rootfs2, "etc/group");
             tracing::info!(image = %image2, "building erofs block image");
-            let size = block::build_erofs(&rootfs2, &block2).map_err(|e| prep(e.to_string()))?;
+            let size =
+                block::build_erofs(&rootfs2, &block2, &stop).map_err(|e| prep(e.to_string()))?;
+            // Stopped while mkfs ended: the image would have no record.
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::remove_file(&block2);
+                return Err(prep(block::BlockError::Stopped.to_string()));
+            }
             Ok((size, passwd, group))
         };
         // The tree goes with the task that made it, so a pull stopped
@@ -365,6 +424,9 @@ impl ImageService {
             reason: format!("unpack task: {e}"),
         });
         let (block_size, passwd, group) = built??;
+        // From here the caller records the image before it can be stopped
+        // (no await in between).
+        building.recorded = true;
         Ok(ImageRecord {
             id: id.to_string(),
             repo_tags: Vec::new(),
@@ -480,6 +542,77 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    /// Block images and layers no record names (a crash after mkfs, a
+    /// pull that failed after its downloads) are removed when the store
+    /// opens; recorded ones stay.
+    #[test]
+    fn files_no_record_names_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        ImageService::open(dir.path(), store.clone(), Vec::new()).unwrap();
+        let blocks = dir.path().join("images/blocks");
+        let kept = blocks.join("kept.erofs");
+        for f in ["kept.erofs", "orphan.erofs", "orphan.erofs.3.tmp"] {
+            std::fs::write(blocks.join(f), b"x").unwrap();
+        }
+        let blobs = dir.path().join("images/blobs/sha256");
+        let (layer, orphan) = ("a".repeat(64), "b".repeat(64));
+        for f in [&layer, &orphan] {
+            std::fs::write(blobs.join(f), b"x").unwrap();
+        }
+        let rec = ImageRecord {
+            id: "sha256:kept".into(),
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+            layers: vec![format!("sha256:{layer}")],
+            size: 0,
+            config: String::new(),
+            block_image: kept.clone(),
+            block_size: 1,
+            passwd: String::new(),
+            group: String::new(),
+        };
+        store.put(IMAGES, &rec.id, &rec).unwrap();
+        ImageService::open(dir.path(), store, Vec::new()).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&blocks)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(left, vec![kept]);
+        let left: Vec<_> = std::fs::read_dir(&blobs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(&layer)]);
+    }
+
+    /// A pull dropped before it records its image (its deadline passed)
+    /// tells the build to stop and removes what it built.
+    #[test]
+    fn a_stopped_build_leaves_no_block_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let block = dir.path().join("x.erofs");
+        std::fs::write(&block, b"built").unwrap();
+        let building = Building {
+            stop: Default::default(),
+            block: block.clone(),
+            recorded: false,
+        };
+        let stop = building.stop.clone();
+        drop(building);
+        assert!(stop.load(std::sync::atomic::Ordering::Relaxed));
+        assert!(!block.exists());
+        std::fs::write(&block, b"built").unwrap();
+        let mut building = Building {
+            stop: Default::default(),
+            block: block.clone(),
+            recorded: false,
+        };
+        building.recorded = true;
+        drop(building);
+        assert!(block.exists(), "a recorded image was removed");
     }
 
     #[test]
