@@ -1,6 +1,15 @@
 //! The fields moatd reads from `/proc/PID/stat` (a VMM's liveness and
 //! start time, its CPU use and threads for pod stats), parsed in one place.
 
+/// The ids of the processes now running (the numeric names in `/proc`).
+pub fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+}
+
 /// What `/proc/PID/stat` says about one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stat {

@@ -61,6 +61,13 @@ pub async fn pull(m: &Moatd) {
 
 /// Pulls `image`, which must succeed.
 pub async fn pull_image(m: &Moatd, image: &str) {
+    try_pull_image(m, image)
+        .await
+        .unwrap_or_else(|e| panic!("PullImage {image}: {e:?}\n{}", m.log()));
+}
+
+/// PullImage; the image's reference (its id) or moatd's refusal.
+pub async fn try_pull_image(m: &Moatd, image: &str) -> Result<String, tonic::Status> {
     m.images()
         .await
         .unwrap()
@@ -73,7 +80,31 @@ pub async fn pull_image(m: &Moatd, image: &str) {
             sandbox_config: None,
         })
         .await
-        .unwrap_or_else(|e| panic!("PullImage {image}: {e:?}\n{}", m.log()));
+        .map(|r| r.into_inner().image_ref)
+}
+
+/// Every pod sandbox ListPodSandbox shows.
+pub async fn list_pods(rt: &mut Rt) -> Vec<PodSandbox> {
+    rt.list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("ListPodSandbox: {e:?}"))
+        .into_inner()
+        .items
+}
+
+/// The ids of the containers `filter` selects, sorted.
+pub async fn container_ids(rt: &mut Rt, filter: Option<ContainerFilter>) -> Vec<String> {
+    let mut ids: Vec<String> = rt
+        .list_containers(ListContainersRequest { filter })
+        .await
+        .unwrap_or_else(|e| panic!("ListContainers: {e:?}"))
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// RunPodSandbox with the default handler.

@@ -35,12 +35,7 @@ pub fn tokio_runtime() -> tokio::runtime::Runtime {
 
 /// Pids of running moat-vmm processes (to check for leaks).
 pub fn vmm_pids() -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    moatd::procfs::pids()
         .filter(|pid| {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

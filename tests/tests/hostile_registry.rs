@@ -8,6 +8,7 @@
 
 use moat_proto::cri::*;
 use moat_tests::artifacts::workspace_root;
+use moat_tests::cri::try_pull_image;
 use moat_tests::moatd::{tokio_runtime, Moatd};
 use std::io::BufRead;
 use std::path::Path;
@@ -48,22 +49,6 @@ impl Drop for Hostile {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn pull(m: &Moatd, image: &str) -> Result<String, tonic::Status> {
-    m.images()
-        .await
-        .unwrap()
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-        .map(|r| r.into_inner().image_ref)
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -127,7 +112,7 @@ fn a_hostile_registry_cannot_hurt_the_node() {
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
         let started = Instant::now();
-        pull(&m, &m.registry.busybox())
+        try_pull_image(&m, &m.registry.busybox())
             .await
             .unwrap_or_else(|e| panic!("the fair pull: {e:?}\n{}", m.log()));
         let mut rt = m.runtime().await.unwrap();
@@ -147,7 +132,7 @@ fn a_hostile_registry_cannot_hurt_the_node() {
             ),
             ("bomb", "max_unpacked_bytes"),
         ] {
-            let e = pull(&m, &hostile.image(name)).await.unwrap_err();
+            let e = try_pull_image(&m, &hostile.image(name)).await.unwrap_err();
             assert!(e.message().contains(says), "{name}: {e:?}");
         }
         let (r, took) = trickle.await.unwrap();
@@ -190,7 +175,7 @@ fn a_hostile_registry_cannot_hurt_the_node() {
 
         // The setuid binary keeps its mode in the block image the guest
         // mounts; the link is stored as a link; no other user reaches it.
-        let id = pull(&m, &hostile.image("setuid")).await.unwrap();
+        let id = try_pull_image(&m, &hostile.image("setuid")).await.unwrap();
         let st = m
             .images()
             .await

@@ -12,7 +12,7 @@ use crate::logs::cri_log::CriLogWriter;
 use crate::pod::{SandboxRecord, SandboxState};
 use crate::store::CONTAINERS;
 use crate::vm::ControlClient;
-use moat_proto::agent::{ListContainersRequest, RemoveContainerRequest};
+use moat_proto::agent::ListContainersRequest;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -83,17 +83,7 @@ impl Containers {
                 continue;
             }
             tracing::warn!(pod = %sb.id, id = %c.container_id, "removing a guest container no record names");
-            match agent
-                .remove_container(RemoveContainerRequest {
-                    container_id: c.container_id.clone(),
-                    timeout_ms: 0,
-                })
-                .await
-            {
-                Ok(_) => {}
-                Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => return Err(ContainerError::from_agent("agent RemoveContainer", s)),
-            }
+            super::remove::remove_in_guest(&mut agent, &c.container_id).await?;
         }
         let control = ControlClient::new(&sb.vm_paths.api());
         for (slot, path) in slots::attached(&control).await? {

@@ -8,9 +8,30 @@ use crate::crash_point;
 use crate::pod::SandboxRecord;
 use crate::store::CONTAINERS;
 use crate::vm::ControlClient;
+use moat_proto::agent::agent_client::AgentClient;
 use moat_proto::agent::RemoveContainerRequest;
 use moat_proto::cri::ContainerEventType;
 use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Has the guest kill and remove container `id`; one it does not know is
+/// removed already.
+pub(super) async fn remove_in_guest(
+    agent: &mut AgentClient<Channel>,
+    id: &str,
+) -> Result<(), ContainerError> {
+    match agent
+        .remove_container(RemoveContainerRequest {
+            container_id: id.to_string(),
+            timeout_ms: 0,
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(ContainerError::from_agent("agent RemoveContainer", s)),
+    }
+}
 
 impl Containers {
     /// RemoveContainer: kills it if it runs, removes it from the guest,
@@ -31,17 +52,7 @@ impl Containers {
         let vm_alive = sb.is_some_and(|s| s.vm.is_some_and(|v| v.is_alive()));
         if let (true, Some(sb)) = (vm_alive, sb) {
             let mut agent = self.agent(sb).await?;
-            match agent
-                .remove_container(RemoveContainerRequest {
-                    container_id: rec.id.clone(),
-                    timeout_ms: 0,
-                })
-                .await
-            {
-                Ok(_) => {}
-                Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => return Err(ContainerError::from_agent("agent RemoveContainer", s)),
-            }
+            remove_in_guest(&mut agent, &rec.id).await?;
             crash_point::here(crash_point::REMOVE_CONTAINER_IN_GUEST);
             let shared = self
                 .list()?

@@ -32,17 +32,6 @@ async fn guest_containers(rt: &mut Rt, pod: &str) -> Vec<String> {
         .collect()
 }
 
-async fn containers(rt: &mut Rt) -> Vec<String> {
-    rt.list_containers(ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .into_iter()
-        .map(|c| c.id)
-        .collect()
-}
-
 /// The call died with moatd: a transport error, not an answer.
 fn assert_cut_off(e: &tonic::Status, at: &str) {
     assert!(
@@ -88,12 +77,7 @@ pub fn body() {
             let e = try_run_pod(&mut rt, config.clone()).await.unwrap_err();
             assert_cut_off(&e, at);
             let mut rt = after_crash(&mut m, at).await;
-            let pods = rt
-                .list_pod_sandbox(ListPodSandboxRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .items;
+            let pods = list_pods(&mut rt).await;
             assert!(pods.is_empty(), "{at}: a pod is listed: {pods:?}");
             assert_eq!(vmm_pids(), vmms_before, "{at}: a VMM leaked\n{}", m.log());
             assert_eq!(
@@ -134,7 +118,7 @@ pub fn body() {
             assert_cut_off(&e, at);
             let mut rt = after_crash(&mut m, at).await;
             assert!(
-                containers(&mut rt).await.is_empty(),
+                container_ids(&mut rt, None).await.is_empty(),
                 "{at}: a container is listed"
             );
             assert_eq!(
@@ -185,7 +169,7 @@ pub fn body() {
             .await
             .unwrap_or_else(|e| panic!("{at}: RemoveContainer again: {e:?}\n{}", m.log()));
             assert!(
-                containers(&mut rt).await.is_empty(),
+                container_ids(&mut rt, None).await.is_empty(),
                 "{at}: a container is listed"
             );
             assert_eq!(

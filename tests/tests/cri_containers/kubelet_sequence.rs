@@ -52,18 +52,7 @@ pub fn body() {
 
 /// The ids of the containers `f` selects, sorted.
 async fn list(rt: &Rt, f: ContainerFilter) -> Vec<String> {
-    let mut ids: Vec<String> = rt
-        .clone()
-        .list_containers(ListContainersRequest { filter: Some(f) })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    ids.sort();
-    ids
+    container_ids(&mut rt.clone(), Some(f)).await
 }
 
 fn step(name: &str) {

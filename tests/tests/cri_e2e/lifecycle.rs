@@ -76,12 +76,7 @@ pub fn pod_lifecycle_body() {
                 );
                 let deadline = Instant::now() + Duration::from_secs(300);
                 loop {
-                    let pods = rt
-                        .list_pod_sandbox(ListPodSandboxRequest::default())
-                        .await
-                        .unwrap()
-                        .into_inner()
-                        .items;
+                    let pods = moat_tests::cri::list_pods(&mut rt).await;
                     let db = pods.iter().find(|p| {
                         p.metadata.as_ref().is_some_and(|m| m.name == "db")
                             && p.state == PodSandboxState::SandboxReady as i32
@@ -261,13 +256,7 @@ pub fn pod_lifecycle_body() {
         })
         .await
         .expect("removing twice succeeds");
-        assert!(rt
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .is_empty());
+        assert!(moat_tests::cri::list_pods(&mut rt).await.is_empty());
         assert!(vmm_pids().is_empty(), "VMMs leaked: {:?}", vmm_pids());
         assert!(
             Moatd::entries(&m.run_dir().join("netns")).is_empty(),

@@ -233,12 +233,7 @@ async fn assert_failed_pod_left_nothing(
     m: &Moatd,
     vmms_before: &[u32],
 ) {
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = moat_tests::cri::list_pods(rt).await;
     assert!(pods.is_empty(), "failed sandbox still listed: {pods:?}");
     assert_eq!(vmm_pids(), vmms_before, "a VMM leaked");
     assert!(
