@@ -15,5 +15,6 @@ pub mod config;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+pub mod log;
 pub mod runtime;
 pub mod vstate;

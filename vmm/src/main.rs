@@ -143,7 +143,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("MOAT_VMM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(moat_vmm::log::capped_stderr())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match args.into_config() {

@@ -163,11 +163,26 @@ pub fn running_vmms(paths: &VmPaths) -> Vec<VmHandle> {
 }
 
 /// The last `n` lines of a log file, for error messages.
+/// Only the file's last [`TAIL_BYTES`] are read: the guest writes the
+/// console, and its size is the guest's to choose.
 pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let len = f.metadata().map_or(0, |m| m.len());
+        if f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
+            .is_ok()
+        {
+            let _ = f.take(TAIL_BYTES).read_to_end(&mut text);
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// The most of a log file [`tail`] reads.
+pub const TAIL_BYTES: u64 = 64 << 10;
 
 /// The VM runs but its agent did not answer in time (a guest that hung
 /// while booting).
@@ -261,6 +276,17 @@ pub async fn wait_for_agent(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_reads_only_the_end_of_a_large_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut text = "x".repeat(1 << 20);
+        text.push_str("\nlast but one\nlast\n");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(tail(&path, 2), "last but one\nlast");
+        assert_eq!(tail(&dir.path().join("missing"), 2), "");
+    }
 
     #[test]
     fn a_vmm_is_found_by_its_config_path() {

@@ -7,11 +7,12 @@ use std::path::Path;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX,
 };
 use virtio_queue::QueueT;
 use vmm_sys_util::epoll::EventSet;
 
-use super::request::{execute, Backing, BlockStats, SECTOR_SIZE};
+use super::request::{execute, Backing, BlockStats, SECTOR_SIZE, SEGMENTS_MAX, SEGMENT_MAX};
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, QueueCtx, VirtioDevice, TYPE_BLOCK,
 };
@@ -19,6 +20,8 @@ use crate::devices::virtio::{
 /// Queue size of the single request queue.
 pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+// A request's segments and its header and status fit one queue.
+const _: () = assert!(SEGMENTS_MAX + 2 <= QUEUE_SIZE as u32);
 
 /// Errors attaching or detaching a drive.
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +111,9 @@ impl Block {
         let mut c = [0u8; 24];
         let cap = self.backing.as_ref().map_or(0, |b| b.nsectors);
         c[0..8].copy_from_slice(&cap.to_le_bytes());
-        // seg_max: descriptors per request minus header and status.
-        c[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        // size_max and seg_max: together they bound a request.
+        c[8..12].copy_from_slice(&SEGMENT_MAX.to_le_bytes());
+        c[12..16].copy_from_slice(&SEGMENTS_MAX.to_le_bytes());
         c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
         c
     }
@@ -153,6 +157,7 @@ impl VirtioDevice for Block {
     fn avail_features(&self) -> u64 {
         let mut f = (1u64 << VIRTIO_BLK_F_FLUSH)
             | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_SIZE_MAX)
             | (1 << VIRTIO_BLK_F_BLK_SIZE);
         if self.advertise_ro {
             f |= 1 << VIRTIO_BLK_F_RO;

@@ -22,6 +22,16 @@ pub const SECTOR_SIZE: u64 = 512;
 /// Bytes copied per host I/O call.
 const CHUNK: usize = 128 * 1024;
 
+/// Largest segment the device offers the guest (`size_max`).
+pub const SEGMENT_MAX: u32 = 32 << 10;
+/// Most segments per request (`seg_max`): the queue size less the header
+/// and status descriptors.
+pub const SEGMENTS_MAX: u32 = 254;
+/// Largest read or write a request may ask for: what `size_max` and
+/// `seg_max` allow an honest driver. Larger requests fail, so one request
+/// cannot hold the event loop in I/O over a whole disk.
+pub const REQUEST_MAX: u64 = SEGMENT_MAX as u64 * SEGMENTS_MAX as u64;
+
 /// The host file attached to a slot.
 pub struct Backing {
     /// The open file.
@@ -107,7 +117,7 @@ pub fn execute(
 
 /// Checks that `len` bytes at `sector` are inside a disk of `nsectors`.
 fn in_range(sector: u64, len: u64, nsectors: u64) -> bool {
-    if !len.is_multiple_of(SECTOR_SIZE) {
+    if !len.is_multiple_of(SECTOR_SIZE) || len > REQUEST_MAX {
         return false;
     }
     sector
@@ -313,6 +323,24 @@ mod tests {
             let d = [desc(HDR, 16, 0), desc(DATA, 1024, W), desc(STATUS, 1, W)];
             assert_eq!(u32::from(exec(&m, &d, Some(&ro)).1), VIRTIO_BLK_S_IOERR);
         }
+        // Larger than a request may be (the disk holds it all).
+        let (big, _g) = backing(true, 2 * REQUEST_MAX / 512);
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        let too_big = u32::try_from(REQUEST_MAX + 512).unwrap();
+        let d = [
+            desc(HDR, 16, 0),
+            desc(0x50_0000, too_big, W),
+            desc(STATUS, 1, W),
+        ];
+        let (_, status, st) = exec(&m, &d, Some(&big));
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_IOERR);
+        assert_eq!(st.read_bytes, 0);
+        let d = [
+            desc(HDR, 16, 0),
+            desc(0x50_0000, too_big - 512, W),
+            desc(STATUS, 1, W),
+        ];
+        assert_eq!(u32::from(exec(&m, &d, Some(&big)).1), VIRTIO_BLK_S_OK);
         // Unaligned length.
         header(&m, VIRTIO_BLK_T_IN, 0);
         let d = [desc(HDR, 16, 0), desc(DATA, 100, W), desc(STATUS, 1, W)];

@@ -33,6 +33,22 @@ pub struct NetStats {
     pub tx_bytes: u64,
     /// Frames dropped (too big, bad descriptors, TAP errors).
     pub dropped: u64,
+    /// Frames from the guest dropped for a source MAC not the NIC's own.
+    pub spoofed: u64,
+}
+
+/// Bytes of an Ethernet header (destination, source, type).
+const ETH_HDR_LEN: usize = 14;
+
+/// Readies a guest frame for the TAP: its virtio-net header zeroed (no
+/// offloads are offered, so its GSO and checksum fields mean nothing a
+/// guest may ask of the host), and whether its source MAC is `mac`.
+fn check_tx_frame(frame: &mut [u8], mac: &[u8; 6]) -> bool {
+    if frame.len() < VNET_HDR_LEN + ETH_HDR_LEN {
+        return false;
+    }
+    frame[..VNET_HDR_LEN].fill(0);
+    frame[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12] == mac[..]
 }
 
 /// The virtio-net device.
@@ -151,7 +167,11 @@ impl Net {
                 }
                 _ => false,
             };
-            if ok {
+            let spoofed = ok && !check_tx_frame(&mut frame, &self.mac);
+            if spoofed {
+                self.stats.spoofed += 1;
+                self.stats.dropped += 1;
+            } else if ok {
                 match self.tap.write_frame(&frame) {
                     Ok(_) => {
                         self.stats.tx_frames += 1;
@@ -280,20 +300,39 @@ mod tests {
         t.handle_event(TAP_SUB, EventSet::IN);
         assert_eq!(rxq.last_used(), (2, (1, 0)));
 
-        // Guest -> host.
-        let mut out = vec![0u8; VNET_HDR_LEN];
-        out.extend_from_slice(b"from guest");
+        // Guest -> host: the virtio-net header the guest filled in (GSO,
+        // checksum offsets) reaches the TAP zeroed.
+        let own = |src: [u8; 6]| {
+            let mut f = vec![0xffu8; VNET_HDR_LEN];
+            f.extend_from_slice(&[0xff; 6]);
+            f.extend_from_slice(&src);
+            f.extend_from_slice(&[0x08, 0x00]);
+            f.extend_from_slice(b"from guest");
+            f
+        };
+        let out = own([2, 0, 0, 0, 0, 1]);
         m.write_slice(&out, GuestAddress(0x90_0000)).unwrap();
         txq.push_chain(&[(0x90_0000, out.len() as u32, 0)]);
         t.handle_event(1, EventSet::IN);
         let mut b = [0u8; 64];
         let n = host.recv(&mut b).unwrap();
-        assert_eq!(&b[..n], &out[..]);
+        assert_eq!(&b[..VNET_HDR_LEN], &[0u8; VNET_HDR_LEN][..]);
+        assert_eq!(&b[VNET_HDR_LEN..n], &out[VNET_HDR_LEN..]);
+        // A frame with another source MAC is dropped.
+        let spoofed = own([2, 0, 0, 0, 0, 9]);
+        m.write_slice(&spoofed, GuestAddress(0x90_0000)).unwrap();
+        txq.push_chain(&[(0x90_0000, spoofed.len() as u32, 0)]);
         // Malformed tx: out of memory range, and shorter than the header.
         txq.push_chain(&[(0xffff_0000_0000, 100, 0)]);
         txq.push_chain(&[(0x90_0000, 4, 0)]);
         t.handle_event(1, EventSet::IN);
-        assert_eq!(txq.used_idx(), 3);
-        assert_eq!(t.device().counters()["dropped"], 3);
+        assert_eq!(txq.used_idx(), 4);
+        host.set_nonblocking(true).unwrap();
+        assert!(
+            host.recv(&mut b).is_err(),
+            "a dropped frame reached the TAP"
+        );
+        assert_eq!(t.device().counters()["dropped"], 4);
+        assert_eq!(t.device().counters()["spoofed"], 1);
     }
 }

@@ -60,7 +60,12 @@ impl<B: VsockBackend> Vsock<B> {
             return false;
         };
         let mut used = false;
-        while let Some(chain) = q.pop_descriptor_chain(ctx.mem) {
+        // A guest that posts no RX buffers gets its packets taken again
+        // once it drains the backlog (its RX notification).
+        while !self.muxer.tx_backed_up() {
+            let Some(chain) = q.pop_descriptor_chain(ctx.mem) else {
+                break;
+            };
             let head = chain.head_index();
             match read_packet(ctx.mem, chain, &mut self.buf) {
                 Some(h) => self.muxer.handle_tx(&h, &self.buf),
@@ -119,10 +124,27 @@ impl<B: VsockBackend> Vsock<B> {
             used |= self.process_tx(ctx);
         }
         used |= self.process_rx(ctx);
+        // Guest packets left waiting while the backlog was full.
+        while !self.muxer.tx_backed_up() && has_avail(ctx, TXQ) {
+            let took = self.process_tx(ctx);
+            used |= took;
+            used |= self.process_rx(ctx);
+            if !took {
+                break;
+            }
+        }
         if used {
             ctx.irq.signal_used();
         }
     }
+}
+
+/// Whether the guest has made buffers of queue `i` available.
+fn has_avail(ctx: &QueueCtx, i: usize) -> bool {
+    ctx.queues.get(i).is_some_and(|q| {
+        q.avail_idx(ctx.mem, std::sync::atomic::Ordering::Acquire)
+            .is_ok_and(|a| a.0 != q.next_avail())
+    })
 }
 
 fn undo_pop(q: &mut Queue) {

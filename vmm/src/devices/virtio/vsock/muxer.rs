@@ -48,7 +48,21 @@ pub struct VsockStats {
     pub resets_sent: u64,
     /// Malformed or misaddressed packets dropped.
     pub dropped: u64,
+    /// Control packets for the guest dropped because its queue was full
+    /// (a guest that posts no RX buffers while it keeps sending).
+    pub ctrl_dropped: u64,
 }
+
+/// Control packets (REQUEST, RESPONSE, RST, SHUTDOWN, CREDIT_UPDATE)
+/// waiting for the guest's RX buffers beyond which the device takes no more
+/// guest packets: each guest packet queues at most one, so the queue stays
+/// near this size whatever the guest does.
+pub const CTRL_BACKLOG: usize = 256;
+
+/// The hard bound on the control queue (host-side events, which the guest
+/// does not pace, may add some past [`CTRL_BACKLOG`]); past it, control
+/// packets are dropped and counted.
+const CTRL_MAX: usize = CTRL_BACKLOG + MAX_CONNS + 64;
 
 /// The connection multiplexer behind one vsock device.
 pub struct Muxer<B: VsockBackend> {
@@ -151,10 +165,32 @@ impl<B: VsockBackend> Muxer<B> {
         }
         let mut h = self.header(key, op, fwd);
         h.flags = flags;
+        let same = |q: &Header| (q.src_port, q.dst_port) == key && q.op == op;
+        // One RST per connection is enough; a newer credit update
+        // replaces the queued one.
+        if op == OP_RST && self.ctrl.iter().any(same) {
+            return;
+        }
+        if op == OP_CREDIT_UPDATE {
+            if let Some(q) = self.ctrl.iter_mut().find(|q| same(q)) {
+                *q = h;
+                return;
+            }
+        }
+        if self.ctrl.len() >= CTRL_MAX {
+            self.stats.ctrl_dropped += 1;
+            return;
+        }
         if op == OP_RST {
             self.stats.resets_sent += 1;
         }
         self.ctrl.push_back(h);
+    }
+
+    /// True while so many control packets wait for the guest's RX buffers
+    /// that the device should take no more of its packets.
+    pub fn tx_backed_up(&self) -> bool {
+        self.ctrl.len() >= CTRL_BACKLOG
     }
 
     /// Drops a connection; its host stream is closed.

@@ -15,6 +15,7 @@ use super::super::test_backend::{test_backend, TestBackend, TestHost};
 use super::*;
 use crate::devices::virtio::mmio::{tests::bring_up, MmioTransport};
 use crate::devices::virtio::test_utils::{mem, VirtQueue};
+use crate::devices::virtio::vsock::muxer::CTRL_BACKLOG;
 use crate::event_loop::{EventHandler, EventLoop};
 
 const CID: u64 = 3;
@@ -391,4 +392,35 @@ fn config_space_has_cid() {
     let mut b = [0u8; 8];
     h.t.device().read_config(0, &mut b);
     assert_eq!(u64::from_le_bytes(b), CID);
+}
+
+/// A guest that floods the TX queue with no RX buffers posted: the device
+/// stops taking its packets once the control backlog is full, and takes
+/// the rest once the guest reads.
+#[test]
+fn a_flooding_guest_is_paced_by_its_own_rx() {
+    let (mut h, _host) = Harness::test();
+    // The backlog, then as many as the 16-entry ring holds unanswered.
+    let flood = u16::try_from(CTRL_BACKLOG).unwrap() + 16;
+    for i in 0..flood {
+        // Each to a port of its own: each earns a RST.
+        let at = TXBUF + u64::from(i) * 0x100;
+        let hdr = guest_hdr(10_000 + u32::from(i), 2, OP_RW);
+        h.m.write_slice(&hdr.encode(), GuestAddress(at)).unwrap();
+        h.txq.push_chain(&[(at, HDR_SIZE as u32, 0)]);
+        h.t.handle_event(1, EventSet::IN);
+    }
+    assert_eq!(usize::from(h.txq.used_idx()), CTRL_BACKLOG);
+    let mut resets = 0;
+    while resets < usize::from(flood) {
+        h.give_rx(8);
+        let got = h.received();
+        assert!(
+            !got.is_empty(),
+            "the device stopped after {resets} resets; tx used {}",
+            h.txq.used_idx()
+        );
+        resets += got.iter().filter(|(p, _)| p.op == OP_RST).count();
+    }
+    assert_eq!(h.txq.used_idx(), flood);
 }

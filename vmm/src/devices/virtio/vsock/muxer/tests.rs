@@ -8,7 +8,7 @@ use vmm_sys_util::epoll::EpollEvent;
 use super::super::connection::CONN_BUF_SIZE;
 use super::super::packet::*;
 use super::super::test_backend::{closed, guest_hdr, raise_fd_limit, read_line, Mux, CID};
-use super::{FIRST_LOCAL_PORT, MAX_CONNS};
+use super::{CTRL_BACKLOG, FIRST_LOCAL_PORT, MAX_CONNS};
 
 #[test]
 fn host_initiated_connect_and_data() {
@@ -322,8 +322,28 @@ fn misaddressed_packets() {
     x.send(dgram, &[]);
     dgram.op = OP_RST;
     x.send(dgram, &[]);
-    // Unknown connection: RST.
+    // Unknown connection: RST, one for the connection while it waits.
     x.send(guest_hdr(1, 2, OP_RW), &[]);
-    assert_eq!(x.rx_ops(), [OP_RST, OP_RST]);
+    assert_eq!(x.rx_ops(), [OP_RST]);
+    x.send(guest_hdr(1, 2, OP_RW), &[]);
+    assert_eq!(x.rx_ops(), [OP_RST]);
     assert_eq!(x.host.connects(), 0);
+}
+
+/// A guest that sends without end and posts no RX buffers: the control
+/// packets waiting for it stay bounded, and the device is told to stop
+/// taking its packets.
+#[test]
+fn a_guest_that_never_reads_keeps_the_control_queue_bounded() {
+    let mut x = Mux::new();
+    for port in 0..20_000 {
+        x.send(guest_hdr(port, 2, OP_RW), &[]);
+        x.send(guest_hdr(port, 2, OP_RW), &[]);
+    }
+    assert!(x.m.tx_backed_up());
+    let stats = x.m.stats();
+    assert!(stats.ctrl_dropped > 0);
+    let queued = x.rx().len();
+    assert!(queued <= CTRL_BACKLOG + MAX_CONNS + 64, "{queued}");
+    assert!(!x.m.tx_backed_up());
 }
