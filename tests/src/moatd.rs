@@ -47,6 +47,55 @@ pub fn vmm_pids() -> Vec<u32> {
         .collect()
 }
 
+/// Checks that VMM `pid` runs confined as moatd starts it: every thread
+/// under a seccomp filter (mode 2) with no_new_privs and no capabilities,
+/// no core dumps, open files bounded, an empty environment.
+pub fn assert_vmm_confined(pid: u32) {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the VMM's threads");
+    let mut n = 0;
+    for t in tasks.flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or("")
+                .to_string()
+        };
+        let name = field("Name:");
+        assert_eq!(
+            field("Seccomp:"),
+            "2",
+            "thread {name} runs without its filter"
+        );
+        assert_eq!(field("NoNewPrivs:"), "1", "thread {name}");
+        for set in ["CapEff:", "CapPrm:", "CapBnd:", "CapInh:", "CapAmb:"] {
+            assert_eq!(field(set), "0000000000000000", "thread {name} {set}");
+        }
+        n += 1;
+    }
+    assert!(n >= 2, "the VMM has {n} threads");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| {
+                l[name.len()..]
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(limit("Max core file size"), "0 0");
+    assert_eq!(limit("Max open files"), "4096 4096");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(environ.is_empty(), "{}", String::from_utf8_lossy(&environ));
+}
+
 impl Moatd {
     /// Starts moatd with the default microvm handler; `extra_toml` is
     /// appended to its config (e.g. another runtime handler).

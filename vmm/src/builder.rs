@@ -62,6 +62,9 @@ pub enum BuildError {
     /// A device could not be created.
     #[error("{0}")]
     Device(String),
+    /// Privileges could not be dropped before the guest runs.
+    #[error(transparent)]
+    Confine(#[from] crate::confine::ConfineError),
 }
 
 impl BuildError {
@@ -77,7 +80,9 @@ impl BuildError {
                 | arch::BootError::Cmdline(_),
             ) => ExitCode::BadConfig,
             Self::Host(_) | Self::Vm(_) | Self::Vcpu(_) => ExitCode::KvmError,
-            Self::Memory(_) | Self::Boot(_) | Self::Device(_) => ExitCode::Internal,
+            Self::Memory(_) | Self::Boot(_) | Self::Device(_) | Self::Confine(_) => {
+                ExitCode::Internal
+            }
         }
     }
 }
@@ -356,9 +361,11 @@ pub fn build(config: VmConfig, process_start: Instant) -> Result<Vmm, BuildError
         vcpus.push(v);
     }
     phase("vCPUs configured");
+    // Everything privileged is done: the vCPU threads start without it.
+    crate::confine::drop_privileges()?;
     let mut handles = Vec::new();
     for v in vcpus {
-        handles.push(v.start(process_start)?);
+        handles.push(v.start(process_start, config.seccomp)?);
     }
     tracing::debug!(
         "vCPUs started {} us after process start",

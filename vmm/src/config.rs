@@ -81,6 +81,10 @@ pub struct VmConfig {
     /// Control API Unix socket path.
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
+    /// Per-thread seccomp filters (on unless turned off, for debugging
+    /// only: see `crate::seccomp`).
+    #[serde(default = "default_seccomp")]
+    pub seccomp: bool,
 }
 
 /// virtio-vsock configuration.
@@ -142,6 +146,9 @@ fn default_memory() -> u64 {
 fn default_serial() -> String {
     "stdout".to_string()
 }
+fn default_seccomp() -> bool {
+    true
+}
 fn default_blk_slots() -> u32 {
     DEFAULT_BLK_SLOTS
 }
@@ -165,6 +172,7 @@ impl VmConfig {
             drives: Vec::new(),
             net: None,
             api_sock: None,
+            seccomp: true,
         }
     }
 

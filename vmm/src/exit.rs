@@ -9,6 +9,7 @@
 //! | 4 | KVM error: no usable `/dev/kvm`, PVM host, VM setup failure, internal error / failed entry |
 //! | 5 | a requested graceful shutdown timed out and the VM was killed |
 //! | 6 | terminated by SIGTERM or SIGINT |
+//! | 7 | a thread made a syscall outside its seccomp filter |
 
 /// Why the VMM exits; each variant maps to one process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub enum ExitCode {
     ShutdownTimeout = 5,
     /// SIGTERM or SIGINT was received.
     Signal = 6,
+    /// A thread made a syscall its seccomp filter does not allow.
+    BadSyscall = 7,
 }
 
 impl ExitCode {
@@ -45,6 +48,7 @@ impl ExitCode {
             4 => Self::KvmError,
             5 => Self::ShutdownTimeout,
             6 => Self::Signal,
+            7 => Self::BadSyscall,
             _ => return None,
         })
     }
@@ -59,12 +63,13 @@ impl ExitCode {
             Self::KvmError => "KVM error",
             Self::ShutdownTimeout => "shutdown timed out, VM killed",
             Self::Signal => "terminated by signal",
+            Self::BadSyscall => "a syscall outside the VMM's seccomp filter",
         }
     }
 }
 
 /// Text for `--help` listing all exit codes.
-pub const EXIT_CODES_HELP: &str = "Exit codes:\n  0  guest powered off cleanly\n  1  internal VMM error\n  2  bad configuration\n  3  guest reset without poweroff notice (reboot, kernel panic, triple fault)\n  4  KVM error (no /dev/kvm, PVM host, internal error, failed entry)\n  5  graceful shutdown timed out, VM killed\n  6  terminated by SIGTERM/SIGINT";
+pub const EXIT_CODES_HELP: &str = "Exit codes:\n  0  guest powered off cleanly\n  1  internal VMM error\n  2  bad configuration\n  3  guest reset without poweroff notice (reboot, kernel panic, triple fault)\n  4  KVM error (no /dev/kvm, PVM host, internal error, failed entry)\n  5  graceful shutdown timed out, VM killed\n  6  terminated by SIGTERM/SIGINT\n  7  a syscall outside the seccomp filter";
 
 #[cfg(test)]
 mod tests {
@@ -72,12 +77,12 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for c in 0..=6 {
+        for c in 0..=7 {
             let e = ExitCode::from_code(c).unwrap();
             assert_eq!(e.code(), c);
             assert!(!e.describe().is_empty());
         }
-        assert_eq!(ExitCode::from_code(7), None);
+        assert_eq!(ExitCode::from_code(8), None);
     }
 }
 

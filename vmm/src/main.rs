@@ -60,6 +60,10 @@ struct Args {
     /// Serial console: stdout, off, or a file path.
     #[arg(long)]
     serial: Option<String>,
+    /// Turns the seccomp filters off (debugging only; also with
+    /// `"seccomp": false` in the config file).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 impl Args {
@@ -146,7 +150,12 @@ fn main() {
         .with_writer(moat_vmm::log::capped_stderr())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let no_seccomp = args.no_seccomp;
     let config = match args.into_config() {
+        Ok(c) if no_seccomp => moat_vmm::config::VmConfig {
+            seccomp: false,
+            ..c
+        },
         Ok(c) => c,
         Err(e) => {
             eprintln!("moat-vmm: {e}");

@@ -118,6 +118,18 @@ impl Vmm {
         }
     }
 
+    /// Installs the event loop's seccomp filter (unless the config turns
+    /// filtering off), before the loop handles anything the guest did.
+    fn install_seccomp(&mut self) -> Result<(), (ExitCode, String)> {
+        if !self.p.config.seccomp {
+            tracing::warn!("seccomp filtering is off (config)");
+            return Ok(());
+        }
+        crate::seccomp::Thread::EventLoop
+            .install()
+            .map_err(|e| (ExitCode::Internal, e.to_string()))
+    }
+
     /// Sets up the fds that are not needed before the guest runs: exit
     /// eventfd, signal fd, control API socket.
     fn setup_control(&mut self) -> Result<(), (ExitCode, String)> {
@@ -140,7 +152,7 @@ impl Vmm {
 
     /// Runs until the VM ends; returns the exit code. Cleans up sockets.
     pub fn run(mut self) -> ExitCode {
-        let code = match self.setup_control() {
+        let code = match self.setup_control().and_then(|()| self.install_seccomp()) {
             Ok(()) => self.main_loop(),
             Err((code, why)) => {
                 tracing::error!("{why}");

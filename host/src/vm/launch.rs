@@ -78,8 +78,13 @@ impl VmHandle {
     }
 }
 
+/// Most files a VMM may hold open (its vsock connections are bounded at
+/// 1024).
+pub const VMM_MAX_FILES: libc::rlim_t = 4096;
+
 /// Writes the VM config and spawns moat-vmm in `netns` (if any), in its own
-/// session so it outlives a moatd restart.
+/// session so it outlives a moatd restart, with a cleared environment, no
+/// core dumps, [`VMM_MAX_FILES`] and no_new_privs.
 pub fn launch(
     spec: &VmSpec,
     paths: &VmPaths,
@@ -113,7 +118,11 @@ pub fn launch(
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .env("RUST_LOG", "info");
+        // Nothing of moatd's environment but the VMM's log filter.
+        .env_clear();
+    if let Some(filter) = std::env::var_os("MOAT_VMM_LOG") {
+        cmd.env("MOAT_VMM_LOG", filter);
+    }
     // SAFETY: only async-signal-safe syscalls run between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -123,6 +132,21 @@ pub fn launch(
                 }
             }
             if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // No core dumps (they would hold guest memory), a bound on
+            // open files, and no privileges gained through exec.
+            for (resource, limit) in [(libc::RLIMIT_CORE, 0), (libc::RLIMIT_NOFILE, VMM_MAX_FILES)]
+            {
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(resource, &raw const lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -14,6 +14,7 @@ pub fn restart_body() {
             .pod_sandbox_id;
         let vmms = vmm_pids();
         assert_eq!(vmms.len(), 1);
+        moat_tests::moatd::assert_vmm_confined(vmms[0]);
 
         // moatd crashes; its pod VM keeps running and is found again.
         m.restart(true).expect("restart");
@@ -29,9 +30,12 @@ pub fn restart_body() {
             PodSandboxState::SandboxReady as i32
         );
 
-        // A VM that dies while moatd runs is reported NotReady.
-        // SAFETY: killing the VMM process this test started through moatd.
-        unsafe { libc::kill(vmms[0] as i32, libc::SIGKILL) };
+        // A VM that dies while moatd runs is reported NotReady, with the
+        // reason. SIGSYS is what the kernel sends when the VMM breaks its
+        // seccomp filter (the filter itself is tested in moat-vmm): the
+        // VMM's handler logs it and exits.
+        // SAFETY: signalling the VMM process this test started through moatd.
+        unsafe { libc::kill(vmms[0] as i32, libc::SIGSYS) };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let st = moat_tests::cri::pod_status(&mut rt, &id, false).await;
@@ -41,6 +45,9 @@ pub fn restart_body() {
             assert!(Instant::now() < deadline, "dead VM still reported ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let info = moat_tests::cri::pod_info(&mut rt, &id).await;
+        let reason = info["exitReason"].as_str().unwrap_or_default();
+        assert!(reason.contains("seccomp"), "{info}");
         rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
             .await
             .unwrap();

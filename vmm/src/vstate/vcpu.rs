@@ -247,14 +247,24 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the vCPU thread.
-    pub fn start(self, process_start: Instant) -> Result<JoinHandle<()>, VcpuError> {
+    /// Starts the vCPU thread; with `seccomp`, the thread installs its
+    /// filter before it first enters the guest.
+    pub fn start(self, process_start: Instant, seccomp: bool) -> Result<JoinHandle<()>, VcpuError> {
         let index = self.index;
         let control = self.control.clone();
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .stack_size(256 * 1024)
-            .spawn(move || self.run(process_start))
+            .spawn(move || {
+                if seccomp {
+                    if let Err(e) = crate::seccomp::Thread::Vcpu.install() {
+                        self.exit
+                            .request(ExitCode::Internal, format!("vcpu{index}: {e}"));
+                        return;
+                    }
+                }
+                self.run(process_start)
+            })
             .map_err(|e| VcpuError::Spawn(index, e))?;
         {
             use std::os::unix::thread::JoinHandleExt;

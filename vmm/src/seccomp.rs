@@ -1,0 +1,265 @@
+//! Per-thread seccomp filters (as Firecracker installs them): the syscalls
+//! the event-loop thread and each vCPU thread make once the guest runs,
+//! and nothing else. A syscall outside its thread's list traps (SIGSYS):
+//! the handler writes which syscall to the VMM's log and ends the process
+//! with [`ExitCode::BadSyscall`], so a guest that takes over a device
+//! emulation cannot reach the rest of the kernel's interface, and moatd can
+//! say why the pod's VM stopped. The lists were taken from traces of
+//! moat-vmm running pods (boot, block attach and detach, vsock and net
+//! traffic, pause, console rotation, shutdown) and name every syscall
+//! those paths make; argument checks are not applied yet.
+
+use crate::exit::ExitCode;
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use std::collections::BTreeMap;
+
+/// Why a filter could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The filter did not compile.
+    #[error("building the seccomp filter: {0}")]
+    Build(#[from] seccompiler::BackendError),
+    /// The kernel refused it.
+    #[error("installing the seccomp filter: {0}")]
+    Install(#[from] seccompiler::Error),
+}
+
+/// What every thread of the VMM may do: memory, time, futexes, signals,
+/// its own exit, logging.
+const COMMON: &[libc::c_long] = &[
+    libc::SYS_brk,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_close,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_fstat,
+    libc::SYS_futex,
+    libc::SYS_getpid,
+    libc::SYS_getrandom,
+    libc::SYS_gettid,
+    libc::SYS_madvise,
+    libc::SYS_mmap,
+    libc::SYS_mprotect,
+    libc::SYS_mremap,
+    libc::SYS_munmap,
+    libc::SYS_nanosleep,
+    libc::SYS_newfstatat,
+    libc::SYS_read,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_sched_yield,
+    libc::SYS_sigaltstack,
+    libc::SYS_statx,
+    libc::SYS_write,
+    libc::SYS_writev,
+];
+
+/// The event loop: device emulation (block I/O, the TAP, vsock's Unix
+/// sockets, eventfds and timers), the control socket, attaching image
+/// files, kicking vCPUs.
+const EVENT_LOOP: &[libc::c_long] = &[
+    libc::SYS_accept4,
+    libc::SYS_bind,
+    libc::SYS_connect,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_wait,
+    libc::SYS_eventfd2,
+    libc::SYS_fcntl,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_getsockopt,
+    libc::SYS_ioctl,
+    libc::SYS_listen,
+    libc::SYS_lseek,
+    libc::SYS_openat,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_pread64,
+    libc::SYS_preadv,
+    libc::SYS_pwrite64,
+    libc::SYS_pwritev,
+    libc::SYS_readv,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_sendmsg,
+    libc::SYS_sendto,
+    libc::SYS_setsockopt,
+    libc::SYS_shutdown,
+    libc::SYS_socket,
+    libc::SYS_tgkill,
+    libc::SYS_timerfd_settime,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+];
+
+/// A vCPU: KVM_RUN and its exits (port and MMIO writes reach the console
+/// file, which rotates, and eventfds).
+const VCPU: &[libc::c_long] = &[
+    libc::SYS_ioctl,
+    libc::SYS_lseek,
+    libc::SYS_openat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_timerfd_settime,
+];
+
+/// Which thread a filter is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thread {
+    /// The main thread, running the event loop.
+    EventLoop,
+    /// A vCPU thread.
+    Vcpu,
+}
+
+impl Thread {
+    /// The syscalls the thread may make.
+    pub fn allowed(self) -> Vec<libc::c_long> {
+        let own = match self {
+            Self::EventLoop => EVENT_LOOP,
+            Self::Vcpu => VCPU,
+        };
+        let mut all: Vec<libc::c_long> = COMMON.iter().chain(own).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// The compiled filter: the thread's syscalls allowed, any other kills
+    /// the process.
+    pub fn program(self) -> Result<BpfProgram, SeccompError> {
+        let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = self
+            .allowed()
+            .into_iter()
+            .map(|nr| (nr, Vec::new()))
+            .collect();
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Trap,
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )?;
+        Ok(BpfProgram::try_from(filter)?)
+    }
+
+    /// Installs the thread's filter on the calling thread (which must have
+    /// no_new_privs set, see [`crate::confine`]), after the SIGSYS handler.
+    pub fn install(self) -> Result<(), SeccompError> {
+        let program = self.program()?;
+        install_sigsys_handler().map_err(seccompiler::Error::Seccomp)?;
+        seccompiler::apply_filter(&program)?;
+        tracing::debug!(thread = ?self, "seccomp filter installed");
+        Ok(())
+    }
+}
+
+/// Installs the handler that reports a trapped syscall and exits.
+fn install_sigsys_handler() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction with our handler, SA_SIGINFO for the
+    // syscall number; the handler only makes async-signal-safe calls.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_sigsys as *const () as usize;
+        act.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&raw mut act.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &raw const act, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The SIGSYS handler: `moat-vmm: seccomp: syscall N is not allowed on
+/// this thread` to stderr (the VMM's log), then exit with
+/// [`ExitCode::BadSyscall`]. No allocation, no locks.
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // si_syscall follows si_signo, si_errno, si_code, padding and
+    // si_call_addr in the x86-64 siginfo of SIGSYS.
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let nr = unsafe { info.cast::<u8>().add(24).cast::<i32>().read_unaligned() };
+    let mut line = [0u8; 96];
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        for b in bytes {
+            if n < line.len() {
+                line[n] = *b;
+                n += 1;
+            }
+        }
+    };
+    put(b"moat-vmm: seccomp: syscall ");
+    let mut digits = [0u8; 12];
+    let mut d = digits.len();
+    let mut v = nr.unsigned_abs();
+    loop {
+        d -= 1;
+        digits[d] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 || d == 0 {
+            break;
+        }
+    }
+    put(&digits[d..]);
+    put(b" is not allowed on this thread; stopping the VM\n");
+    // SAFETY: write and _exit are async-signal-safe.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), n);
+        libc::_exit(ExitCode::BadSyscall.code());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread with the vCPU filter may write but not open a socket: the
+    /// process ends with the bad-syscall code. Run in a child process, which
+    /// the filter ends instead of the test.
+    #[test]
+    fn a_syscall_outside_the_list_kills_the_process() {
+        // Compiled before the fork: the child only makes raw syscalls.
+        let program = Thread::Vcpu.program().unwrap();
+        // SAFETY: fork in a test; the child allocates nothing and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            if install_sigsys_handler().is_err() || seccompiler::apply_filter(&program).is_err() {
+                // SAFETY: leaving the child at once.
+                unsafe { libc::_exit(3) };
+            }
+            // Allowed.
+            // SAFETY: writing nothing to stderr.
+            unsafe { libc::write(2, std::ptr::null(), 0) };
+            // Not allowed: the filter kills the process here.
+            // SAFETY: a plain socket call.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            // SAFETY: leaving the child.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child forked above.
+        unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), ExitCode::BadSyscall.code());
+    }
+
+    #[test]
+    fn filters_compile_and_keep_the_event_loop_apart() {
+        for t in [Thread::EventLoop, Thread::Vcpu] {
+            t.program().unwrap();
+        }
+        assert!(Thread::EventLoop.allowed().contains(&libc::SYS_accept4));
+        assert!(!Thread::Vcpu.allowed().contains(&libc::SYS_accept4));
+        assert!(!Thread::EventLoop.allowed().contains(&libc::SYS_execve));
+    }
+}
