@@ -158,7 +158,7 @@ struct Files {
     agent_initrd: PathBuf,
 }
 
-fn time_ready(a: &Args, f: &Files, vmm: &Path, i: usize) -> Result<ReadyRun, String> {
+fn time_ready(a: &Args, f: &Files, vmm: &Path, i: &str, seccomp: bool) -> Result<ReadyRun, String> {
     let uds = a
         .scratch
         .join(format!("bench-{}-{i}.vsock", std::process::id()));
@@ -179,6 +179,7 @@ fn time_ready(a: &Args, f: &Files, vmm: &Path, i: usize) -> Result<ReadyRun, Str
         .arg(&uds)
         .arg("--api-sock")
         .arg(&api_sock)
+        .args((!seccomp).then_some("--no-seccomp"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -291,6 +292,9 @@ struct Round {
     qemu_lean: Option<f64>,
     qemu_default: Option<f64>,
     ready: Option<f64>,
+    /// The same boot with the seccomp filters off (what they cost).
+    #[serde(default)]
+    ready_unfiltered: Option<f64>,
     first_run: Option<f64>,
     rss_mib: Option<f64>,
     exits: Option<serde_json::Value>,
@@ -316,7 +320,11 @@ fn run_round(a: &Args, f: &Files, vmm: &Path, i: usize) -> Round {
         Ok(t) => r.vmm_exit = Some(ms(t)),
         Err(e) => eprintln!("moat-vmm run {i}: {e}"),
     }
-    match time_ready(a, f, vmm, i) {
+    match time_ready(a, f, vmm, &format!("{i}-unfiltered"), false) {
+        Ok(x) => r.ready_unfiltered = Some(ms(x.ready)),
+        Err(e) => eprintln!("moat-vmm ready run {i} (seccomp off): {e}"),
+    }
+    match time_ready(a, f, vmm, &i.to_string(), true) {
         Ok(x) => {
             r.ready = Some(ms(x.ready));
             r.rss_mib = Some(x.overhead_kib as f64 / 1024.0);
@@ -370,6 +378,10 @@ fn print_table(rounds: &[Round], memory_mib: u64) -> bool {
         row("qemu microvm defaults spawn -> exit", &qemu_default, "ms");
     }
     row("moat-vmm spawn -> agent ready (vsock OK)", &ready, "ms");
+    let unfiltered = col(|r| r.ready_unfiltered);
+    if !unfiltered.is_empty() {
+        row("  the same, seccomp filters off", &unfiltered, "ms");
+    }
     row(
         "moat-vmm spawn -> first KVM_RUN",
         &col(|r| r.first_run),
