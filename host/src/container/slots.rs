@@ -31,35 +31,31 @@ pub(super) async fn attached(
 }
 
 /// Attaches `path` read-only to `slot`; a slot already holding `path` (a
-/// crash between attaching and recording) is left as it is.
+/// crash between attaching and recording) is left as it is. The VMM's
+/// state is asked only when the attach fails, off the usual path.
 pub(super) async fn attach(
     control: &ControlClient,
     slot: u32,
     path: &Path,
 ) -> Result<(), ContainerError> {
-    if attached(control).await?.get(&slot).map(PathBuf::as_path) == Some(path) {
-        return Ok(());
+    let req = Request::AttachDrive {
+        slot,
+        path: path.to_path_buf(),
+        read_only: true,
+    };
+    match control.call(&req).await {
+        Ok(_) => Ok(()),
+        Err(_) if attached(control).await?.get(&slot).map(PathBuf::as_path) == Some(path) => Ok(()),
+        Err(e) => Err(ContainerError::caused("attaching the image")(e)),
     }
-    control
-        .call(&Request::AttachDrive {
-            slot,
-            path: path.to_path_buf(),
-            read_only: true,
-        })
-        .await
-        .map_err(ContainerError::caused("attaching the image"))?;
-    Ok(())
 }
 
 /// Detaches `slot`; an empty slot (a crash between detaching and
 /// forgetting the record) is done already.
 pub(super) async fn detach(control: &ControlClient, slot: u32) -> Result<(), ContainerError> {
-    if !attached(control).await?.contains_key(&slot) {
-        return Ok(());
+    match control.call(&Request::DetachDrive { slot }).await {
+        Ok(_) => Ok(()),
+        Err(_) if !attached(control).await?.contains_key(&slot) => Ok(()),
+        Err(e) => Err(ContainerError::caused("detaching the image")(e)),
     }
-    control
-        .call(&Request::DetachDrive { slot })
-        .await
-        .map_err(ContainerError::caused("detaching the image"))?;
-    Ok(())
 }

@@ -104,8 +104,17 @@ impl Puller {
             .or(ep.reference.tag())
             .unwrap_or("latest")
             .to_string();
+        // One token for the host, for the tag and the platform manifest.
+        ep.client
+            .store_auth_if_needed(ep.reference.resolve_registry(), &self.auth)
+            .await;
+        let token = ep
+            .client
+            .auth(&ep.reference, &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| (self.registry_err(&e), is_connect_error(&e)))?;
         let (body, digest) = self
-            .get_manifest(ep, &target, limits.max_manifest_bytes)
+            .get_manifest(ep, token.as_deref(), &target, limits.max_manifest_bytes)
             .await?;
         if let Some(want) = self.reference.digest() {
             if digest != want {
@@ -123,7 +132,7 @@ impl Puller {
                     return Err(self.bad("the image index has no linux/amd64 manifest".into()));
                 };
                 let (body, got) = self
-                    .get_manifest(ep, &pick, limits.max_manifest_bytes)
+                    .get_manifest(ep, token.as_deref(), &pick, limits.max_manifest_bytes)
                     .await?;
                 match parse(&body)? {
                     OciManifest::Image(m) => (m, got, Some(digest)),
@@ -144,12 +153,14 @@ impl Puller {
         })
     }
 
-    /// GETs manifest `target` (a tag or a digest) from `ep`, reading at most
-    /// `max` bytes. Returns the body and its digest, checked against the
+    /// GETs manifest `target` (a tag or a digest) from `ep` with `token`
+    /// (the host's bearer token, if it uses one), reading at most `max`
+    /// bytes. Returns the body and its digest, checked against the
     /// digest asked for and the one the host names.
     async fn get_manifest(
         &self,
         ep: &Endpoint,
+        token: Option<&str>,
         target: &str,
         max: u64,
     ) -> Result<(Vec<u8>, String), HostError> {
@@ -163,14 +174,6 @@ impl Puller {
             )
         };
         let reference = &ep.reference;
-        ep.client
-            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
-            .await;
-        let token = ep
-            .client
-            .auth(reference, &self.auth, RegistryOperation::Pull)
-            .await
-            .map_err(|e| (self.registry_err(&e), is_connect_error(&e)))?;
         let url = format!(
             "{}://{}/v2/{}/manifests/{target}{}",
             ep.host.scheme.as_str(),

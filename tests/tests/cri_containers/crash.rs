@@ -32,6 +32,25 @@ async fn guest_containers(rt: &mut Rt, pod: &str) -> Vec<String> {
         .collect()
 }
 
+/// No container of `pod` is listed, attached to a slot of its VM, or held
+/// by its guest.
+async fn assert_no_container_left(rt: &mut Rt, m: &Moatd, pod: &str, at: &str) {
+    assert!(
+        container_ids(rt, None).await.is_empty(),
+        "{at}: a container is listed"
+    );
+    assert_eq!(
+        attached_slots(rt, pod).await,
+        0,
+        "{at}: a slot stayed attached"
+    );
+    assert!(
+        guest_containers(rt, pod).await.is_empty(),
+        "{at}: a guest container stayed\n{}",
+        m.log()
+    );
+}
+
 /// The call died with moatd: a transport error, not an answer.
 fn assert_cut_off(e: &tonic::Status, at: &str) {
     assert!(
@@ -117,20 +136,7 @@ pub fn body() {
             let e = create(&mut rt, &pod, config.clone()).await.unwrap_err();
             assert_cut_off(&e, at);
             let mut rt = after_crash(&mut m, at).await;
-            assert!(
-                container_ids(&mut rt, None).await.is_empty(),
-                "{at}: a container is listed"
-            );
-            assert_eq!(
-                attached_slots(&mut rt, &pod).await,
-                0,
-                "{at}: a slot stayed attached"
-            );
-            assert!(
-                guest_containers(&mut rt, &pod).await.is_empty(),
-                "{at}: a guest container stayed\n{}",
-                m.log()
-            );
+            assert_no_container_left(&mut rt, &m, &pod, at).await;
             // The same call now succeeds, and the container runs.
             let c = create(&mut rt, &pod, config.clone())
                 .await
@@ -168,16 +174,7 @@ pub fn body() {
             })
             .await
             .unwrap_or_else(|e| panic!("{at}: RemoveContainer again: {e:?}\n{}", m.log()));
-            assert!(
-                container_ids(&mut rt, None).await.is_empty(),
-                "{at}: a container is listed"
-            );
-            assert_eq!(
-                attached_slots(&mut rt, &pod).await,
-                0,
-                "{at}: a slot stayed attached"
-            );
-            assert!(guest_containers(&mut rt, &pod).await.is_empty(), "{at}");
+            assert_no_container_left(&mut rt, &m, &pod, at).await;
         }
         remove_pod(&mut rt, &pod).await;
         assert_eq!(vmm_pids(), vmms_before);
