@@ -12,8 +12,9 @@ packages=(
   linux-image-amd64 qemu-system-x86 busybox-static cpio kmod
   # protoc for the CRI and agent protocols
   protobuf-compiler
-  # container images: registry, image tools, block images
-  docker-registry umoci skopeo erofs-utils e2fsprogs
+  # container images: registry, image tools, block images; htpasswd for the
+  # registry's password file in the pull-credentials test
+  docker-registry umoci skopeo erofs-utils e2fsprogs apache2-utils
   # networking: CNI plugins, ip; iptables for the portmap plugin (hostPort)
   containernetworking-plugins iproute2 iptables curl
   # the Python gRPC clients of the CRI tests (a venv from scripts/python-cri-env.sh)
@@ -21,7 +22,7 @@ packages=(
   # a WebSocket client written by others for the streaming tests (exec, attach,
   # port-forward over v4/v5.channel.k8s.io)
   python3-websocket
-  # the streaming TLS test's certificate
+  # the streaming TLS test's and the registry TLS tests' certificates
   openssl
 )
 

@@ -40,6 +40,32 @@ impl Registry {
         ])
     }
 
+    /// Like [`Registry::start_tls`], demanding a client certificate signed
+    /// by `client_ca`; the push presents the one in `push_cert_dir`
+    /// (Docker's `client.cert`/`client.key`).
+    pub fn start_mtls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        client_ca: &std::path::Path,
+        push_cert_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(&[
+            ("MOAT_REGISTRY_TLS_CERT", cert.as_os_str()),
+            ("MOAT_REGISTRY_TLS_KEY", key.as_os_str()),
+            ("MOAT_REGISTRY_CLIENT_CA", client_ca.as_os_str()),
+            ("MOAT_REGISTRY_PUSH_CERT_DIR", push_cert_dir.as_os_str()),
+        ])
+    }
+
+    /// Like [`Registry::start`], demanding `user` and `password` (HTTP
+    /// basic auth from an htpasswd file).
+    pub fn start_with_password(user: &str, password: &str) -> anyhow::Result<Self> {
+        Self::start_with(&[
+            ("MOAT_REGISTRY_USER", std::ffi::OsStr::new(user)),
+            ("MOAT_REGISTRY_PASSWORD", std::ffi::OsStr::new(password)),
+        ])
+    }
+
     fn start_with(env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");

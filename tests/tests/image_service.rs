@@ -407,3 +407,151 @@ async fn a_tls_mirror_is_verified_with_the_ca_from_hosts_toml() {
         .expect("pull with skip_verify");
     assert!(svc.remove(&image).unwrap());
 }
+
+/// A client certificate (`client.cert`, `client.key`) in `dir`, signed by
+/// the CA [`make_ca_and_server_cert`] made there.
+fn make_client_cert(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=moat node",
+        ],
+    );
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.cert",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ],
+    );
+}
+
+/// A registry that demands a client certificate (Debian's docker-registry
+/// with `clientcas`) is pulled from with the `client` pair hosts.toml
+/// names; without it the pull fails and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_demanding_a_client_certificate_gets_the_one_from_hosts_toml() {
+    let pki = tempfile::tempdir().unwrap();
+    let p = pki.path();
+    make_ca_and_server_cert(p);
+    make_client_cert(p);
+    let push = tempfile::tempdir().unwrap();
+    std::fs::copy(p.join("client.cert"), push.path().join("client.cert")).unwrap();
+    std::fs::copy(p.join("client.key"), push.path().join("client.key")).unwrap();
+    let registry = Registry::start_mtls(
+        &p.join("server.crt"),
+        &p.join("server.key"),
+        &p.join("ca.crt"),
+        push.path(),
+    )
+    .expect("registry demanding client certificates");
+    let state = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let svc = ImageService::open(state.path(), Store::open(state.path()).unwrap(), vec![])
+        .unwrap()
+        .with_registry_config_dir(certs.path());
+    let image = registry.busybox();
+    let dir = certs.path().join(&registry.addr);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["ca.crt", "client.cert", "client.key"] {
+        std::fs::copy(p.join(f), dir.join(f)).unwrap();
+    }
+    let server = format!("server = \"https://{}\"\nca = \"ca.crt\"\n", registry.addr);
+
+    // The server's CA alone: the registry refuses the connection.
+    hosts_toml(certs.path(), &registry.addr, &server);
+    let e = svc
+        .pull(&image, &PullAuth::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    eprintln!("no client certificate: {e}");
+    assert!(e.contains(&format!("https://{}", registry.addr)), "{e}");
+    assert!(svc.list().unwrap().is_empty());
+
+    // With the pair, the pull is served.
+    hosts_toml(
+        certs.path(),
+        &registry.addr,
+        &format!("{server}client = [[\"client.cert\", \"client.key\"]]\n"),
+    );
+    let rec = svc
+        .pull(&image, &PullAuth::default())
+        .await
+        .expect("pull with the client certificate");
+    assert_eq!(rec.repo_tags, vec![image.clone()]);
+    assert!(svc.remove(&image).unwrap());
+
+    // One file holding key and certificate, as containerd also reads it.
+    let mut both = std::fs::read(p.join("client.key")).unwrap();
+    both.extend(std::fs::read(p.join("client.cert")).unwrap());
+    std::fs::write(dir.join("node.pem"), both).unwrap();
+    hosts_toml(
+        certs.path(),
+        &registry.addr,
+        &format!("{server}client = \"node.pem\"\n"),
+    );
+    svc.pull(&image, &PullAuth::default())
+        .await
+        .expect("pull with a combined PEM");
+}
+
+/// A registry that demands a password (docker-registry with htpasswd,
+/// answering with a Basic challenge) is pulled from with the CRI
+/// AuthConfig's credentials; none or wrong ones fail with the 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_demanding_a_password_gets_the_pulls_credentials() {
+    let registry = Registry::start_with_password("moat", "s3cret").expect("registry");
+    let state = tempfile::tempdir().unwrap();
+    let svc = ImageService::open(state.path(), Store::open(state.path()).unwrap(), vec![]).unwrap();
+    let image = registry.busybox();
+    let e = svc
+        .pull(&image, &PullAuth::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    eprintln!("no credentials: {e}");
+    assert!(e.contains("401") && e.contains("no credentials"), "{e}");
+    let wrong = PullAuth {
+        username: "moat".into(),
+        password: "guess".into(),
+        ..Default::default()
+    };
+    let e = svc.pull(&image, &wrong).await.unwrap_err().to_string();
+    eprintln!("wrong password: {e}");
+    assert!(e.contains("401"), "{e}");
+    assert!(svc.list().unwrap().is_empty());
+    let right = PullAuth {
+        username: "moat".into(),
+        password: "s3cret".into(),
+        ..Default::default()
+    };
+    let rec = svc
+        .pull(&image, &right)
+        .await
+        .expect("pull with the password");
+    assert_eq!(rec.layers.len(), 2);
+}

@@ -1,13 +1,11 @@
-//! Fetching images from OCI registries with `oci-client`.
+//! A pull's registry hosts (mirrors, then the server) and its layers,
+//! fetched with their declared sizes and digests enforced.
 
-use super::hosts::{RegistryHost, RegistryHosts, Role, Scheme};
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use super::hosts::{RegistryHost, RegistryHosts, Role};
+use super::registry::{HostClient, Object, RequestError};
+use oci_client::Reference;
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// Credentials for a pull (CRI `AuthConfig`).
@@ -19,18 +17,6 @@ pub struct PullAuth {
     pub password: String,
     /// A registry token used as a bearer token.
     pub registry_token: String,
-}
-
-impl PullAuth {
-    fn to_registry_auth(&self) -> RegistryAuth {
-        if !self.registry_token.is_empty() {
-            RegistryAuth::Bearer(self.registry_token.clone())
-        } else if !self.username.is_empty() {
-            RegistryAuth::Basic(self.username.clone(), self.password.clone())
-        } else {
-            RegistryAuth::Anonymous
-        }
-    }
 }
 
 /// Why talking to a registry failed.
@@ -142,13 +128,11 @@ fn install_crypto_provider() {
 /// client) and the reference as that host is asked for it.
 pub(super) struct Endpoint {
     pub(super) host: RegistryHost,
-    pub(super) client: Client,
-    /// A plain HTTP client with the same settings, for the requests moatd
-    /// makes itself (manifests, read within a cap).
-    pub(super) http: reqwest::Client,
+    /// HTTP to the host, with its settings and the authorization it took.
+    pub(super) client: HostClient,
     /// The image's reference, with the host set as its mirror when the host
-    /// is not the registry itself (the client then adds `?ns=<registry>`,
-    /// as containerd does).
+    /// is not the registry itself (requests then carry `?ns=<registry>`,
+    /// as containerd sends).
     pub(super) reference: Reference,
     /// `mirror http://…` / `server https://…`, for logs and errors.
     pub(super) label: String,
@@ -158,16 +142,11 @@ pub(super) struct Endpoint {
 /// it, and the hosts to fetch it from, in order (mirrors, then the server).
 pub struct Puller {
     pub(super) reference: Reference,
-    pub(super) auth: RegistryAuth,
+    pub(super) auth: PullAuth,
     pub(super) endpoints: Vec<Endpoint>,
     /// Endpoints that failed to connect during this pull; later blobs skip
     /// them instead of waiting for each connect to fail again.
     unreachable: std::sync::Mutex<Vec<bool>>,
-}
-
-/// Whether an error is a failure to reach the host at all.
-pub(super) fn is_connect_error(e: &OciDistributionError) -> bool {
-    matches!(e, OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout())
 }
 
 /// An error with its sources (reqwest's own message omits the cause, such
@@ -184,30 +163,6 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     msg
-}
-
-/// A reqwest client with the TLS, timeout and proxy settings oci-client
-/// makes of `config`.
-fn http_client(config: &ClientConfig) -> Result<reqwest::Client, reqwest::Error> {
-    let mut b = reqwest::Client::builder()
-        .danger_accept_invalid_certs(config.accept_invalid_certificates)
-        .user_agent(config.user_agent);
-    for c in &config.extra_root_certificates {
-        b = b.add_root_certificate(reqwest::Certificate::from_pem(&c.data)?);
-    }
-    if let Some(t) = config.read_timeout {
-        b = b.read_timeout(t);
-    }
-    if let Some(t) = config.connect_timeout {
-        b = b.connect_timeout(t);
-    }
-    if let Some(p) = &config.https_proxy {
-        b = b.proxy(reqwest::Proxy::https(p)?);
-    }
-    if let Some(p) = &config.http_proxy {
-        b = b.proxy(reqwest::Proxy::http(p)?);
-    }
-    b.build()
 }
 
 impl Puller {
@@ -235,40 +190,14 @@ impl Puller {
                 host.scheme.as_str(),
                 host_ref.resolve_registry()
             );
-            let config = ClientConfig {
-                protocol: match host.scheme {
-                    Scheme::Http => ClientProtocol::Http,
-                    Scheme::Https => ClientProtocol::Https,
-                },
-                accept_invalid_certificates: host.skip_verify,
-                extra_root_certificates: host
-                    .ca
-                    .iter()
-                    .map(|(_, pem)| Certificate {
-                        encoding: CertificateEncoding::Pem,
-                        data: pem.clone(),
-                    })
-                    .collect(),
-                connect_timeout: Some(host.dial_timeout.unwrap_or(Duration::from_secs(10))),
-                read_timeout: Some(Duration::from_secs(60)),
-                https_proxy: host.proxy.clone(),
-                http_proxy: host.proxy.clone(),
-                ..Default::default()
-            };
-            // Client::new would fall back to a default client on a bad
-            // setting (e.g. an unusable CA), silently dropping it.
-            let http = http_client(&config).map_err(|e| PullError::Registry {
-                reference: reference.whole(),
-                reason: format!("setting up a client for {label}: {}", error_chain(&e)),
-            })?;
-            let client = Client::try_from(config).map_err(|e| PullError::Registry {
-                reference: reference.whole(),
-                reason: format!("setting up a client for {label}: {}", error_chain(&e)),
-            })?;
+            let client =
+                HostClient::new(host, &host_ref, auth).map_err(|e| PullError::Registry {
+                    reference: reference.whole(),
+                    reason: format!("setting up a client for {label}: {e}"),
+                })?;
             endpoints.push(Endpoint {
                 host: host.clone(),
                 client,
-                http,
                 reference: host_ref,
                 label,
             });
@@ -276,7 +205,7 @@ impl Puller {
         let unreachable = std::sync::Mutex::new(vec![false; endpoints.len()]);
         Ok(Self {
             reference,
-            auth: auth.to_registry_auth(),
+            auth: auth.clone(),
             endpoints,
             unreachable,
         })
@@ -317,11 +246,16 @@ impl Puller {
         }
     }
 
-    pub(super) fn registry_err(&self, e: &OciDistributionError) -> PullError {
-        PullError::Registry {
-            reference: self.reference.whole(),
-            reason: error_chain(e),
-        }
+    /// A request's failure on one host, and whether it was a failure to
+    /// reach it.
+    pub(super) fn request_err(&self, e: RequestError) -> (PullError, bool) {
+        (
+            PullError::Registry {
+                reference: self.reference.whole(),
+                reason: e.reason,
+            },
+            e.connect,
+        )
     }
 
     /// Downloads blob `digest` (a layer of the resolved manifest) to `dest`,
@@ -432,11 +366,12 @@ impl Puller {
             len: 0,
             limit: declared,
         };
-        // The auth for this host's client (resolving may have used another).
-        ep.client
-            .store_auth_if_needed(ep.reference.resolve_registry(), &self.auth)
-            .await;
-        let pulled = ep.client.pull_blob(&ep.reference, layer, &mut writer).await;
+        let resp = ep
+            .client
+            .get_ok(Object::Blob, &layer.digest, None, &self.auth)
+            .await
+            .map_err(|e| self.request_err(e))?;
+        let sent = writer.copy_body(resp).await;
         if writer.len > declared {
             return Err((
                 PullError::BadContent {
@@ -449,7 +384,20 @@ impl Puller {
                 false,
             ));
         }
-        pulled.map_err(|e| (self.registry_err(&e), is_connect_error(&e)))?;
+        sent.map_err(|e| match e {
+            CopyError::Read(reason) => self.request_err(RequestError {
+                reason: format!("layer {}: {reason}", layer.digest),
+                connect: false,
+            }),
+            CopyError::Write(source) => (
+                PullError::Io {
+                    reference: self.reference.whole(),
+                    context: "writing the blob".into(),
+                    source,
+                },
+                false,
+            ),
+        })?;
         if writer.len != declared {
             return Err((
                 PullError::BadContent {
@@ -492,6 +440,32 @@ pub(super) struct HashingWriter<W> {
     pub(super) limit: u64,
 }
 
+/// Why copying a response body failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CopyError {
+    /// The connection failed mid-body.
+    #[error("{0}")]
+    Read(String),
+    /// Writing failed (also: more bytes than the limit).
+    #[error("{0}")]
+    Write(std::io::Error),
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> HashingWriter<W> {
+    /// Writes `resp`'s body through, stopping at the first byte past the
+    /// limit (`len` then counts it, so the caller can tell why).
+    pub(super) async fn copy_body(&mut self, mut resp: reqwest::Response) -> Result<(), CopyError> {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| CopyError::Read(error_chain(&e)))?
+        {
+            self.write_all(&chunk).await.map_err(CopyError::Write)?;
+        }
+        Ok(())
+    }
+}
+
 impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HashingWriter<W> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
@@ -529,6 +503,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HashingWriter<W
 
 #[cfg(test)]
 mod tests {
+    use super::super::hosts::Scheme;
     use super::*;
 
     #[test]

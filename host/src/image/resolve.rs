@@ -1,18 +1,14 @@
 //! Resolving a reference to its linux/amd64 manifest and config, each read
-//! within a size cap. oci-client reads manifests whole, with no limit, so
-//! moatd fetches them itself (with the same TLS and proxy settings and
-//! oci-client's token for the host) and lets oci-client stream only the
-//! config, into a capped buffer.
+//! within a size cap.
 
-use super::pull::{error_chain, is_connect_error, Endpoint, HashingWriter, PullError, Puller};
+use super::pull::{Endpoint, HashingWriter, PullError, Puller};
+use super::registry::{read_capped, BodyError, Object, RequestError};
 use crate::config::ImageLimits;
 use oci_client::client::current_platform_resolver;
 use oci_client::manifest::{
     OciImageManifest, OciManifest, IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE,
     OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
 };
-use oci_client::secrets::RegistryAuth;
-use oci_client::RegistryOperation;
 use sha2::{Digest, Sha256};
 
 /// A manifest resolved for linux/amd64 and its config.
@@ -104,17 +100,8 @@ impl Puller {
             .or(ep.reference.tag())
             .unwrap_or("latest")
             .to_string();
-        // One token for the host, for the tag and the platform manifest.
-        ep.client
-            .store_auth_if_needed(ep.reference.resolve_registry(), &self.auth)
-            .await;
-        let token = ep
-            .client
-            .auth(&ep.reference, &self.auth, RegistryOperation::Pull)
-            .await
-            .map_err(|e| (self.registry_err(&e), is_connect_error(&e)))?;
         let (body, digest) = self
-            .get_manifest(ep, token.as_deref(), &target, limits.max_manifest_bytes)
+            .get_manifest(ep, &target, limits.max_manifest_bytes)
             .await?;
         if let Some(want) = self.reference.digest() {
             if digest != want {
@@ -132,7 +119,7 @@ impl Puller {
                     return Err(self.bad("the image index has no linux/amd64 manifest".into()));
                 };
                 let (body, got) = self
-                    .get_manifest(ep, token.as_deref(), &pick, limits.max_manifest_bytes)
+                    .get_manifest(ep, &pick, limits.max_manifest_bytes)
                     .await?;
                 match parse(&body)? {
                     OciManifest::Image(m) => (m, got, Some(digest)),
@@ -153,37 +140,16 @@ impl Puller {
         })
     }
 
-    /// GETs manifest `target` (a tag or a digest) from `ep` with `token`
-    /// (the host's bearer token, if it uses one), reading at most `max`
-    /// bytes. Returns the body and its digest, checked against the
-    /// digest asked for and the one the host names.
+    /// GETs manifest `target` (a tag or a digest) from `ep`, reading at
+    /// most `max` bytes. Returns the body and its digest, checked against
+    /// the digest asked for and the one the host names.
     async fn get_manifest(
         &self,
         ep: &Endpoint,
-        token: Option<&str>,
         target: &str,
         max: u64,
     ) -> Result<(Vec<u8>, String), HostError> {
-        let registry_err = |reason: String| {
-            (
-                PullError::Registry {
-                    reference: self.reference.whole(),
-                    reason,
-                },
-                false,
-            )
-        };
-        let reference = &ep.reference;
-        let url = format!(
-            "{}://{}/v2/{}/manifests/{target}{}",
-            ep.host.scheme.as_str(),
-            reference.resolve_registry(),
-            reference.repository(),
-            reference
-                .namespace()
-                .map(|ns| format!("?ns={ns}"))
-                .unwrap_or_default()
-        );
+        let url = ep.client.url(Object::Manifest, target);
         let accept = [
             OCI_IMAGE_MEDIA_TYPE,
             OCI_IMAGE_INDEX_MEDIA_TYPE,
@@ -191,54 +157,25 @@ impl Puller {
             IMAGE_MANIFEST_LIST_MEDIA_TYPE,
         ]
         .join(", ");
-        let mut req = ep.http.get(&url).header(http::header::ACCEPT, accept);
-        req = match (token, &self.auth) {
-            (Some(t), _) => req.bearer_auth(t),
-            (None, RegistryAuth::Bearer(t)) => req.bearer_auth(t),
-            (None, RegistryAuth::Basic(user, password)) => req.basic_auth(user, Some(password)),
-            (None, RegistryAuth::Anonymous) => req,
-        };
-        let mut resp = req.send().await.map_err(|e| {
-            let connect = e.is_connect() || e.is_timeout();
-            (
-                PullError::Registry {
-                    reference: self.reference.whole(),
-                    reason: format!("GET {url}: {}", error_chain(&e)),
-                },
-                connect,
-            )
-        })?;
-        let status = resp.status();
+        let resp = ep
+            .client
+            .get_ok(Object::Manifest, target, Some(&accept), &self.auth)
+            .await
+            .map_err(|e| self.request_err(e))?;
         let named = resp
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        if resp.content_length().is_some_and(|n| n > max) {
-            return Err(self.bad(format!(
+        let body = read_capped(resp, max).await.map_err(|e| match e {
+            BodyError::TooLarge => self.bad(format!(
                 "manifest {target} is over image_limits.max_manifest_bytes ({max})"
-            )));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| registry_err(format!("GET {url}: {}", error_chain(&e))))?
-        {
-            if body.len() as u64 + chunk.len() as u64 > max {
-                return Err(self.bad(format!(
-                    "manifest {target} is over image_limits.max_manifest_bytes ({max})"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        if !status.is_success() {
-            let said = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-            return Err(registry_err(format!(
-                "GET {url}: {status}: {}",
-                said.trim()
-            )));
-        }
+            )),
+            BodyError::Read(reason) => self.request_err(RequestError {
+                reason: format!("GET {url}: {reason}"),
+                connect: false,
+            }),
+        })?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
         if target.contains(':') && target != digest {
             return Err(self.bad(format!("manifest {target} arrived with digest {digest}")));
@@ -253,8 +190,8 @@ impl Puller {
         Ok((body, digest))
     }
 
-    /// The image config, streamed by oci-client into a buffer that takes at
-    /// most its declared size, itself at most `max`.
+    /// The image config, read into a buffer that takes at most its
+    /// declared size, itself at most `max`.
     async fn get_config(
         &self,
         ep: &Endpoint,
@@ -269,19 +206,29 @@ impl Puller {
                 "the config declares {declared} bytes, over image_limits.max_config_bytes ({max})"
             )));
         }
+        let resp = ep
+            .client
+            .get_ok(Object::Blob, &desc.digest, None, &self.auth)
+            .await
+            .map_err(|e| self.request_err(e))?;
         let mut writer = HashingWriter {
             inner: Vec::new(),
             hasher: Sha256::new(),
             len: 0,
             limit: declared,
         };
-        let pulled = ep.client.pull_blob(&ep.reference, desc, &mut writer).await;
+        let sent = writer.copy_body(resp).await;
         if writer.len > declared {
             return Err(self.bad(format!(
                 "the config sent more than the {declared} bytes its manifest declares"
             )));
         }
-        pulled.map_err(|e| (self.registry_err(&e), is_connect_error(&e)))?;
+        sent.map_err(|e| {
+            self.request_err(RequestError {
+                reason: format!("the config {}: {e}", desc.digest),
+                connect: false,
+            })
+        })?;
         let got = format!("sha256:{}", hex::encode(writer.hasher.finalize()));
         if got != desc.digest {
             return Err(self.bad(format!(

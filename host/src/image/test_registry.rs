@@ -34,20 +34,47 @@ pub fn manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
 /// Serves `files` (path, body); the body of path `slow`, if given, one
 /// byte a second. Answers the `host:port`.
 pub async fn serve(files: Vec<(String, Vec<u8>)>, slow: Option<String>) -> String {
-    use http_body_util::StreamBody;
+    serve_with(files, slow, Guard::default()).await
+}
+
+/// What a guarded registry asks of its clients.
+#[derive(Clone, Default)]
+pub struct Guard {
+    /// Content needs `Bearer <TOKEN>`; the realm `/token` gives it to
+    /// these basic credentials only (`None`: content is open).
+    pub token_for: Option<(String, String)>,
+    /// Every request must carry this header and value (else 400).
+    pub header: Option<(String, String)>,
+}
+
+/// The token a guarded registry's realm gives.
+pub const TOKEN: &str = "t0ken";
+
+/// Like [`serve`], asking what `guard` says: a distribution-style Bearer
+/// challenge and token realm, and a required header.
+pub async fn serve_with(
+    files: Vec<(String, Vec<u8>)>,
+    slow: Option<String>,
+    guard: Guard,
+) -> String {
+    use http_body_util::{BodyExt, StreamBody};
     use hyper::body::{Bytes, Frame};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let files = Arc::new(files);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (files, slow) = (files.clone(), slow.clone());
+            let (files, slow, guard) = (files.clone(), slow.clone(), guard.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: http::Request<_>| {
                     let path = req.uri().path().to_string();
+                    let refused = refusal(&req, &guard, &addr.to_string());
                     let found = files.iter().find(|(p, _)| *p == path).map(|f| f.1.clone());
                     let trickle = slow.as_deref() == Some(path.as_str());
                     async move {
+                        if let Some(r) = refused {
+                            return Ok(r);
+                        }
                         let body = found.clone().unwrap_or_default();
                         let chunks: Vec<Bytes> = if trickle {
                             body.iter().map(|b| Bytes::from(vec![*b])).collect()
@@ -67,7 +94,7 @@ pub async fn serve(files: Vec<(String, Vec<u8>)>, slow: Option<String>) -> Strin
                                 ))
                             },
                         );
-                        let mut r = http::Response::new(StreamBody::new(stream));
+                        let mut r = http::Response::new(StreamBody::new(stream).boxed());
                         if found.is_none() && path != "/v2/" {
                             *r.status_mut() = http::StatusCode::NOT_FOUND;
                         }
@@ -89,4 +116,61 @@ pub async fn serve(files: Vec<(String, Vec<u8>)>, slow: Option<String>) -> Strin
         }
     });
     addr.to_string()
+}
+
+/// A response body of any kind.
+type Body = http_body_util::combinators::BoxBody<hyper::body::Bytes, std::convert::Infallible>;
+
+/// The answer to a request `guard` does not let through, if any.
+fn refusal<B>(req: &http::Request<B>, guard: &Guard, addr: &str) -> Option<http::Response<Body>> {
+    use http_body_util::{BodyExt, Full};
+    let answer = |status: http::StatusCode, body: String| {
+        let mut r = http::Response::new(Full::new(hyper::body::Bytes::from(body)).boxed());
+        *r.status_mut() = status;
+        r
+    };
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if let Some((name, value)) = &guard.header {
+        if header(name).as_deref() != Some(value.as_str()) {
+            return Some(answer(
+                http::StatusCode::BAD_REQUEST,
+                format!("missing header {name}"),
+            ));
+        }
+    }
+    let (user, password) = guard.token_for.as_ref()?;
+    if req.uri().path() == "/token" {
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let query = req.uri().query().unwrap_or("");
+        if header("authorization") != Some(format!("Basic {basic}"))
+            || !query.contains("scope=repository")
+        {
+            return Some(answer(
+                http::StatusCode::UNAUTHORIZED,
+                "bad credentials".into(),
+            ));
+        }
+        return Some(answer(
+            http::StatusCode::OK,
+            serde_json::json!({ "token": TOKEN }).to_string(),
+        ));
+    }
+    if header("authorization") != Some(format!("Bearer {TOKEN}")) {
+        let mut r = answer(http::StatusCode::UNAUTHORIZED, "token needed".into());
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_str(&format!(
+                "Bearer realm=\"http://{addr}/token\",service=\"test\""
+            ))
+            .ok()?,
+        );
+        return Some(r);
+    }
+    None
 }

@@ -1,12 +1,13 @@
 //! Certificates: Docker's certificate directory layout (used when a host
-//! directory has no `hosts.toml`) and PEM CA files split into one
-//! certificate each.
+//! directory has no `hosts.toml`), PEM CA files split into one certificate
+//! each, and client certificates with their keys.
 
-use super::{HostsError, RegistryHost, Scheme};
+use super::{ClientIdentity, HostsError, RegistryHost, Scheme};
 use std::path::{Path, PathBuf};
 
 /// Docker's certificate layout: `*.crt` are CAs for the registry itself;
-/// `*.cert`/`*.key` client certificates are refused (not supported).
+/// `<name>.cert` with `<name>.key` is the client certificate (one per host;
+/// a `.cert` without its `.key` is an error, as in Docker).
 pub(super) fn cert_files(
     dir: &Path,
     registry: &str,
@@ -30,14 +31,68 @@ pub(super) fn cert_files(
             server
                 .ca
                 .extend(read_ca(&path).map_err(|r| err(path.clone(), r))?);
-        } else if name.ends_with(".cert") {
-            return Err(err(
-                path.clone(),
-                "client certificates (Docker's *.cert/*.key) are not supported by moatd's registry client".into(),
-            ));
+        } else if let Some(base) = name.strip_suffix(".cert") {
+            let key = path.with_file_name(format!("{base}.key"));
+            if !key.is_file() {
+                return Err(err(
+                    path.clone(),
+                    format!("client certificate without its key {}", key.display()),
+                ));
+            }
+            if let Some(first) = &server.client {
+                return Err(err(
+                    path.clone(),
+                    format!(
+                        "a second client certificate (moatd presents one per host; {} is the first)",
+                        first.files.0.display()
+                    ),
+                ));
+            }
+            server.client =
+                Some(read_client_identity(&path, Some(&key)).map_err(|r| err(path.clone(), r))?);
         }
     }
     Ok(vec![server])
+}
+
+/// Reads a client certificate (PEM, with its chain) and its private key,
+/// from `key` or, when none is given, from the certificate's own file (as
+/// containerd reads a `client` entry without a key).
+pub(super) fn read_client_identity(
+    cert: &Path,
+    key: Option<&Path>,
+) -> Result<ClientIdentity, String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
+    let cert_pem = read(cert)?;
+    let key_path = key.unwrap_or(cert);
+    let mut pem = if key.is_some() {
+        read(key_path)?
+    } else {
+        Vec::new()
+    };
+    if !pem.is_empty() && !pem.ends_with(b"\n") {
+        pem.push(b'\n');
+    }
+    pem.extend_from_slice(&cert_pem);
+    let text = String::from_utf8_lossy(&pem);
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{}: no PEM certificate in it", cert.display()));
+    }
+    if !text.contains("PRIVATE KEY-----") {
+        return Err(format!("{}: no PEM private key in it", key_path.display()));
+    }
+    // The TLS client's own check: the key must be one it can sign with.
+    reqwest::Identity::from_pem(&pem).map_err(|e| {
+        format!(
+            "{} with {}: not a usable certificate and key: {e}",
+            cert.display(),
+            key_path.display()
+        )
+    })?;
+    Ok(ClientIdentity {
+        files: (cert.to_path_buf(), key_path.to_path_buf()),
+        pem,
+    })
 }
 
 /// Reads a PEM file of one or more certificates, split into one PEM block

@@ -1,11 +1,12 @@
 //! Parsing `hosts.toml`: the `server`, the `[host."…"]` mirror tables in
-//! file order, and the settings each may carry (capabilities, CAs,
-//! `skip_verify`, `dial_timeout`, `proxy`); unknown keys and settings
-//! moatd cannot honour are refused, naming the key.
+//! file order, and the settings each may carry (capabilities, CAs, a client
+//! certificate, headers, `skip_verify`, `dial_timeout`, `proxy`); unknown
+//! keys and settings moatd cannot honour are refused, naming the key.
 
-use super::certs::read_ca;
+use super::certs::{read_ca, read_client_identity};
 use super::{
-    parse_go_duration, parse_host_url, Capabilities, HostsError, RegistryHost, Role, Scheme,
+    parse_go_duration, parse_host_url, Capabilities, ClientIdentity, HostsError, RegistryHost,
+    Role, Scheme,
 };
 use std::path::{Path, PathBuf};
 
@@ -208,17 +209,11 @@ fn host_settings(
                 .extend(read_ca(&path).map_err(|r| err(&key("ca"), r))?);
         }
     }
-    if t.contains_key("client") {
-        return Err(err(
-            &key("client"),
-            "client certificates are not supported by moatd's registry client (oci-client has no client identity setting)".into(),
-        ));
+    if let Some(v) = t.get("client") {
+        host.client = Some(client_setting(v, dir).map_err(|r| err(&key("client"), r))?);
     }
-    if t.contains_key("header") {
-        return Err(err(
-            &key("header"),
-            "custom headers are not supported by moatd's registry client (oci-client cannot add request headers)".into(),
-        ));
+    if let Some(v) = t.get("header") {
+        host.headers = header_setting(v).map_err(|r| err(&key("header"), r))?;
     }
     host.skip_verify = host_bool(t, "skip_verify", prefix, err)?;
     if let Some(v) = t.get("dial_timeout") {
@@ -246,4 +241,74 @@ fn host_settings(
         host.proxy = Some(s.to_string());
     }
     Ok(host)
+}
+
+/// `client`: a certificate path (its key in the same file), or a list of
+/// paths or `[cert, key]` pairs, as containerd reads it. moatd presents one
+/// client certificate per host, so a list must hold exactly one.
+fn client_setting(v: &toml::Value, dir: &Path) -> Result<ClientIdentity, String> {
+    const SHAPE: &str = "must be a path, or a list of one path or one [certificate, key] pair";
+    let pair = |v: &toml::Value| -> Result<(String, Option<String>), String> {
+        match v {
+            toml::Value::String(s) => Ok((s.clone(), None)),
+            toml::Value::Array(a) => match a.as_slice() {
+                [toml::Value::String(c)] => Ok((c.clone(), None)),
+                [toml::Value::String(c), toml::Value::String(k)] => {
+                    Ok((c.clone(), Some(k.clone()).filter(|k| !k.is_empty())))
+                }
+                _ => Err(SHAPE.into()),
+            },
+            _ => Err(SHAPE.into()),
+        }
+    };
+    let (cert, key) = match v {
+        toml::Value::String(_) => pair(v)?,
+        toml::Value::Array(list) => match list.as_slice() {
+            [one] => pair(one)?,
+            [] => return Err(SHAPE.into()),
+            more => {
+                return Err(format!(
+                    "{} client certificates listed; moatd presents one per host",
+                    more.len()
+                ))
+            }
+        },
+        _ => return Err(SHAPE.into()),
+    };
+    let abs = |p: &str| {
+        if Path::new(p).is_absolute() {
+            PathBuf::from(p)
+        } else {
+            dir.join(p)
+        }
+    };
+    let key = key.map(|k| abs(&k));
+    read_client_identity(&abs(&cert), key.as_deref())
+}
+
+/// `header`: a table of header names to a value or a list of values.
+fn header_setting(v: &toml::Value) -> Result<Vec<(String, String)>, String> {
+    let table = v
+        .as_table()
+        .ok_or("must be a table such as [header] x-custom = \"value\"")?;
+    let mut headers = Vec::new();
+    for (name, value) in table {
+        http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("{name:?} is not a valid header name"))?;
+        let values: Vec<&str> = match value {
+            toml::Value::String(s) => vec![s.as_str()],
+            toml::Value::Array(a) => a
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Option<_>>()
+                .ok_or_else(|| format!("{name}: must be a string or a list of strings"))?,
+            _ => return Err(format!("{name}: must be a string or a list of strings")),
+        };
+        for v in values {
+            http::HeaderValue::from_str(v)
+                .map_err(|_| format!("{name}: {v:?} is not a valid header value"))?;
+            headers.push((name.clone(), v.to_string()));
+        }
+    }
+    Ok(headers)
 }

@@ -16,15 +16,16 @@
 //! the pull with an error that names the file and key: a typo must not route
 //! pulls around the operator's mirror or certificate.
 //!
-//! Keys moatd cannot honour with its registry client (`client` certificates,
-//! `header`, an `override_path` API root that does not end in `/v2`) are
-//! refused with an error rather than ignored.
+//! Keys moatd cannot honour (an `override_path` API root that does not end
+//! in `/v2`, more than one client certificate for a host) are refused with
+//! an error rather than ignored.
 //!
 //! Files: this one holds the types a lookup answers with; `lookup.rs` finds
 //! a registry's directory and reads it ([`registry_hosts`],
 //! [`check_config_dir`]); `hosts_file.rs` parses `hosts.toml`
 //! ([`parse_hosts_file`]); `values.rs` parses the host URLs and durations
-//! it holds; `certs.rs` reads CA files and Docker's certificate layout.
+//! it holds; `certs.rs` reads CA files, client certificates and Docker's
+//! certificate layout.
 
 mod certs;
 mod hosts_file;
@@ -112,10 +113,25 @@ pub struct RegistryHost {
     pub dial_timeout: Option<Duration>,
     /// Proxy URL for this host (`proxy`).
     pub proxy: Option<String>,
+    /// The client certificate presented to the host (`client`, or Docker's
+    /// `*.cert`/`*.key`).
+    pub client: Option<ClientIdentity>,
+    /// Headers sent with every request to the host (`header`), in order.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A client certificate with its private key, for mutual TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientIdentity {
+    /// The certificate file and the key file (the same file when the key
+    /// sits beside the certificate in one PEM).
+    pub files: (PathBuf, PathBuf),
+    /// The key and certificate chain, PEM, in one buffer.
+    pub pem: Vec<u8>,
 }
 
 impl RegistryHost {
-    /// The host as a registry name for the OCI client: `host[:port]` plus
+    /// The host as a registry name: `host[:port]` plus
     /// the path prefix of its API root.
     pub fn registry(&self) -> String {
         format!("{}{}", self.host, self.path_prefix)
@@ -137,6 +153,8 @@ impl RegistryHost {
             skip_verify: false,
             dial_timeout: None,
             proxy: None,
+            client: None,
+            headers: Vec::new(),
         }
     }
 }

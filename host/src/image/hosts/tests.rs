@@ -192,13 +192,29 @@ fn bad_files_name_the_file_and_key() {
         (
             "[host.\"https://m\"]\nclient = [[\"/c.cert\", \"/c.key\"]]",
             "host.\"https://m\".client",
-            "not supported",
+            "reading /c.cert",
         ),
         (
-            "[host.\"https://m\".header]\nx-custom = \"v\"",
-            "host.\"https://m\".header",
-            "not supported",
+            "[host.\"https://m\"]\nclient = [\"a.pem\", \"b.pem\"]",
+            "host.\"https://m\".client",
+            "2 client certificates listed",
         ),
+        (
+            "[host.\"https://m\"]\nclient = 1",
+            "host.\"https://m\".client",
+            "must be a path",
+        ),
+        (
+            "[host.\"https://m\".header]\n\"x custom\" = \"v\"",
+            "host.\"https://m\".header",
+            "not a valid header name",
+        ),
+        (
+            "[host.\"https://m\".header]\nx-custom = 5",
+            "host.\"https://m\".header",
+            "string or a list of strings",
+        ),
+        ("header = \"x\"", "header", "must be a table"),
         (
             "[host.\"https://m\"]\ndial_timeout = \"soon\"",
             "host.\"https://m\".dial_timeout",
@@ -283,6 +299,13 @@ fn directories_are_looked_up_like_containerd() {
     std::fs::write(r.join("private.example/client.cert"), CA).unwrap();
     let e = registry_hosts(Some(r), "private.example", &[]).unwrap_err();
     assert!(e.to_string().contains("client.cert"), "{e}");
+    assert!(e.to_string().contains("without its key"), "{e}");
+    let (cert, key) = client_cert(r);
+    std::fs::copy(&cert, r.join("private.example/client.cert")).unwrap();
+    std::fs::copy(&key, r.join("private.example/client.key")).unwrap();
+    let h = registry_hosts(Some(r), "private.example", &[]).unwrap();
+    let client = h.hosts[0].client.as_ref().expect("Docker's client pair");
+    assert_eq!(client.files.1, r.join("private.example/client.key"));
 
     // A malformed file fails the lookup, naming the file.
     std::fs::write(r.join("_default/hosts.toml"), "[host.\"https://m\"\n").unwrap();
@@ -311,4 +334,54 @@ fn loopback_registries_use_http() {
     assert!(is_loopback_registry("localhost"));
     assert!(!is_loopback_registry("registry.example.com"));
     assert!(!is_loopback_registry("localhost.evil.com:5000"));
+}
+
+/// A self-signed client certificate and its key, made by openssl in `dir`.
+fn client_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("made-client.crt"), dir.join("made-client.key"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=moat-client", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (scripts/install-deps.sh)");
+    assert!(made.status.success(), "{made:?}");
+    (cert, key)
+}
+
+/// `client` as containerd reads it: a pair, or one file holding both;
+/// `header` values, single or listed, for mirrors and the server.
+#[test]
+fn client_certificates_and_headers_are_read() {
+    let d = tempfile::tempdir().unwrap();
+    let (cert, key) = client_cert(d.path());
+    let mut both = std::fs::read(&key).unwrap();
+    both.extend(std::fs::read(&cert).unwrap());
+    std::fs::write(d.path().join("both.pem"), both).unwrap();
+    let hosts = parse(
+        "client = \"both.pem\"\n\
+         [header]\n  x-tenant = \"blue\"\n\
+         [host.\"https://m\"]\n  client = [[\"made-client.crt\", \"made-client.key\"]]\n\
+         [host.\"https://m\".header]\n  x-list = [\"a\", \"b\"]\n",
+        d.path(),
+    )
+    .unwrap();
+    let mirror = hosts[0].client.as_ref().unwrap();
+    assert_eq!(mirror.files, (cert.clone(), key.clone()));
+    assert_eq!(
+        hosts[0].headers,
+        [("x-list".into(), "a".into()), ("x-list".into(), "b".into())]
+    );
+    let server = hosts[1].client.as_ref().unwrap();
+    assert_eq!(
+        server.files,
+        (d.path().join("both.pem"), d.path().join("both.pem"))
+    );
+    assert_eq!(hosts[1].headers, [("x-tenant".into(), "blue".into())]);
+    // A certificate alone has no key to sign with.
+    let e = parse("client = \"made-client.crt\"", d.path()).unwrap_err();
+    assert!(e.to_string().contains("no PEM private key"), "{e}");
 }
