@@ -96,6 +96,58 @@ pub fn assert_vmm_confined(pid: u32) {
     assert!(environ.is_empty(), "{}", String::from_utf8_lossy(&environ));
 }
 
+/// The VMM cgroups (`moat-vmm-*`) in the cgroup v2 hierarchy, up to five
+/// levels down: none may outlive its pod.
+pub fn vmm_cgroups() -> Vec<String> {
+    fn walk(dir: &std::path::Path, depth: usize, found: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_string_lossy().starts_with("moat-vmm-") {
+                found.push(path.display().to_string());
+            } else if depth > 0 {
+                walk(&path, depth - 1, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(std::path::Path::new("/sys/fs/cgroup"), 5, &mut found);
+    found.sort();
+    found
+}
+
+/// Checks that VMM `pid` runs in cgroup `want` (a path in the cgroup v2
+/// hierarchy) with a memory limit it is within and a task limit, and
+/// returns the cgroup's directory.
+pub fn assert_vmm_cgroup(pid: u32, want: &str) -> std::path::PathBuf {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_eq!(line.trim(), format!("0::{want}"), "the VMM's cgroup");
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(want.trim_start_matches('/'));
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap_or_else(|e| panic!("{}/{f}: {e}", dir.display()))
+            .trim()
+            .to_string()
+    };
+    let max: u64 = read("memory.max")
+        .parse()
+        .expect("a memory.max, not \"max\"");
+    let current: u64 = read("memory.current").parse().unwrap();
+    assert!(
+        current > 0 && current < max,
+        "memory.current {current} against memory.max {max}"
+    );
+    let pids: u64 = read("pids.max").parse().expect("a pids.max");
+    assert!(pids < 100, "pids.max {pids}");
+    println!("VMM cgroup {want}: memory.current {current} of memory.max {max}, pids.max {pids}");
+    dir
+}
+
 impl Moatd {
     /// Starts moatd with the default microvm handler; `extra_toml` is
     /// appended to its config (e.g. another runtime handler).

@@ -445,6 +445,7 @@ pub fn created_record(id: &str, sandbox_id: &str) -> crate::container::Container
 pub fn ready_pod(dir: &std::path::Path) -> SandboxRecord {
     let me = std::process::id();
     SandboxRecord {
+        vmm_cgroup: None,
         id: "p".repeat(64),
         config: Default::default(),
         runtime_handler: "microvm".into(),

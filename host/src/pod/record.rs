@@ -40,6 +40,10 @@ pub struct SandboxRecord {
     pub vm_paths: VmPaths,
     /// The VMM process while it runs.
     pub vm: Option<VmHandle>,
+    /// The VMM's cgroup, relative to the hierarchy's root (`None` where
+    /// moatd has no cgroup v2 hierarchy to write); see [`crate::vm::cgroup`].
+    #[serde(default)]
+    pub vmm_cgroup: Option<PathBuf>,
     /// VM size.
     pub vcpus: u8,
     /// VM memory.

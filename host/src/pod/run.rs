@@ -10,10 +10,12 @@ use crate::network::capability_args::capability_args;
 use crate::network::cni::Attachment;
 use crate::network::{tap, NetNs, POD_IFNAME};
 use crate::store::SANDBOXES;
+use crate::vm::cgroup::{self, VmmLimits};
 use crate::vm::launch::{launch, wait_for_agent};
 use crate::vm::{VmPaths, VmSpec};
 use moat_proto::cri::{NamespaceMode, PodSandboxConfig, PodSandboxMetadata};
 use moat_vmm::config::{NetConfig, VmConfig};
+use std::path::Path;
 use std::time::Duration;
 
 /// Which of the pod's namespaces its containers share.
@@ -93,6 +95,32 @@ fn guest_network(
 }
 
 impl Pods {
+    /// The cgroup the pod's VMM will run in, under its CRI `cgroup_parent`
+    /// (`None` without a writable cgroup v2 hierarchy, said once in the log).
+    fn vmm_cgroup(
+        &self,
+        config: &PodSandboxConfig,
+        id: &str,
+    ) -> Result<Option<std::path::PathBuf>, PodError> {
+        let parent = config
+            .linux
+            .as_ref()
+            .map_or("", |l| l.cgroup_parent.as_str());
+        let rel = cgroup::relative_path(&self.config.cgroup_driver, parent, id)
+            .map_err(|e| PodError::Invalid(e.to_string()))?;
+        if !cgroup::available(Path::new(cgroup::CGROUP_ROOT)) {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "no writable cgroup v2 hierarchy at {}: VMMs run in moatd's cgroup",
+                    cgroup::CGROUP_ROOT
+                )
+            });
+            return Ok(None);
+        }
+        Ok(Some(rel))
+    }
+
     /// RunPodSandbox: returns the new sandbox's id once its agent answered.
     pub async fn run(
         &self,
@@ -124,6 +152,7 @@ impl Pods {
         let _name = self.reserve_name(&config.metadata.clone().unwrap_or_default(), &id)?;
         let _guard = self.locks.lock(&id).await;
         let (vcpus, memory_mib) = vm_size(&config, &handler);
+        let vmm_cgroup = self.vmm_cgroup(&config, &id)?;
         let mut rec = SandboxRecord {
             id: id.clone(),
             config,
@@ -139,6 +168,7 @@ impl Pods {
                 dir: self.config.run_dir.join(&id[..16]),
             },
             vm: None,
+            vmm_cgroup,
             vcpus,
             memory_mib,
             exit_reason: None,
@@ -231,8 +261,20 @@ impl Pods {
             vmm: handler.vmm_binary(),
             vm,
         };
-        let (vm, mut child) =
-            launch(&spec, &rec.vm_paths, netns.as_ref()).map_err(caused("starting the VM"))?;
+        let procs = match &rec.vmm_cgroup {
+            Some(rel) => Some(
+                cgroup::create(
+                    Path::new(cgroup::CGROUP_ROOT),
+                    rel,
+                    VmmLimits::for_vm(rec.memory_mib, rec.vcpus),
+                )
+                .map_err(caused("the VMM's cgroup"))?,
+            ),
+            None => None,
+        };
+        let (vm, mut child) = launch(&spec, &rec.vm_paths, netns.as_ref(), procs.as_ref())
+            .map_err(caused("starting the VM"))?;
+        drop(procs);
         // A crash before the record holds the pid: recovery finds the VMM
         // by its config path (`vm::launch::running_vmms`).
         crash_point::here(crash_point::RUN_POD_VMM);

@@ -53,6 +53,12 @@ impl Pods {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        if let Some(rel) = &rec.vmm_cgroup {
+            let root = std::path::Path::new(crate::vm::cgroup::CGROUP_ROOT);
+            if let Err(e) = crate::vm::cgroup::remove(root, rel).await {
+                tracing::warn!(id = %rec.id, "removing the VMM's cgroup: {e}");
+            }
+        }
         if let Some(path) = rec.netns.clone() {
             let ns = NetNs::at(path);
             if let Some(cni) = &self.cni {

@@ -84,11 +84,14 @@ pub const VMM_MAX_FILES: libc::rlim_t = 4096;
 
 /// Writes the VM config and spawns moat-vmm in `netns` (if any), in its own
 /// session so it outlives a moatd restart, with a cleared environment, no
-/// core dumps, [`VMM_MAX_FILES`] and no_new_privs.
+/// core dumps, [`VMM_MAX_FILES`] and no_new_privs; with `cgroup_procs` (a
+/// cgroup's `cgroup.procs`, open for writing) it joins that cgroup before
+/// it execs.
 pub fn launch(
     spec: &VmSpec,
     paths: &VmPaths,
     netns: Option<&NetNs>,
+    cgroup_procs: Option<&std::fs::File>,
 ) -> anyhow::Result<(VmHandle, tokio::process::Child)> {
     use anyhow::Context;
     std::fs::create_dir_all(&paths.dir)
@@ -112,6 +115,7 @@ pub fn launch(
         None => None,
     };
     let ns_fd = ns_file.as_ref().map(|f| f.as_raw_fd());
+    let procs_fd = cgroup_procs.map(|f| f.as_raw_fd());
     let mut cmd = tokio::process::Command::new(&spec.vmm);
     cmd.arg("--config")
         .arg(paths.config())
@@ -126,6 +130,12 @@ pub fn launch(
     // SAFETY: only async-signal-safe syscalls run between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // "0" is the writer itself: the VMM, before any guest memory.
+            if let Some(fd) = procs_fd {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if let Some(fd) = ns_fd {
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());

@@ -3,7 +3,9 @@
 //!
 //! - [`launch`]: spawning the VMM and waiting for its agent.
 //! - [`control`]: the VMM's line-delimited JSON control API.
+//! - [`cgroup`]: the cgroup each VMM runs in, under the pod's parent.
 
+pub mod cgroup;
 pub mod control;
 pub mod launch;
 

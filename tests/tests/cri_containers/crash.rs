@@ -116,6 +116,8 @@ pub fn body() {
                 "{at}: an IP leaked: {:?}",
                 allocated_ips(&m)
             );
+            let cgroups = moat_tests::moatd::vmm_cgroups();
+            assert!(cgroups.is_empty(), "{at}: a VMM cgroup leaked: {cgroups:?}");
             // The same call now succeeds.
             let pod = run_pod(&mut rt, &m, config).await;
             assert_eq!(allocated_ips(&m).len(), 1, "{at}");

@@ -1,5 +1,6 @@
 //! Twenty pods with a container each, created and removed in a row: no fd,
-//! mount, run-dir entry, netns, IPAM lease or VMM may be left behind.
+//! mount, run-dir entry, netns, IPAM lease, VMM or VMM cgroup may be left
+//! behind.
 
 use super::*;
 
@@ -13,6 +14,7 @@ struct Footprint {
     netns: Vec<String>,
     leases: Vec<String>,
     vmms: usize,
+    vmm_cgroups: Vec<String>,
 }
 
 fn footprint(m: &Moatd) -> Footprint {
@@ -36,6 +38,7 @@ fn footprint(m: &Moatd) -> Footprint {
         netns: Moatd::entries(&m.run_dir().join("netns")),
         leases,
         vmms: vmm_pids().len(),
+        vmm_cgroups: moat_tests::moatd::vmm_cgroups(),
     }
 }
 

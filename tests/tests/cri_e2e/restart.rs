@@ -6,8 +6,14 @@ pub fn restart_body() {
     tokio_runtime().block_on(async {
         let mut m = Moatd::start("").expect("moatd");
         let mut rt = m.runtime().await.unwrap();
+        // kubelet's parent for a burstable pod, with the systemd driver.
+        let mut config = pod_config("survivor", &[]);
+        config.linux = Some(LinuxPodSandboxConfig {
+            cgroup_parent: "kubepods-burstable-podsurvivor.slice".into(),
+            ..Default::default()
+        });
         let id = rt
-            .run_pod_sandbox(run_req(pod_config("survivor", &[]), ""))
+            .run_pod_sandbox(run_req(config, ""))
             .await
             .unwrap()
             .into_inner()
@@ -15,6 +21,12 @@ pub fn restart_body() {
         let vmms = vmm_pids();
         assert_eq!(vmms.len(), 1);
         moat_tests::moatd::assert_vmm_confined(vmms[0]);
+        let cgroup = moat_tests::moatd::assert_vmm_cgroup(
+            vmms[0],
+            &format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podsurvivor.slice/moat-vmm-{id}.scope"
+            ),
+        );
 
         // moatd crashes; its pod VM keeps running and is found again.
         m.restart(true).expect("restart");
@@ -55,5 +67,6 @@ pub fn restart_body() {
             Moatd::entries(&m.run_dir().join("netns")).is_empty(),
             "netns leaked"
         );
+        assert!(!cgroup.exists(), "the VMM's cgroup {} leaked", cgroup.display());
     });
 }
