@@ -7,7 +7,7 @@ AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT_BIN    := target/$(AGENT_TARGET)/guest/moat-agent
 export MOAT_BUILD_DIR := $(CURDIR)/$(BUILD)
 
-.PHONY: all deps pyenv kernel build agent initramfs images artifacts lint test demo bench-boot bench-streaming node-stress clean
+.PHONY: all deps pyenv kernel build agent initramfs images artifacts lint test demo bench-boot bench-streaming node-stress fuzz clean
 
 all: artifacts
 
@@ -54,10 +54,19 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Everything CI runs.
+## Everything CI runs. The fuzz targets get FUZZ_TEST_SECONDS each (about
+## 3 minutes in all with their build); `make fuzz` runs them longer.
+FUZZ_TEST_SECONDS ?= 15
 test: deps pyenv artifacts lint
+	SECONDS_EACH=$(FUZZ_TEST_SECONDS) scripts/fuzz.sh
 	target/release/moat-node probe
 	$(CARGO) test --release --workspace
+
+## cargo-fuzz targets of the VMM's guest-facing parsers (fuzz/), FUZZ_SECONDS
+## each; corpora are kept in build/fuzz/corpus, crashes in build/fuzz/artifacts.
+FUZZ_SECONDS ?= 600
+fuzz:
+	SECONDS_EACH=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 ## Boot a pod microVM to its agent and talk to it.
 demo: deps artifacts
@@ -82,5 +91,5 @@ node-stress: deps artifacts
 	target/release/moat-node stress --nodes $(NODES) --rounds $(ROUNDS) --pods $(PODS)
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) fuzz/target
 	$(CARGO) clean

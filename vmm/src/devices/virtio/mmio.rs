@@ -318,7 +318,7 @@ impl EventHandler for MmioTransport {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::devices::virtio::test_utils::VirtQueue;
+    pub(crate) use crate::devices::virtio::test_utils::bring_up;
     use crate::devices::virtio::{ActivateError, TYPE_BLOCK};
     use std::any::Any;
 
@@ -363,58 +363,6 @@ pub(crate) mod tests {
     }
     fn wr(t: &mut MmioTransport, off: u64, v: u32) {
         t.write(off, &v.to_le_bytes());
-    }
-
-    /// Guest address of queue `i` as [`bring_up`] lays it out.
-    pub(crate) fn queue_addr(i: usize) -> u64 {
-        0x10_0000 * (i as u64 + 1)
-    }
-
-    /// Drives the Linux probe sequence with 16-entry queues at
-    /// [`queue_addr`]; returns the driver side of each queue.
-    pub(crate) fn bring_up(
-        t: &mut MmioTransport,
-        mem: &GuestMemoryMmap,
-        features_hi: u32,
-    ) -> Vec<VirtQueue> {
-        wr(t, 0x70, 0);
-        wr(t, 0x70, STATUS_ACKNOWLEDGE);
-        wr(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        wr(t, 0x24, 0);
-        wr(t, 0x10, 0);
-        let lo = rd(t, 0x10);
-        wr(t, 0x20, lo);
-        wr(t, 0x24, 1);
-        wr(t, 0x14, 1);
-        wr(t, 0x20, features_hi);
-        wr(
-            t,
-            0x70,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
-        );
-        let nq = t.queues.len();
-        let mut vqs = Vec::new();
-        for i in 0..nq {
-            let vq = VirtQueue::new(mem, queue_addr(i), 16);
-            wr(t, 0x30, i as u32);
-            wr(t, 0x38, u32::from(vq.size()));
-            for (off, a) in [
-                (0x80, vq.desc_table_addr()),
-                (0x90, vq.avail_addr()),
-                (0xa0, vq.used_addr()),
-            ] {
-                wr(t, off, a as u32);
-                wr(t, off + 4, (a >> 32) as u32);
-            }
-            wr(t, 0x44, 1);
-            vqs.push(vq);
-        }
-        wr(
-            t,
-            0x70,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-        );
-        vqs
     }
 
     fn transport() -> (MmioTransport, GuestMemoryMmap) {

@@ -138,8 +138,10 @@ pub fn read_config_bytes(cfg: &[u8], offset: u64, data: &mut [u8]) {
     data[..n].copy_from_slice(&cfg[start..start + n]);
 }
 
-#[cfg(test)]
-pub(crate) mod test_utils;
+/// The driver side of virtqueues for the unit tests and, with the `fuzzing`
+/// feature, the fuzz targets in `fuzz/`.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod test_utils;
 
 #[cfg(test)]
 mod tests {

@@ -1,13 +1,82 @@
-//! Test helpers shared by the virtio device tests: guest memory and a
-//! driver-side split virtqueue ([`VirtQueue`]) laid out in it.
+//! Test helpers shared by the virtio device tests and the fuzz targets
+//! (`fuzz/`, through the `fuzzing` feature): guest memory, a driver-side
+//! split virtqueue ([`VirtQueue`]) laid out in it, and the driver's probe
+//! sequence ([`bring_up`]). They play the guest; a failure here is a bug of
+//! the test, so they unwrap.
+#![allow(clippy::unwrap_used)]
 
 use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::mmio::{
+    MmioTransport, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+};
+use crate::devices::bus::BusDevice;
+
 /// 16 MiB of guest memory for test queues.
 pub fn mem() -> GuestMemoryMmap {
     GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
+}
+
+fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    t.read(off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+    t.write(off, &v.to_le_bytes());
+}
+
+/// Guest address of queue `i` as [`bring_up`] lays it out.
+pub fn queue_addr(i: usize) -> u64 {
+    0x10_0000 * (i as u64 + 1)
+}
+
+/// Drives the Linux probe sequence through the transport's registers, with
+/// 16-entry queues at [`queue_addr`] and the high feature word
+/// `features_hi` (1: VIRTIO_F_VERSION_1); returns the driver side of each
+/// queue.
+pub fn bring_up(t: &mut MmioTransport, mem: &GuestMemoryMmap, features_hi: u32) -> Vec<VirtQueue> {
+    wr(t, 0x70, 0);
+    wr(t, 0x70, STATUS_ACKNOWLEDGE);
+    wr(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    wr(t, 0x24, 0);
+    wr(t, 0x10, 0);
+    let lo = rd(t, 0x10);
+    wr(t, 0x20, lo);
+    wr(t, 0x24, 1);
+    wr(t, 0x14, 1);
+    wr(t, 0x20, features_hi);
+    wr(
+        t,
+        0x70,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+    );
+    let nq = t.device().queue_max_sizes().len();
+    let mut vqs = Vec::new();
+    for i in 0..nq {
+        let vq = VirtQueue::new(mem, queue_addr(i), 16);
+        wr(t, 0x30, i as u32);
+        wr(t, 0x38, u32::from(vq.size()));
+        for (off, a) in [
+            (0x80, vq.desc_table_addr()),
+            (0x90, vq.avail_addr()),
+            (0xa0, vq.used_addr()),
+        ] {
+            wr(t, off, a as u32);
+            wr(t, off + 4, (a >> 32) as u32);
+        }
+        wr(t, 0x44, 1);
+        vqs.push(vq);
+    }
+    wr(
+        t,
+        0x70,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+    );
+    vqs
 }
 
 /// One descriptor as the tests write it: guest address, length, flags.
