@@ -54,8 +54,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Everything CI runs. The fuzz targets get FUZZ_TEST_SECONDS each (about
-## 3 minutes in all with their build); `make fuzz` runs them longer.
+## Everything CI runs. The fuzz targets get FUZZ_TEST_SECONDS each (about 4
+## minutes on 2 cores with their first build, 1 once built); `make fuzz` runs
+## them longer.
 FUZZ_TEST_SECONDS ?= 15
 test: deps pyenv artifacts lint
 	SECONDS_EACH=$(FUZZ_TEST_SECONDS) scripts/fuzz.sh
