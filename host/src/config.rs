@@ -76,6 +76,34 @@ pub struct Config {
     pub streaming: StreamingConfig,
     /// Limits on what a registry may send (images are untrusted).
     pub image_limits: ImageLimits,
+    /// How each VMM is jailed.
+    pub vmm_jail: VmmJail,
+}
+
+/// Each VMM's jail: a uid and gid of its own from a range no one else
+/// uses, and its VM directory as its root (see `moat_vmm::confine`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmmJail {
+    /// Jail every VMM (default true; off only for debugging).
+    pub enabled: bool,
+    /// First uid (and gid) of the range VMMs take theirs from (default
+    /// 1 500 000 000, far above login users and kubelet's user-namespace
+    /// ranges).
+    pub uid_start: u32,
+    /// How many ids the range holds: at most this many pod VMs at once
+    /// (default 65536).
+    pub uid_count: u32,
+}
+
+impl Default for VmmJail {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            uid_start: 1_500_000_000,
+            uid_count: 65536,
+        }
+    }
 }
 
 /// Limits on what a registry may send.
@@ -205,6 +233,7 @@ impl Default for Config {
             cgroup_driver: "systemd".into(),
             streaming: StreamingConfig::default(),
             image_limits: ImageLimits::default(),
+            vmm_jail: VmmJail::default(),
         }
     }
 }
@@ -279,6 +308,13 @@ impl Config {
             return Err(invalid(
                 "streaming.idle_timeout_secs".into(),
                 "must be at least 1",
+            ));
+        }
+        let j = self.vmm_jail;
+        if j.uid_start == 0 || j.uid_count == 0 || j.uid_start.checked_add(j.uid_count).is_none() {
+            return Err(invalid(
+                "vmm_jail.uid_start".into(),
+                "uid_start and uid_count must be at least 1 and end below 2^32",
             ));
         }
         if self.image_limits.max_layer_bytes == 0 {

@@ -49,8 +49,27 @@ pub fn vmm_pids() -> Vec<u32> {
 
 /// Checks that VMM `pid` runs confined as moatd starts it: every thread
 /// under a seccomp filter (mode 2) with no_new_privs and no capabilities,
-/// no core dumps, open files bounded, an empty environment.
+/// as a uid and gid of its own, rooted in its VM directory, no core dumps,
+/// open files and tasks bounded, an empty environment.
 pub fn assert_vmm_confined(pid: u32) {
+    println!(
+        "VMM {pid}: {}",
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| [
+                "Uid:",
+                "Gid:",
+                "Groups:",
+                "Seccomp:",
+                "NoNewPrivs:",
+                "CapEff:"
+            ]
+            .iter()
+            .any(|p| l.starts_with(p)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the VMM's threads");
     let mut n = 0;
     for t in tasks.flatten() {
@@ -69,6 +88,20 @@ pub fn assert_vmm_confined(pid: u32) {
             "2",
             "thread {name} runs without its filter"
         );
+        // Jailed: a uid and gid of its own (real, effective, saved and fs
+        // alike), from moatd's default range, and no other group.
+        for ids in ["Uid:", "Gid:"] {
+            let v: Vec<u64> = field(ids)
+                .split_whitespace()
+                .map(|x| x.parse().unwrap())
+                .collect();
+            assert_eq!(v.len(), 4, "thread {name} {ids}");
+            assert!(
+                v.iter().all(|x| *x == v[0] && *x >= 1_500_000_000),
+                "thread {name} {ids} {v:?}"
+            );
+        }
+        assert_eq!(field("Groups:"), "", "thread {name}");
         assert_eq!(field("NoNewPrivs:"), "1", "thread {name}");
         for set in ["CapEff:", "CapPrm:", "CapBnd:", "CapInh:", "CapAmb:"] {
             assert_eq!(field(set), "0000000000000000", "thread {name} {set}");
@@ -92,8 +125,29 @@ pub fn assert_vmm_confined(pid: u32) {
     };
     assert_eq!(limit("Max core file size"), "0 0");
     assert_eq!(limit("Max open files"), "4096 4096");
+    assert_eq!(limit("Max processes"), "128 128");
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     assert!(environ.is_empty(), "{}", String::from_utf8_lossy(&environ));
+    // Its root is its own VM directory, which holds only its files.
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "api.sock",
+            "console.log",
+            "vm.json",
+            "vmm.log",
+            "vsock.sock"
+        ],
+        "the VMM's root {}",
+        root.display()
+    );
 }
 
 /// The VMM cgroups (`moat-vmm-*`) in the cgroup v2 hierarchy, up to five

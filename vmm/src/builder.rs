@@ -362,7 +362,7 @@ pub fn build(config: VmConfig, process_start: Instant) -> Result<Vmm, BuildError
     }
     phase("vCPUs configured");
     // Everything privileged is done: the vCPU threads start without it.
-    crate::confine::drop_privileges()?;
+    crate::confine::drop_privileges(config.jail.as_ref())?;
     let mut handles = Vec::new();
     for v in vcpus {
         handles.push(v.start(process_start, config.seccomp)?);

@@ -85,6 +85,26 @@ pub struct VmConfig {
     /// only: see `crate::seccomp`).
     #[serde(default = "default_seccomp")]
     pub seccomp: bool,
+    /// Where the VMM confines itself once its devices are set up, before
+    /// the guest runs (see `crate::confine`); `None` keeps its uid and root.
+    #[serde(default)]
+    pub jail: Option<JailConfig>,
+}
+
+/// The VMM's jail: an unprivileged uid and gid of its own, and a directory
+/// that becomes its root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// The uid to run as (not 0).
+    pub uid: u32,
+    /// The gid to run as (not 0); no supplementary groups are kept.
+    pub gid: u32,
+    /// The new root (an absolute directory, the VM's own): paths the VMM
+    /// uses after the jail (its control socket, console rotation, vsock
+    /// sockets) must be relative, resolved from it as the working
+    /// directory.
+    pub root: PathBuf,
 }
 
 /// virtio-vsock configuration.
@@ -173,6 +193,7 @@ impl VmConfig {
             net: None,
             api_sock: None,
             seccomp: true,
+            jail: None,
         }
     }
 
@@ -297,6 +318,17 @@ impl VmConfig {
         }
         if let Some(api) = &self.api_sock {
             check_socket_path("api_sock", api)?;
+        }
+        if let Some(j) = &self.jail {
+            if j.uid == 0 || j.gid == 0 {
+                return Err(ConfigError::new("jail", "uid and gid must not be 0"));
+            }
+            if !j.root.is_absolute() || !j.root.is_dir() {
+                return Err(ConfigError::new(
+                    "jail.root",
+                    format!("{} is not an absolute directory", j.root.display()),
+                ));
+            }
         }
         Ok(())
     }

@@ -1,9 +1,14 @@
-//! What moat-vmm gives up before any guest code runs: every capability
-//! (`/dev/kvm`, the TAP and the sockets are open by then, and what it opens
-//! later — image files, its own directory — belongs to its own uid) and the
-//! right to gain privileges through exec (no_new_privs). Threads started
-//! afterwards, the vCPUs, inherit both.
+//! What moat-vmm gives up before any guest code runs: with a jail, its
+//! root (it chroots into the VM's own directory) and its uid and gid (the
+//! VM's own, unprivileged, no supplementary groups); always, every
+//! capability and the right to gain privileges through exec
+//! (no_new_privs). `/dev/kvm`, the TAP, the kernel and initramfs, the
+//! console and the vsock socket are open by then; image files arrive as
+//! passed fds over the control socket. Threads started afterwards, the
+//! vCPUs, inherit all of it. The process is still single-threaded here, so
+//! the uid change covers the whole process.
 
+use crate::config::JailConfig;
 use caps::CapSet;
 
 /// Why privileges could not be dropped.
@@ -15,11 +20,15 @@ pub enum ConfineError {
     /// A capability set could not be cleared.
     #[error("dropping capabilities: {0}")]
     Caps(#[from] caps::errors::CapsError),
+    /// Entering the jail failed.
+    #[error("jail: {0}: {1}")]
+    Jail(&'static str, std::io::Error),
 }
 
-/// Sets no_new_privs and clears every capability set of the calling
-/// thread (the bounding set too, where the thread may change it).
-pub fn drop_privileges() -> Result<(), ConfineError> {
+/// Sets no_new_privs, enters `jail` (if any), and clears every capability
+/// set of the calling thread (the bounding set too, where the thread may
+/// change it).
+pub fn drop_privileges(jail: Option<&JailConfig>) -> Result<(), ConfineError> {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(ConfineError::NoNewPrivs(std::io::Error::last_os_error()));
@@ -29,10 +38,41 @@ pub fn drop_privileges() -> Result<(), ConfineError> {
             caps::drop(None, CapSet::Bounding, c)?;
         }
     }
+    if let Some(j) = jail {
+        enter(j)?;
+    }
     caps::clear(None, CapSet::Ambient)?;
     caps::clear(None, CapSet::Inheritable)?;
     caps::clear(None, CapSet::Effective)?;
     caps::clear(None, CapSet::Permitted)?;
+    Ok(())
+}
+
+/// chroot into the jail's root, then take its gid (and no other group)
+/// and uid, for real, effective and saved ids alike.
+fn enter(j: &JailConfig) -> Result<(), ConfineError> {
+    use std::os::unix::ffi::OsStrExt;
+    let last = std::io::Error::last_os_error;
+    let root = std::ffi::CString::new(j.root.as_os_str().as_bytes())
+        .map_err(|e| ConfineError::Jail("root", std::io::Error::other(e)))?;
+    // SAFETY: plain syscalls on a NUL-terminated path and integers.
+    unsafe {
+        if libc::chroot(root.as_ptr()) != 0 {
+            return Err(ConfineError::Jail("chroot", last()));
+        }
+        if libc::chdir(c"/".as_ptr()) != 0 {
+            return Err(ConfineError::Jail("chdir", last()));
+        }
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(ConfineError::Jail("setgroups", last()));
+        }
+        if libc::setresgid(j.gid, j.gid, j.gid) != 0 {
+            return Err(ConfineError::Jail("setresgid", last()));
+        }
+        if libc::setresuid(j.uid, j.uid, j.uid) != 0 {
+            return Err(ConfineError::Jail("setresuid", last()));
+        }
+    }
     Ok(())
 }
 
@@ -50,7 +90,7 @@ mod tests {
     #[test]
     fn nothing_is_left_and_a_thread_started_after_inherits_it() {
         std::thread::spawn(|| {
-            drop_privileges().unwrap();
+            drop_privileges(None).unwrap();
             for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
                 assert!(caps::read(None, set).unwrap().is_empty(), "{set:?}");
             }

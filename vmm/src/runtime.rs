@@ -222,16 +222,16 @@ impl Vmm {
             return;
         }
         let lines = api.handle_event(sub);
-        for (client, line) in lines {
-            let answer = match parse_request(&line) {
-                Ok(req) => match self.execute(req) {
+        for line in lines {
+            let answer = match parse_request(&line.text) {
+                Ok(req) => match self.execute_with(req, line.file) {
                     Ok(v) => ok_response(v),
                     Err(e) => error_response(&e),
                 },
                 Err(e) => error_response(&e),
             };
             if let Some(api) = self.api.as_mut() {
-                api.respond(client, &answer);
+                api.respond(line.client, &answer);
             }
         }
     }
@@ -251,6 +251,16 @@ impl Vmm {
 
     /// Executes one control request.
     pub fn execute(&mut self, req: Request) -> Result<serde_json::Value, String> {
+        self.execute_with(req, None)
+    }
+
+    /// Executes one control request with the file its client passed (an
+    /// `attach_drive` backs the slot with it rather than opening `path`).
+    pub fn execute_with(
+        &mut self,
+        req: Request,
+        mut file: Option<std::fs::File>,
+    ) -> Result<serde_json::Value, String> {
         match req {
             Request::AttachDrive {
                 slot,
@@ -260,7 +270,11 @@ impl Vmm {
                 let d = self.block(slot)?;
                 let mut t = lock(&d.transport);
                 t.with_device(|dev, _| match dev.as_any_mut().downcast_mut::<Block>() {
-                    Some(b) => b.attach(&path, read_only).map_err(|e| e.to_string()),
+                    Some(b) => match file.take() {
+                        Some(f) => b.attach_file(f, &path, read_only),
+                        None => b.attach(&path, read_only),
+                    }
+                    .map_err(|e| e.to_string()),
                     None => Err(format!("slot: {slot} is not a block device")),
                 })?;
                 t.config_changed();

@@ -446,6 +446,7 @@ pub fn ready_pod(dir: &std::path::Path) -> SandboxRecord {
     let me = std::process::id();
     SandboxRecord {
         vmm_cgroup: None,
+        vmm_uid: None,
         id: "p".repeat(64),
         config: Default::default(),
         runtime_handler: "microvm".into(),

@@ -30,9 +30,10 @@ pub(super) async fn attached(
         .unwrap_or_default())
 }
 
-/// Attaches `path` read-only to `slot`; a slot already holding `path` (a
-/// crash between attaching and recording) is left as it is. The VMM's
-/// state is asked only when the attach fails, off the usual path.
+/// Attaches `path` read-only to `slot`, opened here and passed to the VMM
+/// (a jailed VMM cannot open it); a slot already holding `path` (a crash
+/// between attaching and recording) is left as it is. The VMM's state is
+/// asked only when the attach fails, off the usual path.
 pub(super) async fn attach(
     control: &ControlClient,
     slot: u32,
@@ -43,7 +44,10 @@ pub(super) async fn attach(
         path: path.to_path_buf(),
         read_only: true,
     };
-    match control.call(&req).await {
+    let file = std::fs::File::open(path).map_err(|e| {
+        ContainerError::caused("opening the image")(anyhow::anyhow!("{}: {e}", path.display()))
+    })?;
+    match control.call_with_file(&req, Some(&file)).await {
         Ok(_) => Ok(()),
         Err(_) if attached(control).await?.get(&slot).map(PathBuf::as_path) == Some(path) => Ok(()),
         Err(e) => Err(ContainerError::caused("attaching the image")(e)),

@@ -87,6 +87,9 @@ pub struct Pods {
     pub(super) agents: AgentPool,
     /// Names of the sandboxes being created.
     pub(super) reserved: super::names::Reserved,
+    /// Held while a new sandbox picks its VMM's uid and is recorded, so two
+    /// never pick the same one.
+    pub(super) uid_pick: std::sync::Mutex<()>,
 }
 
 impl Pods {
@@ -105,6 +108,7 @@ impl Pods {
             locks,
             agents,
             reserved: Default::default(),
+            uid_pick: Default::default(),
         }
     }
 

@@ -44,6 +44,9 @@ pub struct SandboxRecord {
     /// moatd has no cgroup v2 hierarchy to write); see [`crate::vm::cgroup`].
     #[serde(default)]
     pub vmm_cgroup: Option<PathBuf>,
+    /// The VMM's own uid and gid (`None` when VMMs are not jailed).
+    #[serde(default)]
+    pub vmm_uid: Option<u32>,
     /// VM size.
     pub vcpus: u8,
     /// VM memory.

@@ -14,7 +14,7 @@ use crate::vm::cgroup::{self, VmmLimits};
 use crate::vm::launch::{launch, wait_for_agent};
 use crate::vm::{VmPaths, VmSpec};
 use moat_proto::cri::{NamespaceMode, PodSandboxConfig, PodSandboxMetadata};
-use moat_vmm::config::{NetConfig, VmConfig};
+use moat_vmm::config::{JailConfig, NetConfig, VmConfig};
 use std::path::Path;
 use std::time::Duration;
 
@@ -121,6 +121,31 @@ impl Pods {
         Ok(Some(rel))
     }
 
+    /// The lowest uid of the jail range no sandbox record holds (`None` when
+    /// VMMs are not jailed); the caller holds `uid_pick` until the new
+    /// record is stored.
+    fn free_vmm_uid(&self) -> Result<Option<u32>, PodError> {
+        let jail = self.config.vmm_jail;
+        if !jail.enabled {
+            return Ok(None);
+        }
+        let taken: std::collections::HashSet<u32> = self
+            .store
+            .values::<SandboxRecord>(SANDBOXES)?
+            .into_iter()
+            .filter_map(|r| r.vmm_uid)
+            .collect();
+        (jail.uid_start..jail.uid_start + jail.uid_count)
+            .find(|u| !taken.contains(u))
+            .map(Some)
+            .ok_or_else(|| {
+                PodError::Precondition(format!(
+                    "every VMM uid of vmm_jail ({} from {}) is in use",
+                    jail.uid_count, jail.uid_start
+                ))
+            })
+    }
+
     /// RunPodSandbox: returns the new sandbox's id once its agent answered.
     pub async fn run(
         &self,
@@ -169,13 +194,19 @@ impl Pods {
             },
             vm: None,
             vmm_cgroup,
+            vmm_uid: None,
             vcpus,
             memory_mib,
             exit_reason: None,
             guest: Default::default(),
         };
-        // Recorded first, so a crash part-way is cleaned up at the next start.
-        self.store.put(SANDBOXES, &id, &rec)?;
+        // Recorded first, so a crash part-way is cleaned up at the next start;
+        // the uid is taken by being recorded.
+        {
+            let _pick = self.uid_pick.lock().unwrap_or_else(|p| p.into_inner());
+            rec.vmm_uid = self.free_vmm_uid()?;
+            self.store.put(SANDBOXES, &id, &rec)?;
+        }
         crash_point::here(crash_point::RUN_POD_RECORDED);
         let md = rec.metadata();
         tracing::info!(%id, pod = %md.name, namespace = %md.namespace, vcpus, memory_mib, "creating pod sandbox");
@@ -252,6 +283,11 @@ impl Pods {
         }
         let network_ms = started.elapsed().as_millis() as u64;
         let mut vm = VmConfig::new(handler.kernel.clone());
+        vm.jail = rec.vmm_uid.map(|uid| JailConfig {
+            uid,
+            gid: uid,
+            root: rec.vm_paths.dir.clone(),
+        });
         vm.initrd = Some(handler.initramfs.clone());
         vm.cpus = rec.vcpus;
         vm.memory_mib = rec.memory_mib;

@@ -82,9 +82,14 @@ impl VmHandle {
 /// 1024).
 pub const VMM_MAX_FILES: libc::rlim_t = 4096;
 
+/// Most tasks a jailed VMM's uid may have (its threads: the event loop and
+/// one per vCPU, at most 64).
+pub const VMM_MAX_TASKS: libc::rlim_t = 128;
+
 /// Writes the VM config and spawns moat-vmm in `netns` (if any), in its own
 /// session so it outlives a moatd restart, with a cleared environment, no
-/// core dumps, [`VMM_MAX_FILES`] and no_new_privs; with `cgroup_procs` (a
+/// core dumps, [`VMM_MAX_FILES`] (and, jailed, [`VMM_MAX_TASKS`]) and
+/// no_new_privs, working in its VM directory; with `cgroup_procs` (a
 /// cgroup's `cgroup.procs`, open for writing) it joins that cgroup before
 /// it execs.
 pub fn launch(
@@ -97,12 +102,29 @@ pub fn launch(
     std::fs::create_dir_all(&paths.dir)
         .with_context(|| format!("creating {}", paths.dir.display()))?;
     let mut cfg = spec.vm.clone();
-    cfg.serial = paths.console().display().to_string();
+    // Paths in the VM's directory are relative to it, the VMM's working
+    // directory: they stay valid once the VMM's jail makes it the root.
+    let relative = |p: PathBuf| {
+        p.strip_prefix(&paths.dir)
+            .map(Path::to_path_buf)
+            .unwrap_or(p)
+    };
+    cfg.serial = relative(paths.console()).display().to_string();
     cfg.vsock = Some(VsockConfig {
-        uds: paths.vsock(),
+        uds: relative(paths.vsock()),
         cid: 3,
     });
-    cfg.api_sock = Some(paths.api());
+    cfg.api_sock = Some(relative(paths.api()));
+    if let Some(j) = &cfg.jail {
+        use std::os::unix::fs::PermissionsExt;
+        // The jailed VMM owns its directory (it creates its control socket
+        // and rotates its console there); no one else but root enters it.
+        std::os::unix::fs::chown(&paths.dir, Some(j.uid), Some(j.gid))
+            .with_context(|| format!("chown {}", paths.dir.display()))?;
+        std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", paths.dir.display()))?;
+    }
+    let jailed = cfg.jail.is_some();
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("VM config: {e}"))?;
     std::fs::write(paths.config(), serde_json::to_vec_pretty(&cfg)?).context("writing vm.json")?;
@@ -119,6 +141,7 @@ pub fn launch(
     let mut cmd = tokio::process::Command::new(&spec.vmm);
     cmd.arg("--config")
         .arg(paths.config())
+        .current_dir(&paths.dir)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -146,8 +169,20 @@ pub fn launch(
             }
             // No core dumps (they would hold guest memory), a bound on
             // open files, and no privileges gained through exec.
-            for (resource, limit) in [(libc::RLIMIT_CORE, 0), (libc::RLIMIT_NOFILE, VMM_MAX_FILES)]
-            {
+            // A jailed VMM's uid is its own: its tasks are its threads.
+            let nproc = if jailed {
+                VMM_MAX_TASKS
+            } else {
+                libc::RLIM_INFINITY
+            };
+            for (resource, limit) in [
+                (libc::RLIMIT_CORE, 0),
+                (libc::RLIMIT_NOFILE, VMM_MAX_FILES),
+                (libc::RLIMIT_NPROC, nproc),
+            ] {
+                if limit == libc::RLIM_INFINITY {
+                    continue;
+                }
                 let lim = libc::rlimit {
                     rlim_cur: limit,
                     rlim_max: limit,

@@ -1,22 +1,40 @@
-//! Socket handling of the control API: accept clients, frame lines.
+//! Socket handling of the control API: accept clients, frame lines, and
+//! take the file descriptors a client passes with a request (SCM_RIGHTS:
+//! a jailed VMM cannot open the host files moatd attaches).
 
-use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::event_loop::EpollRegistrar;
 
 /// Longest accepted request line.
 pub const MAX_LINE: usize = 64 * 1024;
 const MAX_CLIENTS: usize = 64;
+/// Most passed files a client may have waiting for their requests.
+const MAX_PENDING_FILES: usize = 4;
 
 struct Client {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// Files passed with bytes not yet framed into a request.
+    files: VecDeque<File>,
+}
+
+/// One request line, with the file its client passed along with it.
+pub struct RequestLine {
+    /// The client, for [`ApiServer::respond`].
+    pub client: u32,
+    /// The line, trimmed.
+    pub text: String,
+    /// A file passed with the request (SCM_RIGHTS), if any.
+    pub file: Option<File>,
 }
 
 /// The listening socket and its clients.
@@ -69,8 +87,10 @@ impl ApiServer {
         sub == self.listener_sub || self.clients.contains_key(&sub)
     }
 
-    /// Handles an event; returns complete request lines with their client.
-    pub fn handle_event(&mut self, sub: u32) -> Vec<(u32, String)> {
+    /// Handles an event; returns complete request lines with their client
+    /// (a file passed with a line's bytes goes with the first line they
+    /// complete).
+    pub fn handle_event(&mut self, sub: u32) -> Vec<RequestLine> {
         if sub == self.listener_sub {
             self.accept();
             return Vec::new();
@@ -79,9 +99,14 @@ impl ApiServer {
         let mut close = false;
         if let Some(c) = self.clients.get_mut(&sub) {
             let mut chunk = [0u8; 4096];
-            match c.stream.read(&mut chunk) {
-                Ok(0) => close = true,
-                Ok(n) => {
+            match c.stream.recv_with_fd(&mut chunk) {
+                Ok((0, _)) => close = true,
+                Ok((n, file)) => {
+                    if let Some(f) = file {
+                        if c.files.len() < MAX_PENDING_FILES {
+                            c.files.push_back(f);
+                        }
+                    }
                     c.buf.extend_from_slice(&chunk[..n]);
                     while let Some(pos) = c.buf.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = c.buf.drain(..=pos).collect();
@@ -89,7 +114,11 @@ impl ApiServer {
                             .trim()
                             .to_string();
                         if !text.is_empty() {
-                            lines.push((sub, text));
+                            lines.push(RequestLine {
+                                client: sub,
+                                text,
+                                file: c.files.pop_front(),
+                            });
                         }
                     }
                     if c.buf.len() > MAX_LINE {
@@ -99,8 +128,7 @@ impl ApiServer {
                         close = true;
                     }
                 }
-                Err(e)
-                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => {}
                 Err(_) => close = true,
             }
         }
@@ -154,6 +182,7 @@ impl ApiServer {
                             Client {
                                 stream,
                                 buf: Vec::new(),
+                                files: VecDeque::new(),
                             },
                         );
                     }
@@ -187,8 +216,9 @@ mod tests {
             }
         }
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].1, "{\"op\":\"state\"}");
-        srv.respond(got[0].0, "{\"ok\":true}");
+        assert_eq!(got[0].text, "{\"op\":\"state\"}");
+        assert!(got[0].file.is_none());
+        srv.respond(got[0].client, "{\"ok\":true}");
         let mut line = String::new();
         BufReader::new(&c).read_line(&mut line).unwrap();
         assert_eq!(line, "{\"ok\":true}\n");
@@ -200,5 +230,37 @@ mod tests {
             }
         }
         assert!(srv.clients.is_empty());
+    }
+
+    /// A file sent with a request's bytes arrives with that request.
+    #[test]
+    fn files_come_with_their_request() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let el = EventLoop::new().unwrap();
+        let mut srv =
+            ApiServer::bind(&path, EpollRegistrar::new(el.epoll(), u32::MAX), 2, 100).unwrap();
+        let data = dir.path().join("disk.img");
+        std::fs::write(&data, b"image bytes").unwrap();
+        let file = File::open(&data).unwrap();
+        let c = UnixStream::connect(&path).unwrap();
+        c.send_with_fd(b"{\"op\":\"attach_drive\"}\n".as_slice(), file.as_raw_fd())
+            .unwrap();
+        drop(file);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            for (sub, _) in el.run_once(100).unwrap() {
+                got.extend(srv.handle_event(sub));
+            }
+        }
+        assert_eq!(got.len(), 1);
+        let mut text = String::new();
+        got.remove(0)
+            .file
+            .expect("the passed file")
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "image bytes");
     }
 }

@@ -66,12 +66,36 @@ impl Block {
         if let Some(b) = &self.backing {
             return Err(BlockError::Busy(self.slot, b.path.display().to_string()));
         }
-        let open_err = |e| BlockError::Open(path.display().to_string(), e);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(open_err)?;
+            .map_err(|e| BlockError::Open(path.display().to_string(), e))?;
+        self.attach_file(file, path, read_only)
+    }
+
+    /// Attaches an open `file` (passed by moatd; `path` names it in logs and
+    /// `state`); a writable drive needs a file open for writing.
+    pub fn attach_file(
+        &mut self,
+        mut file: std::fs::File,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<(), BlockError> {
+        if let Some(b) = &self.backing {
+            return Err(BlockError::Busy(self.slot, b.path.display().to_string()));
+        }
+        let open_err = |e| BlockError::Open(path.display().to_string(), e);
+        if !read_only {
+            use std::os::fd::AsRawFd;
+            // SAFETY: F_GETFL on a file this function owns.
+            let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+            if flags < 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
+                return Err(open_err(std::io::Error::other(
+                    "the passed file is not open for writing",
+                )));
+            }
+        }
         // Works for regular files and block devices alike.
         let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
         self.backing = Some(Backing {
@@ -208,6 +232,28 @@ mod tests {
         let mut b = [0u8; 8];
         crate::devices::bus::BusDevice::read(t, 0x100, &mut b);
         u64::from_le_bytes(b)
+    }
+
+    /// A passed file backs the slot as it is; a writable drive needs it
+    /// open for writing.
+    #[test]
+    fn passed_files_are_attached_as_given() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), vec![7u8; 4096]).unwrap();
+        let mut b = Block::new(0, false);
+        let ro = std::fs::File::open(f.path()).unwrap();
+        let e = b.attach_file(ro, f.path(), false).unwrap_err();
+        assert!(e.to_string().contains("not open for writing"), "{e}");
+        let ro = std::fs::File::open(f.path()).unwrap();
+        b.attach_file(ro, f.path(), true).unwrap();
+        assert_eq!(b.backing.as_ref().map(|b| b.nsectors), Some(8));
+        let rw = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(f.path())
+            .unwrap();
+        let mut other = Block::new(1, false);
+        other.attach_file(rw, f.path(), false).unwrap();
     }
 
     #[test]
