@@ -361,6 +361,8 @@ pub fn build(config: VmConfig, process_start: Instant) -> Result<Vmm, BuildError
         vcpus.push(v);
     }
     phase("vCPUs configured");
+    // Opened while /proc is still in reach: the memory counters read it.
+    let smaps = std::fs::File::open("/proc/self/smaps").ok();
     // Everything privileged is done: the vCPU threads start without it.
     crate::confine::drop_privileges(config.jail.as_ref())?;
     let mut handles = Vec::new();
@@ -383,6 +385,7 @@ pub fn build(config: VmConfig, process_start: Instant) -> Result<Vmm, BuildError
         devices,
         serial,
         sockets,
+        smaps,
         vcpu_threads: handles,
         start: process_start,
     }))

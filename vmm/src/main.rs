@@ -64,6 +64,16 @@ struct Args {
     /// `"seccomp": false` in the config file).
     #[arg(long)]
     no_seccomp: bool,
+    /// Jail: run as this uid once set up (with --jail-gid and --jail-root;
+    /// `"jail"` in a config file).
+    #[arg(long)]
+    jail_uid: Option<u32>,
+    /// Jail: the gid to run as.
+    #[arg(long)]
+    jail_gid: Option<u32>,
+    /// Jail: the directory to chroot into (relative paths resolve from it).
+    #[arg(long)]
+    jail_root: Option<PathBuf>,
 }
 
 impl Args {
@@ -83,6 +93,9 @@ impl Args {
             || self.mac.is_some()
             || self.api_sock.is_some()
             || self.serial.is_some()
+            || self.jail_uid.is_some()
+            || self.jail_gid.is_some()
+            || self.jail_root.is_some()
     }
 
     fn into_config(self) -> Result<VmConfig, String> {
@@ -134,6 +147,13 @@ impl Args {
         c.api_sock = self.api_sock;
         if let Some(s) = self.serial {
             c.serial = s;
+        }
+        match (self.jail_uid, self.jail_gid, self.jail_root) {
+            (Some(uid), Some(gid), Some(root)) => {
+                c.jail = Some(moat_vmm::config::JailConfig { uid, gid, root })
+            }
+            (None, None, None) => {}
+            _ => return Err("--jail-uid, --jail-gid and --jail-root go together".into()),
         }
         Ok(c)
     }

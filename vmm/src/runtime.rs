@@ -63,6 +63,8 @@ pub struct VmmParts {
     pub devices: Vec<DeviceInfo>,
     /// The serial port (flushed at exit).
     pub serial: Arc<Mutex<SerialDevice>>,
+    /// `/proc/self/smaps`, opened before the jail, for the memory counters.
+    pub smaps: Option<std::fs::File>,
     /// Sockets to remove at exit.
     pub sockets: Vec<PathBuf>,
     /// vCPU threads.
@@ -356,7 +358,7 @@ impl Vmm {
         serde_json::json!({
             "exits": self.p.counters.to_json(),
             "devices": devices,
-            "memory": crate::vstate::memory::rss_split(&self.p.mem),
+            "memory": self.p.smaps.as_ref().and_then(|f| crate::vstate::memory::rss_split(&self.p.mem, f)),
         })
     }
 

@@ -21,6 +21,18 @@ pub fn restart_body() {
         let vmms = vmm_pids();
         assert_eq!(vmms.len(), 1);
         moat_tests::moatd::assert_vmm_confined(vmms[0]);
+        // Jailed, the VMM still reports its memory (it reads /proc through
+        // a file it opened before its root changed).
+        let api = m.run_dir().join(&id[..16]).join("api.sock");
+        let mut s = std::os::unix::net::UnixStream::connect(&api).unwrap();
+        std::io::Write::write_all(&mut s, b"{\"op\":\"counters\"}\n").unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line).unwrap();
+        let counters: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(
+            counters["result"]["memory"]["total_kib"].as_u64() > Some(0),
+            "{counters}"
+        );
         let cgroup = moat_tests::moatd::assert_vmm_cgroup(
             vmms[0],
             &format!(

@@ -114,6 +114,15 @@ impl Drop for Stderr {
     }
 }
 
+/// Removes its directory when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn time_exit(
     mut cmd: Command,
     scratch: &Path,
@@ -158,28 +167,55 @@ struct Files {
     agent_initrd: PathBuf,
 }
 
-fn time_ready(a: &Args, f: &Files, vmm: &Path, i: &str, seccomp: bool) -> Result<ReadyRun, String> {
-    let uds = a
-        .scratch
-        .join(format!("bench-{}-{i}.vsock", std::process::id()));
-    let api_sock = a
-        .scratch
-        .join(format!("bench-{}-{i}.api", std::process::id()));
+/// The uid and gid of a jailed benchmark VMM (moatd's first by default).
+const BENCH_JAIL_ID: u32 = 1_500_000_000;
+
+/// Spawn → agent ready for one VMM, `confined` as moatd starts it (its
+/// jail and seccomp filters) or with neither.
+fn time_ready(
+    a: &Args,
+    f: &Files,
+    vmm: &Path,
+    i: &str,
+    confined: bool,
+) -> Result<ReadyRun, String> {
+    // The VM's own directory, its working directory and (jailed) its root.
+    let dir = a.scratch.join(format!("bench-{}-{i}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _remove = RemoveDir(dir.clone());
+    if confined {
+        std::os::unix::fs::chown(&dir, Some(BENCH_JAIL_ID), Some(BENCH_JAIL_ID))
+            .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+    }
+    let (uds, api_sock) = (dir.join("vsock.sock"), dir.join("api.sock"));
     let (log, stderr) = Stderr::new(&a.scratch, &format!("ready-{i}"));
+    let jail = confined.then(|| {
+        let id = BENCH_JAIL_ID.to_string();
+        [
+            "--jail-uid".into(),
+            id.clone().into(),
+            "--jail-gid".into(),
+            id.into(),
+            "--jail-root".into(),
+            dir.clone().into_os_string(),
+        ]
+    });
+    // Absolute: the VMM works in its own directory.
+    let absolute = |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
+    let (kernel, initrd) = (absolute(&f.kernel)?, absolute(&f.agent_initrd)?);
     let start = Instant::now();
     let mut child = Command::new(vmm)
         .args([
             "--kernel".as_ref(),
-            f.kernel.as_os_str(),
+            kernel.as_os_str(),
             "--initrd".as_ref(),
-            f.agent_initrd.as_os_str(),
+            initrd.as_os_str(),
         ])
         .args(["--memory-mib", &a.memory_mib.to_string(), "--serial", "off"])
-        .arg("--vsock-uds")
-        .arg(&uds)
-        .arg("--api-sock")
-        .arg(&api_sock)
-        .args((!seccomp).then_some("--no-seccomp"))
+        .args(["--vsock-uds", "vsock.sock", "--api-sock", "api.sock"])
+        .args((!confined).then_some("--no-seccomp"))
+        .args(jail.into_iter().flatten())
+        .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -292,7 +328,7 @@ struct Round {
     qemu_lean: Option<f64>,
     qemu_default: Option<f64>,
     ready: Option<f64>,
-    /// The same boot with the seccomp filters off (what they cost).
+    /// The same boot with neither jail nor seccomp filters (what they cost).
     #[serde(default)]
     ready_unfiltered: Option<f64>,
     first_run: Option<f64>,
@@ -322,7 +358,7 @@ fn run_round(a: &Args, f: &Files, vmm: &Path, i: usize) -> Round {
     }
     match time_ready(a, f, vmm, &format!("{i}-unfiltered"), false) {
         Ok(x) => r.ready_unfiltered = Some(ms(x.ready)),
-        Err(e) => eprintln!("moat-vmm ready run {i} (seccomp off): {e}"),
+        Err(e) => eprintln!("moat-vmm ready run {i} (no jail, no seccomp): {e}"),
     }
     match time_ready(a, f, vmm, &i.to_string(), true) {
         Ok(x) => {
@@ -380,7 +416,7 @@ fn print_table(rounds: &[Round], memory_mib: u64) -> bool {
     row("moat-vmm spawn -> agent ready (vsock OK)", &ready, "ms");
     let unfiltered = col(|r| r.ready_unfiltered);
     if !unfiltered.is_empty() {
-        row("  the same, seccomp filters off", &unfiltered, "ms");
+        row("  the same, no jail, no seccomp filters", &unfiltered, "ms");
     }
     row(
         "moat-vmm spawn -> first KVM_RUN",

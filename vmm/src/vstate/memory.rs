@@ -34,12 +34,17 @@ pub struct RssSplit {
     pub guest_kib: u64,
 }
 
-/// Reads `/proc/self/smaps` and splits its resident memory by `mem`'s host
-/// ranges; `None` where `/proc` cannot be read.
-pub fn rss_split(mem: &GuestMemoryMmap) -> Option<RssSplit> {
+/// Reads `smaps` (this process's `/proc/self/smaps`, opened before the
+/// jail hid `/proc`) from its start and splits its resident memory by
+/// `mem`'s host ranges; `None` where it cannot be read.
+pub fn rss_split(mem: &GuestMemoryMmap, smaps: &std::fs::File) -> Option<RssSplit> {
+    use std::io::{Read, Seek, SeekFrom};
     let ranges: Vec<(u64, u64)> = mem.iter().map(|r| (r.as_ptr() as u64, r.len())).collect();
-    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-    Some(split_smaps(&smaps, &ranges))
+    let mut file = smaps;
+    file.seek(SeekFrom::Start(0)).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(split_smaps(&text, &ranges))
 }
 
 /// Sums the `Rss:` lines of an smaps text, counting a mapping as guest
