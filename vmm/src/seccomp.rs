@@ -10,11 +10,49 @@
 //! those paths make. A vCPU emulates the device registers the guest
 //! touches (activating or resetting a device there registers or drops its
 //! fds), so both kinds of thread share the device list; the event loop
-//! alone serves the control socket. Argument checks are not applied yet.
+//! alone serves the control socket.
+//!
+//! Arguments are checked where a syscall's reach depends on them: `socket`
+//! makes Unix sockets only (vsock's host side), and `ioctl` takes only the
+//! requests the running VMM makes — KVM_RUN, the register reads that
+//! describe a guest fault, and the descriptor-flag requests of the standard
+//! library — so neither the KVM device's other requests (a new VM, memory
+//! slots) nor a terminal's or socket's are in reach.
 
 use crate::exit::ExitCode;
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 use std::collections::BTreeMap;
+
+/// The KVM request numbers the filters let through (as kvm-ioctls defines
+/// them, which does not export them).
+mod kvm_requests {
+    #![allow(missing_docs)]
+    use kvm_bindings::{kvm_regs, kvm_sregs, kvm_vcpu_events, KVMIO};
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr};
+    ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+}
+use kvm_requests::{KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_VCPU_EVENTS, KVM_RUN};
+
+/// The ioctl requests a running VMM makes: a vCPU's run and the register
+/// reads of a fault's description, and the standard library's non-blocking
+/// and close-on-exec switches.
+fn allowed_ioctls() -> Vec<u64> {
+    vec![
+        KVM_RUN(),
+        KVM_GET_REGS(),
+        KVM_GET_SREGS(),
+        KVM_GET_VCPU_EVENTS(),
+        libc::FIONBIO,
+        libc::FIOCLEX,
+        libc::FIONCLEX,
+    ]
+}
 
 /// Why a filter could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -131,14 +169,13 @@ impl Thread {
         all
     }
 
-    /// The compiled filter: the thread's syscalls allowed, any other kills
-    /// the process.
+    /// The compiled filter: the thread's syscalls allowed (with their
+    /// argument checks), any other kills the process.
     pub fn program(self) -> Result<BpfProgram, SeccompError> {
-        let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = self
-            .allowed()
-            .into_iter()
-            .map(|nr| (nr, Vec::new()))
-            .collect();
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+        for nr in self.allowed() {
+            rules.insert(nr, argument_rules(nr)?);
+        }
         let filter = SeccompFilter::new(
             rules,
             SeccompAction::Trap,
@@ -159,6 +196,27 @@ impl Thread {
     }
 }
 
+/// The argument checks of syscall `nr` (any one rule matching allows it;
+/// none: any arguments).
+fn argument_rules(nr: libc::c_long) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    let arg_is = |index: u8, len: SeccompCmpArgLen, value: u64| {
+        SeccompCondition::new(index, len, SeccompCmpOp::Eq, value)
+            .and_then(|c| SeccompRule::new(vec![c]))
+    };
+    match nr {
+        libc::SYS_socket => Ok(vec![arg_is(
+            0,
+            SeccompCmpArgLen::Dword,
+            libc::AF_UNIX as u64,
+        )?]),
+        libc::SYS_ioctl => allowed_ioctls()
+            .into_iter()
+            .map(|request| arg_is(1, SeccompCmpArgLen::Dword, request))
+            .collect(),
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// Installs the handler that reports a trapped syscall and exits.
 fn install_sigsys_handler() -> std::io::Result<()> {
     // SAFETY: a zeroed sigaction with our handler, SA_SIGINFO for the
@@ -175,15 +233,15 @@ fn install_sigsys_handler() -> std::io::Result<()> {
     Ok(())
 }
 
-/// The SIGSYS handler: `moat-vmm: seccomp: syscall N is not allowed on
-/// this thread` to stderr (the VMM's log), then exit with
+/// The SIGSYS handler: `moat-vmm: seccomp: syscall N (args 0x…, 0x…) is
+/// not allowed on this thread` to stderr (the VMM's log), then exit with
 /// [`ExitCode::BadSyscall`]. No allocation, no locks.
-extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // si_syscall follows si_signo, si_errno, si_code, padding and
     // si_call_addr in the x86-64 siginfo of SIGSYS.
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let nr = unsafe { info.cast::<u8>().add(24).cast::<i32>().read_unaligned() };
-    let mut line = [0u8; 96];
+    let mut line = [0u8; 160];
     let mut n = 0;
     let mut put = |bytes: &[u8]| {
         for b in bytes {
@@ -206,7 +264,31 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         }
     }
     put(&digits[d..]);
-    put(b" is not allowed on this thread; stopping the VM\n");
+    // The first two arguments (rdi, rsi: an ioctl's request, a socket's
+    // family), from the trapped thread's registers.
+    // SAFETY: the kernel passes the interrupted context as a ucontext_t.
+    let (a0, a1) = unsafe {
+        let uc = &*ctx.cast::<libc::ucontext_t>();
+        (
+            uc.uc_mcontext.gregs[libc::REG_RDI as usize] as u64,
+            uc.uc_mcontext.gregs[libc::REG_RSI as usize] as u64,
+        )
+    };
+    for (label, v) in [(b" (args 0x".as_slice(), a0), (b", 0x".as_slice(), a1)] {
+        put(label);
+        let mut hex = [0u8; 16];
+        for (i, h) in hex.iter_mut().enumerate() {
+            let nib = ((v >> ((15 - i) * 4)) & 0xf) as u8;
+            *h = if nib < 10 {
+                b'0' + nib
+            } else {
+                b'a' + nib - 10
+            };
+        }
+        let start = hex.iter().position(|b| *b != b'0').unwrap_or(15);
+        put(&hex[start..]);
+    }
+    put(b") is not allowed on this thread; stopping the VM\n");
     // SAFETY: write and _exit are async-signal-safe.
     unsafe {
         libc::write(2, line.as_ptr().cast(), n);
@@ -249,6 +331,72 @@ mod tests {
         unsafe { libc::waitpid(pid, &raw mut status, 0) };
         assert!(libc::WIFEXITED(status), "status {status:#x}");
         assert_eq!(libc::WEXITSTATUS(status), ExitCode::BadSyscall.code());
+    }
+
+    /// Runs `f` in a child under the vCPU filter; returns its exit code
+    /// (0 when `f` returned).
+    fn under_filter(f: fn()) -> i32 {
+        let program = Thread::Vcpu.program().unwrap();
+        // SAFETY: fork in a test; the child makes raw syscalls and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: prctl with integer arguments; leaving the child.
+            unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                if install_sigsys_handler().is_err() || seccompiler::apply_filter(&program).is_err()
+                {
+                    libc::_exit(3);
+                }
+            }
+            f();
+            // SAFETY: leaving the child.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child forked above.
+        unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        libc::WEXITSTATUS(status)
+    }
+
+    /// Unix sockets and the listed ioctl requests pass; an inet socket or
+    /// another request ends the process.
+    #[test]
+    fn socket_families_and_ioctl_requests_are_checked() {
+        let bad = ExitCode::BadSyscall.code();
+        assert_eq!(
+            // SAFETY: raw syscalls in the child, on fds it owns.
+            under_filter(|| unsafe {
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let mut on: libc::c_int = 1;
+                libc::ioctl(fd, libc::FIONBIO, &raw mut on);
+                libc::ioctl(fd, libc::FIOCLEX);
+            }),
+            0
+        );
+        assert_eq!(
+            // SAFETY: raw syscalls in the child, on fds it owns.
+            under_filter(|| unsafe {
+                libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            }),
+            bad
+        );
+        assert_eq!(
+            // SAFETY: raw syscalls in the child, on fds it owns.
+            under_filter(|| unsafe {
+                // KVM_CREATE_VM, on stdin: refused before it reaches any fd.
+                libc::ioctl(0, 0xAE01);
+            }),
+            bad
+        );
+        assert_eq!(
+            // SAFETY: raw syscalls in the child, on fds it owns.
+            under_filter(|| unsafe {
+                libc::ioctl(0, libc::TIOCSTI, c"x".as_ptr());
+            }),
+            bad
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::netns::NetNs;
 use std::process::Command;
 
 /// What the guest NIC must look like to receive the pod's traffic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct TapInfo {
     /// TAP device name (in the pod namespace).
     pub tap: String,
@@ -19,6 +19,35 @@ pub struct TapInfo {
     pub mac: String,
     /// MTU of the CNI interface.
     pub mtu: u32,
+    /// The TAP, open (with a virtio-net header, no packet info) for the VMM
+    /// to inherit: opening it by name would need the pod's namespace and
+    /// CAP_NET_ADMIN, which a jailed VMM has neither of.
+    pub file: std::fs::File,
+}
+
+/// `TUNSETIFF`: `_IOW('T', 202, int)`.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+/// Opens the existing TAP `name` in the calling thread's namespace, as
+/// moat-vmm's virtio-net expects it (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`).
+fn open_tap(name: &str) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    // struct ifreq: a 16-byte name, then the flags (a short), padded to 40.
+    let mut req = [0u8; 40];
+    req[..name.len()].copy_from_slice(name.as_bytes());
+    let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+    req[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: TUNSETIFF reads a struct ifreq from a 40-byte buffer that
+    // lives for the call.
+    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, req.as_ptr()) } < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::other(format!("TUNSETIFF {name}: {e}")));
+    }
+    Ok(file)
 }
 
 fn run(args: &[&str]) -> std::io::Result<String> {
@@ -81,7 +110,13 @@ pub fn setup(netns: &NetNs, ifname: &str, tap: &str) -> std::io::Result<TapInfo>
                 "match", "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
             ])?;
         }
-        Ok(TapInfo { tap, mac, mtu })
+        let file = open_tap(&tap)?;
+        Ok(TapInfo {
+            tap,
+            mac,
+            mtu,
+            file,
+        })
     })
 }
 

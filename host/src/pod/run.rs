@@ -246,6 +246,7 @@ impl Pods {
     ) -> Result<(), PodError> {
         let started = std::time::Instant::now();
         let mut netns = None;
+        let mut tap_file = None;
         let mut net = None;
         let mut guest_nic = None;
         if let (false, Some(cni)) = (host_network(&rec.config), &self.cni) {
@@ -275,10 +276,11 @@ impl Pods {
             crash_point::here(crash_point::RUN_POD_TAP);
             guest_nic = Some((info.mac.clone(), info.mtu));
             net = Some(NetConfig {
-                tap: Some(info.tap),
-                tap_fd: None,
+                tap: None,
+                tap_fd: Some(crate::vm::launch::VMM_TAP_FD),
                 mac: Some(info.mac),
             });
+            tap_file = Some(info.file);
             netns = Some(ns);
         }
         let network_ms = started.elapsed().as_millis() as u64;
@@ -308,9 +310,15 @@ impl Pods {
             ),
             None => None,
         };
-        let (vm, mut child) = launch(&spec, &rec.vm_paths, netns.as_ref(), procs.as_ref())
-            .map_err(caused("starting the VM"))?;
-        drop(procs);
+        let (vm, mut child) = launch(
+            &spec,
+            &rec.vm_paths,
+            netns.as_ref(),
+            tap_file.as_ref(),
+            procs.as_ref(),
+        )
+        .map_err(caused("starting the VM"))?;
+        drop((procs, tap_file));
         // A crash before the record holds the pid: recovery finds the VMM
         // by its config path (`vm::launch::running_vmms`).
         crash_point::here(crash_point::RUN_POD_VMM);

@@ -82,11 +82,15 @@ impl VmHandle {
 /// 1024).
 pub const VMM_MAX_FILES: libc::rlim_t = 4096;
 
+/// The fd number a VMM finds its TAP at (`net.tap_fd`).
+pub const VMM_TAP_FD: i32 = 3;
+
 /// Most tasks a jailed VMM's uid may have (its threads: the event loop and
 /// one per vCPU, at most 64).
 pub const VMM_MAX_TASKS: libc::rlim_t = 128;
 
-/// Writes the VM config and spawns moat-vmm in `netns` (if any), in its own
+/// Writes the VM config and spawns moat-vmm in `netns` (if any), handing it
+/// `tap` (the pod's TAP, opened by moatd) as fd [`VMM_TAP_FD`], in its own
 /// session so it outlives a moatd restart, with a cleared environment, no
 /// core dumps, [`VMM_MAX_FILES`] (and, jailed, [`VMM_MAX_TASKS`]) and
 /// no_new_privs, working in its VM directory; with `cgroup_procs` (a
@@ -96,6 +100,7 @@ pub fn launch(
     spec: &VmSpec,
     paths: &VmPaths,
     netns: Option<&NetNs>,
+    tap: Option<&std::fs::File>,
     cgroup_procs: Option<&std::fs::File>,
 ) -> anyhow::Result<(VmHandle, tokio::process::Child)> {
     use anyhow::Context;
@@ -137,6 +142,7 @@ pub fn launch(
         None => None,
     };
     let ns_fd = ns_file.as_ref().map(|f| f.as_raw_fd());
+    let tap_fd = tap.map(|f| f.as_raw_fd());
     let procs_fd = cgroup_procs.map(|f| f.as_raw_fd());
     let mut cmd = tokio::process::Command::new(&spec.vmm);
     cmd.arg("--config")
@@ -159,8 +165,21 @@ pub fn launch(
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            // In the pod's namespace, where all the network it can reach
+            // is the pod's own.
             if let Some(fd) = ns_fd {
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // The TAP at the fd number the config names, kept across exec.
+            if let Some(fd) = tap_fd {
+                let kept = if fd == VMM_TAP_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, VMM_TAP_FD)
+                };
+                if kept < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
