@@ -356,14 +356,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        t.read(off, &mut b);
-        u32::from_le_bytes(b)
-    }
-    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
-        t.write(off, &v.to_le_bytes());
-    }
+    use crate::devices::virtio::test_utils::{rd, wr};
 
     fn transport() -> (MmioTransport, GuestMemoryMmap) {
         let mem = crate::devices::virtio::test_utils::mem();

@@ -19,13 +19,15 @@ pub fn mem() -> GuestMemoryMmap {
     GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
 }
 
-fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+/// Reads the 32-bit register at `off`, as the guest does.
+pub fn rd(t: &mut MmioTransport, off: u64) -> u32 {
     let mut b = [0u8; 4];
     t.read(off, &mut b);
     u32::from_le_bytes(b)
 }
 
-fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+/// Writes the 32-bit register at `off`, as the guest does.
+pub fn wr(t: &mut MmioTransport, off: u64, v: u32) {
     t.write(off, &v.to_le_bytes());
 }
 
