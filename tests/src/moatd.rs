@@ -361,6 +361,20 @@ impl Moatd {
         self.dir.path().join("run")
     }
 
+    /// One request to the control socket of pod `pod_id`'s VMM; its answer.
+    pub fn vmm_control(&self, pod_id: &str, request: &str) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        let api = self.run_dir().join(&pod_id[..16]).join("api.sock");
+        let mut s = std::os::unix::net::UnixStream::connect(&api)
+            .unwrap_or_else(|e| panic!("{}: {e}", api.display()));
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        s.write_all(format!("{request}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
     /// Entries left in a directory (empty if it does not exist).
     pub fn entries(dir: &Path) -> Vec<String> {
         std::fs::read_dir(dir)

@@ -23,12 +23,7 @@ pub fn restart_body() {
         moat_tests::moatd::assert_vmm_confined(vmms[0]);
         // Jailed, the VMM still reports its memory (it reads /proc through
         // a file it opened before its root changed).
-        let api = m.run_dir().join(&id[..16]).join("api.sock");
-        let mut s = std::os::unix::net::UnixStream::connect(&api).unwrap();
-        std::io::Write::write_all(&mut s, b"{\"op\":\"counters\"}\n").unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line).unwrap();
-        let counters: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let counters = m.vmm_control(&id, r#"{"op":"counters"}"#);
         assert!(
             counters["result"]["memory"]["total_kib"].as_u64() > Some(0),
             "{counters}"
