@@ -375,6 +375,30 @@ impl Moatd {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
     }
 
+    /// The last lines of each running VM's own log and console, for a
+    /// failure's message (a VMM that stopped says why in its log).
+    pub fn vm_logs(&self) -> String {
+        let tail = |path: &Path, n: usize| {
+            let text = std::fs::read(path).unwrap_or_default();
+            let text = String::from_utf8_lossy(&text);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        };
+        let mut out = String::new();
+        for e in Self::entries(&self.run_dir()) {
+            if e == "netns" {
+                continue;
+            }
+            let dir = self.run_dir().join(&e);
+            out.push_str(&format!(
+                "VM {e}: vmm.log:\n{}\nconsole:\n{}\n",
+                tail(&dir.join("vmm.log"), 15),
+                tail(&dir.join("console.log"), 15)
+            ));
+        }
+        out
+    }
+
     /// Entries left in a directory (empty if it does not exist).
     pub fn entries(dir: &Path) -> Vec<String> {
         std::fs::read_dir(dir)

@@ -169,6 +169,12 @@ pub fn run_where_vms_boot(inner: &str, options: impl Into<NodeOptions>, body: im
                 "exec '{}' --ignored --exact {inner} --nocapture --test-threads=1",
                 exe.display()
             );
+            // One node at a time per test binary: two emulated nodes, each
+            // with its nested VMs, on this machine's 2 cores slowed guests
+            // past moatd's waits (CI saw StopContainer time out in the
+            // twenty-pod loop while the crash test's node ran beside it).
+            static ONE_NODE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one = ONE_NODE.lock().unwrap_or_else(|p| p.into_inner());
             let run = || {
                 run_in_node(&cfg, &script)
                     .unwrap_or_else(|e| panic!("{inner} in the test node: {e:#}"))

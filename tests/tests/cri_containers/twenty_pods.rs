@@ -70,11 +70,12 @@ async fn step_ok<T, E: std::fmt::Debug>(
     }
 }
 
-/// The last 60 lines of moatd's log, newest first.
+/// The last 60 lines of moatd's log, newest first, then the running VMs'
+/// own logs and consoles.
 fn log_tail(m: &Moatd) -> String {
     let log = m.log();
     let tail: Vec<&str> = log.lines().rev().take(60).collect();
-    tail.join("\n")
+    format!("{}\n{}", tail.join("\n"), m.vm_logs())
 }
 
 /// The loop and the leak check.
