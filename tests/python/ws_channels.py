@@ -51,15 +51,19 @@ def main():
 
     channels, first = {}, None
     hashes, lengths = {}, {}
-    for channel, payload in messages(ws, b64):
-        if first is None:
-            first = [channel, len(payload)]
-        key = str(channel)
-        if digest:
-            hashes.setdefault(key, hashlib.sha256()).update(payload)
+    try:
+        for channel, payload in messages(ws, b64):
+            if first is None:
+                first = [channel, len(payload)]
+            key = str(channel)
             lengths[key] = lengths.get(key, 0) + len(payload)
-        else:
-            channels[key] = channels.get(key, b"") + payload
+            if digest:
+                hashes.setdefault(key, hashlib.sha256()).update(payload)
+            else:
+                channels[key] = channels.get(key, b"") + payload
+    except websocket.WebSocketTimeoutException:
+        # Say how far the session got before the server went quiet.
+        sys.exit(f"no message for {ws.gettimeout()} s after {lengths} bytes per channel")
     print(
         json.dumps(
             {

@@ -33,18 +33,24 @@ const TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Runs the WebSocket client on `url` with `protocol` and `actions`.
 fn ws(url: &str, protocol: &str, actions: Value) -> Value {
+    try_ws(url, protocol, actions).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`ws`], answering the client's failure instead of panicking.
+fn try_ws(url: &str, protocol: &str, actions: Value) -> Result<Value, String> {
     let out = Command::new("/usr/bin/python3")
         .arg(workspace_root().join("tests/python/ws_channels.py"))
         .args([url, protocol, &actions.to_string()])
         .output()
         .expect("python3 (install python3-websocket: scripts/install-deps.sh)");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ws_channels.py failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    if !out.status.success() {
+        return Err(format!(
+            "ws_channels.py failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_str(stdout.trim()).map_err(|e| format!("{e}: {stdout}"))
 }
 
 fn channel(v: &Value, ch: u8) -> &str {
@@ -362,7 +368,7 @@ fn streaming_body() {
         let url = exec_url(&mut rt, &c, &["cat", "/tmp/big"], false, false).await;
         let t = Instant::now();
         let slow = tokio::task::spawn_blocking(move || {
-            ws(&url, "v5.channel.k8s.io", json!([["sleep", 30], ["digest"]]))
+            try_ws(&url, "v5.channel.k8s.io", json!([["sleep", 30], ["digest"]]))
         });
         tokio::time::sleep(Duration::from_secs(25)).await;
         let idle = (rss_mib(moatd_pid), rss_mib(vmm));
@@ -378,7 +384,16 @@ fn streaming_body() {
             idle.1 < rss_before.1 + 24,
             "the VM grew: {rss_before:?} -> {idle:?}"
         );
-        let r = slow.await.unwrap();
+        let r = slow.await.unwrap().unwrap_or_else(|e| {
+            // Where the bytes stopped: the VMM's vsock counters, moatd's
+            // and the VM's own logs.
+            panic!(
+                "{e}\nvsock: {}\nmoatd:\n{}\n{}",
+                m.vmm_control(&pod, r#"{"op":"counters"}"#),
+                tail(&m.log(), 60),
+                m.vm_logs()
+            )
+        });
         println!(
             "64 MiB exec stdout (WebSocket) after the idle 30 s: {:.1} s",
             t.elapsed().as_secs_f64() - 30.0
@@ -394,6 +409,12 @@ fn streaming_body() {
         nothing_left(&mut rt, moatd_pid, before).await;
         remove_pod(&mut rt, &pod).await;
     });
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// moatd's open streaming sessions and live tasks (Status, verbose).
