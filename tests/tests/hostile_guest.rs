@@ -91,16 +91,7 @@ fn hostile_body() {
             assert_eq!(state["ok"], true, "{state}");
             slowest = slowest.max(asked.elapsed());
             peak_kib = peak_kib.max(vmm_overhead_kib(&m, &pod));
-            let st = rt
-                .container_status(ContainerStatusRequest {
-                    container_id: flood.clone(),
-                    verbose: false,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-                .unwrap();
+            let st = status(&mut rt, &flood).await;
             if st.state == ContainerState::ContainerExited as i32 {
                 assert_eq!(st.exit_code, 0);
                 break;

@@ -293,16 +293,16 @@ pub fn build(config: VmConfig, process_start: Instant) -> Result<Vmm, BuildError
     phase("building");
     config.validate()?;
     arch::check_host()?;
-    let vm = Vm::new()?;
+    let vm = Vm::new(config.fds.kvm)?;
     phase("VM created");
     let mem_size = config.memory_mib << 20;
     let mem = create_guest_memory(config.memory_mib)?;
     vm.register_memory(&mem)?;
     phase("memory registered");
-    let entry = arch::load_kernel(&mem, &config.kernel)?;
+    let entry = arch::load_kernel(&mem, &config.kernel, config.fds.kernel)?;
     phase("kernel loaded");
     let initrd = match &config.initrd {
-        Some(p) => Some(arch::load_initrd(&mem, mem_size, p)?),
+        Some(p) => Some(arch::load_initrd(&mem, mem_size, p, config.fds.initrd)?),
         None => None,
     };
     phase("initramfs loaded");

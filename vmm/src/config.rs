@@ -89,6 +89,37 @@ pub struct VmConfig {
     /// the guest runs (see `crate::confine`); `None` keeps its uid and root.
     #[serde(default)]
     pub jail: Option<JailConfig>,
+    /// Files its launcher opened for it, as inherited fds (an unprivileged
+    /// VMM could not open them itself).
+    #[serde(default)]
+    pub fds: InheritedFds,
+}
+
+/// Inherited fds that stand in for opening a path: each one set is used
+/// instead (the path beside it then only names the file in messages).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InheritedFds {
+    /// `/dev/kvm`, open for reading and writing.
+    #[serde(default)]
+    pub kvm: Option<i32>,
+    /// The kernel (`kernel`), open for reading.
+    #[serde(default)]
+    pub kernel: Option<i32>,
+    /// The initramfs (`initrd`), open for reading.
+    #[serde(default)]
+    pub initrd: Option<i32>,
+}
+
+/// The file at `path`, or the inherited `fd` standing in for it (taken
+/// over: call once per fd).
+pub fn open_input(path: &Path, fd: Option<i32>) -> std::io::Result<std::fs::File> {
+    match fd {
+        // SAFETY: the launcher handed this fd over for this file alone
+        // (`InheritedFds`), and validation refused duplicates.
+        Some(fd) => Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }),
+        None => std::fs::File::open(path),
+    }
 }
 
 /// The VMM's jail: an unprivileged uid and gid of its own, and a directory
@@ -194,6 +225,7 @@ impl VmConfig {
             api_sock: None,
             seccomp: true,
             jail: None,
+            fds: InheritedFds::default(),
         }
     }
 
@@ -221,9 +253,14 @@ impl VmConfig {
 
     /// Checks every field; the error names the first invalid one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_file("kernel", &self.kernel)?;
-        if let Some(initrd) = &self.initrd {
-            check_file("initrd", initrd)?;
+        self.check_fds()?;
+        if self.fds.kernel.is_none() {
+            check_file("kernel", &self.kernel)?;
+        }
+        match (&self.initrd, self.fds.initrd) {
+            (Some(initrd), None) => check_file("initrd", initrd)?,
+            (None, Some(_)) => return Err(ConfigError::new("fds.initrd", "needs initrd")),
+            _ => {}
         }
         if self.cpus == 0 || self.cpus > MAX_CPUS {
             return Err(ConfigError::new(
@@ -306,11 +343,7 @@ impl VmConfig {
                         ));
                     }
                 }
-                (None, Some(fd)) => {
-                    if fd < 0 {
-                        return Err(ConfigError::new("net.tap_fd", "must not be negative"));
-                    }
-                }
+                (None, Some(_)) => {}
             }
             if let Some(mac) = &n.mac {
                 parse_mac(mac).map_err(|m| ConfigError::new("net.mac", m))?;
@@ -323,12 +356,37 @@ impl VmConfig {
             if j.uid == 0 || j.gid == 0 {
                 return Err(ConfigError::new("jail", "uid and gid must not be 0"));
             }
-            if !j.root.is_absolute() || !j.root.is_dir() {
+            // Only a path: a VMM started unprivileged in its root may not
+            // reach it from `/`.
+            if !j.root.is_absolute() {
                 return Err(ConfigError::new(
                     "jail.root",
-                    format!("{} is not an absolute directory", j.root.display()),
+                    format!("{} is not an absolute path", j.root.display()),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Inherited fds: past stdio, and each used once.
+    fn check_fds(&self) -> Result<(), ConfigError> {
+        let tap = self.net.as_ref().and_then(|n| n.tap_fd);
+        let named = [
+            ("fds.kvm", self.fds.kvm),
+            ("fds.kernel", self.fds.kernel),
+            ("fds.initrd", self.fds.initrd),
+            ("net.tap_fd", tap),
+        ];
+        let mut seen = Vec::new();
+        for (field, fd) in named {
+            let Some(fd) = fd else { continue };
+            if fd < 3 {
+                return Err(ConfigError::new(field, "must be 3 or more (0-2 are stdio)"));
+            }
+            if seen.contains(&fd) {
+                return Err(ConfigError::new(field, format!("fd {fd} is used twice")));
+            }
+            seen.push(fd);
         }
         Ok(())
     }
@@ -507,6 +565,31 @@ mod tests {
         c.net = None;
         c.kernel = "/nonexistent/vmlinux".into();
         assert_eq!(c.validate().unwrap_err().field, "kernel");
+    }
+
+    #[test]
+    fn inherited_fds_stand_in_for_paths_once_each() {
+        let mut c = VmConfig::new("/nonexistent/vmlinux".into());
+        c.fds.kernel = Some(5);
+        c.validate().unwrap();
+        c.fds.kvm = Some(2);
+        assert_eq!(c.validate().unwrap_err().field, "fds.kvm");
+        c.fds.kvm = Some(5);
+        assert!(c.validate().unwrap_err().message.contains("used twice"));
+        c.fds.kvm = Some(4);
+        c.net = Some(NetConfig {
+            tap: None,
+            tap_fd: Some(4),
+            mac: None,
+        });
+        assert_eq!(c.validate().unwrap_err().field, "net.tap_fd");
+        c.net = None;
+        c.fds.initrd = Some(6);
+        assert_eq!(c.validate().unwrap_err().field, "fds.initrd");
+        c.initrd = Some("/nonexistent/initrd".into());
+        c.validate().unwrap();
+        let back = VmConfig::from_json(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.fds, c.fds);
     }
 
     #[test]

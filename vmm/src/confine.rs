@@ -7,6 +7,12 @@
 //! passed fds over the control socket. Threads started afterwards, the
 //! vCPUs, inherit all of it. The process is still single-threaded here, so
 //! the uid change covers the whole process.
+//!
+//! moatd starts the VMM already unprivileged: as the jail's uid and gid,
+//! in the jail's directory, holding one capability, CAP_SYS_CHROOT (ambient),
+//! for the chroot here, with `/dev/kvm`, the kernel, the initramfs and the
+//! TAP as inherited fds. Run by hand as root, the VMM takes the uid and gid
+//! itself after the chroot.
 
 use crate::config::JailConfig;
 use caps::CapSet;
@@ -48,20 +54,43 @@ pub fn drop_privileges(jail: Option<&JailConfig>) -> Result<(), ConfineError> {
     Ok(())
 }
 
-/// chroot into the jail's root, then take its gid (and no other group)
-/// and uid, for real, effective and saved ids alike.
+/// chroot into the jail's root, then (when still root) take its gid, and
+/// no other group, and uid, for real, effective and saved ids alike; an
+/// unprivileged VMM must already run as them.
 fn enter(j: &JailConfig) -> Result<(), ConfineError> {
     use std::os::unix::ffi::OsStrExt;
     let last = std::io::Error::last_os_error;
-    let root = std::ffi::CString::new(j.root.as_os_str().as_bytes())
-        .map_err(|e| ConfineError::Jail("root", std::io::Error::other(e)))?;
-    // SAFETY: plain syscalls on a NUL-terminated path and integers.
+    // SAFETY: plain syscalls without arguments.
+    let (euid, uid, gid) = unsafe { (libc::geteuid(), libc::getuid(), libc::getgid()) };
+    let privileged = euid == 0;
+    // A VMM started unprivileged starts in its root and may not be able to
+    // reach it by path; root goes there first.
+    if privileged {
+        let root = std::ffi::CString::new(j.root.as_os_str().as_bytes())
+            .map_err(|e| ConfineError::Jail("root", std::io::Error::other(e)))?;
+        // SAFETY: a NUL-terminated path.
+        if unsafe { libc::chdir(root.as_ptr()) } != 0 {
+            return Err(ConfineError::Jail("chdir to the root", last()));
+        }
+    } else if (uid, gid) != (j.uid, j.gid) {
+        return Err(ConfineError::Jail(
+            "identity",
+            std::io::Error::other(format!(
+                "started as uid {uid} gid {gid}, not the jail's {} and {}",
+                j.uid, j.gid
+            )),
+        ));
+    }
+    // SAFETY: plain syscalls on NUL-terminated paths and integers.
     unsafe {
-        if libc::chroot(root.as_ptr()) != 0 {
+        if libc::chroot(c".".as_ptr()) != 0 {
             return Err(ConfineError::Jail("chroot", last()));
         }
         if libc::chdir(c"/".as_ptr()) != 0 {
             return Err(ConfineError::Jail("chdir", last()));
+        }
+        if !privileged {
+            return Ok(());
         }
         if libc::setgroups(0, std::ptr::null()) != 0 {
             return Err(ConfineError::Jail("setgroups", last()));
@@ -74,6 +103,18 @@ fn enter(j: &JailConfig) -> Result<(), ConfineError> {
         }
     }
     Ok(())
+}
+
+/// The process's ids and effective capabilities, for its log's first line
+/// (what its launcher left it).
+pub fn identity() -> String {
+    // SAFETY: plain syscalls without arguments.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut caps: Vec<String> = caps::read(None, CapSet::Effective)
+        .map(|s| s.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    caps.sort();
+    format!("uid {uid}, gid {gid}, capabilities [{}]", caps.join(", "))
 }
 
 #[cfg(test)]

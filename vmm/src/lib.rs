@@ -16,6 +16,7 @@ pub mod confine;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+pub mod jailer;
 pub mod log;
 pub mod runtime;
 pub mod seccomp;

@@ -161,6 +161,10 @@ impl Args {
 
 fn main() {
     let start = Instant::now();
+    // Started from an fd (moatd execs it that way), the process is named
+    // after the fd's number.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"moat-vmm".as_ptr(), 0, 0, 0) };
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -170,6 +174,11 @@ fn main() {
         .with_writer(moat_vmm::log::capped_stderr())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    tracing::info!(
+        "moat-vmm {} starting: {}",
+        env!("CARGO_PKG_VERSION"),
+        moat_vmm::confine::identity()
+    );
     let no_seccomp = args.no_seccomp;
     let config = match args.into_config() {
         Ok(c) if no_seccomp => moat_vmm::config::VmConfig {

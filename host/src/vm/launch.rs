@@ -2,10 +2,11 @@
 
 use crate::network::NetNs;
 use moat_proto::agent::agent_client::AgentClient;
-use moat_vmm::config::{VmConfig, VsockConfig};
+use moat_vmm::config::{InheritedFds, VmConfig, VsockConfig};
 use moat_vmm::exit::ExitCode;
+use moat_vmm::jailer::ChildSetup;
 use serde::{Deserialize, Serialize};
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -84,18 +85,31 @@ pub const VMM_MAX_FILES: libc::rlim_t = 4096;
 
 /// The fd number a VMM finds its TAP at (`net.tap_fd`).
 pub const VMM_TAP_FD: i32 = 3;
+/// The fd number a VMM finds `/dev/kvm` at (`fds.kvm`).
+pub const VMM_KVM_FD: i32 = 4;
+/// The fd number a VMM finds its kernel at (`fds.kernel`).
+pub const VMM_KERNEL_FD: i32 = 5;
+/// The fd number a VMM finds its initramfs at (`fds.initrd`).
+pub const VMM_INITRD_FD: i32 = 6;
 
 /// Most tasks a jailed VMM's uid may have (its threads: the event loop and
 /// one per vCPU, at most 64).
 pub const VMM_MAX_TASKS: libc::rlim_t = 128;
 
+/// The config file's name on moat-vmm's command line: relative, read in the
+/// VM's directory, where the VMM starts (a jailed VMM may not reach the
+/// directory's absolute path).
+const CONFIG_ARG: &str = "vm.json";
+
 /// Writes the VM config and spawns moat-vmm in `netns` (if any), handing it
-/// `tap` (the pod's TAP, opened by moatd) as fd [`VMM_TAP_FD`], in its own
-/// session so it outlives a moatd restart, with a cleared environment, no
-/// core dumps, [`VMM_MAX_FILES`] (and, jailed, [`VMM_MAX_TASKS`]) and
+/// `/dev/kvm`, the kernel and the initramfs (opened here) and `tap` (the
+/// pod's TAP, opened by moatd) as inherited fds, in its own session so it
+/// outlives a moatd restart, with only the environment it reads, no core
+/// dumps, [`VMM_MAX_FILES`] (and, jailed, [`VMM_MAX_TASKS`]) and
 /// no_new_privs, working in its VM directory; with `cgroup_procs` (a
 /// cgroup's `cgroup.procs`, open for writing) it joins that cgroup before
-/// it execs.
+/// it execs. A jailed VMM is started as its jail's uid and gid (see
+/// [`moat_vmm::jailer`]).
 pub fn launch(
     spec: &VmSpec,
     paths: &VmPaths,
@@ -129,97 +143,88 @@ pub fn launch(
         std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("chmod {}", paths.dir.display()))?;
     }
-    let jailed = cfg.jail.is_some();
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("VM config: {e}"))?;
-    std::fs::write(paths.config(), serde_json::to_vec_pretty(&cfg)?).context("writing vm.json")?;
-    let log = std::fs::File::create(paths.vmm_log()).context("creating vmm.log")?;
-    let ns_file = match netns {
-        Some(ns) => Some(
-            std::fs::File::open(ns.path())
-                .with_context(|| format!("opening netns {}", ns.path().display()))?,
+    // What the VMM reads through an fd: an unprivileged VMM could not open
+    // /dev/kvm, nor files only root may read.
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .context("opening /dev/kvm")?;
+    let kernel = std::fs::File::open(&cfg.kernel)
+        .with_context(|| format!("opening the kernel {}", cfg.kernel.display()))?;
+    let initrd = match &cfg.initrd {
+        Some(p) => Some(
+            std::fs::File::open(p)
+                .with_context(|| format!("opening the initramfs {}", p.display()))?,
         ),
         None => None,
     };
-    let ns_fd = ns_file.as_ref().map(|f| f.as_raw_fd());
-    let tap_fd = tap.map(|f| f.as_raw_fd());
-    let procs_fd = cgroup_procs.map(|f| f.as_raw_fd());
+    cfg.fds = InheritedFds {
+        kvm: Some(VMM_KVM_FD),
+        kernel: Some(VMM_KERNEL_FD),
+        initrd: initrd.is_some().then_some(VMM_INITRD_FD),
+    };
+    std::fs::write(paths.config(), serde_json::to_vec_pretty(&cfg)?).context("writing vm.json")?;
+    let log = std::fs::File::create(paths.vmm_log()).context("creating vmm.log")?;
+
+    let filter = std::env::var_os("MOAT_VMM_LOG");
+    // Nothing of moatd's environment but the VMM's log filter.
+    let env: Vec<(&str, &std::ffi::OsStr)> = filter
+        .as_deref()
+        .map(|f| ("MOAT_VMM_LOG", f))
+        .into_iter()
+        .collect();
+    let mut setup = ChildSetup::new(
+        &spec.vmm,
+        &["--config".as_ref(), CONFIG_ARG.as_ref()],
+        &paths.dir,
+        &env,
+    )
+    .with_context(|| format!("opening {}", spec.vmm.display()))?;
+    setup.netns = match netns {
+        Some(ns) => Some(
+            std::fs::File::open(ns.path())
+                .with_context(|| format!("opening netns {}", ns.path().display()))?
+                .into(),
+        ),
+        None => None,
+    };
+    let dup = |f: &std::fs::File| f.try_clone().map(OwnedFd::from);
+    setup.cgroup_procs = cgroup_procs.map(dup).transpose()?;
+    if let Some(t) = tap {
+        setup.fds.push((dup(t)?, VMM_TAP_FD));
+    }
+    setup.fds.push((kvm.into(), VMM_KVM_FD));
+    setup.fds.push((kernel.into(), VMM_KERNEL_FD));
+    if let Some(f) = initrd {
+        setup.fds.push((f.into(), VMM_INITRD_FD));
+    }
+    setup.jail = cfg.jail.as_ref().map(|j| (j.uid, j.gid));
+    // No core dumps (they would hold guest memory) and a bound on open
+    // files; a jailed VMM's uid is its own: its tasks are its threads.
+    setup.rlimits = vec![(libc::RLIMIT_CORE, 0), (libc::RLIMIT_NOFILE, VMM_MAX_FILES)];
+    if setup.jail.is_some() {
+        setup.rlimits.push((libc::RLIMIT_NPROC, VMM_MAX_TASKS));
+    }
+
     let mut cmd = tokio::process::Command::new(&spec.vmm);
-    cmd.arg("--config")
-        .arg(paths.config())
-        .current_dir(&paths.dir)
-        .stdin(std::process::Stdio::null())
+    cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log)
-        // Nothing of moatd's environment but the VMM's log filter.
-        .env_clear();
-    if let Some(filter) = std::env::var_os("MOAT_VMM_LOG") {
-        cmd.env("MOAT_VMM_LOG", filter);
-    }
-    // SAFETY: only async-signal-safe syscalls run between fork and exec.
+        .stderr(log);
+    // SAFETY: the setup makes only async-signal-safe syscalls between fork
+    // and its exec.
     unsafe {
-        cmd.pre_exec(move || {
-            // "0" is the writer itself: the VMM, before any guest memory.
-            if let Some(fd) = procs_fd {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // In the pod's namespace, where all the network it can reach
-            // is the pod's own.
-            if let Some(fd) = ns_fd {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // The TAP at the fd number the config names, kept across exec.
-            if let Some(fd) = tap_fd {
-                let kept = if fd == VMM_TAP_FD {
-                    libc::fcntl(fd, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(fd, VMM_TAP_FD)
-                };
-                if kept < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // No core dumps (they would hold guest memory), a bound on
-            // open files, and no privileges gained through exec.
-            // A jailed VMM's uid is its own: its tasks are its threads.
-            let nproc = if jailed {
-                VMM_MAX_TASKS
-            } else {
-                libc::RLIM_INFINITY
-            };
-            for (resource, limit) in [
-                (libc::RLIMIT_CORE, 0),
-                (libc::RLIMIT_NOFILE, VMM_MAX_FILES),
-                (libc::RLIMIT_NPROC, nproc),
-            ] {
-                if limit == libc::RLIM_INFINITY {
-                    continue;
-                }
-                let lim = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: limit,
-                };
-                if libc::setrlimit(resource, &raw const lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || Err(setup.exec()));
     }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", spec.vmm.display()))?;
-    drop(ns_file);
+    let child = cmd.spawn().with_context(|| {
+        format!(
+            "starting {}; its log:\n{}",
+            spec.vmm.display(),
+            tail(&paths.vmm_log(), 5)
+        )
+    })?;
     let pid = child
         .id()
         .ok_or_else(|| anyhow::anyhow!("moat-vmm exited at once"))?;
@@ -227,18 +232,17 @@ pub fn launch(
     Ok((VmHandle { pid, start_ticks }, child))
 }
 
-/// The live moat-vmm processes started for the VM at `paths`, found by the
-/// config path on their command line: how recovery finds a VMM whose pid a
-/// crash kept out of the record.
+/// The live moat-vmm processes started for the VM at `paths`: those
+/// working in its directory with its config on their command line. How
+/// recovery finds a VMM whose pid a crash kept out of the record.
 pub fn running_vmms(paths: &VmPaths) -> Vec<VmHandle> {
-    let config = paths.config();
-    let want = config.as_os_str().as_encoded_bytes();
     crate::procfs::pids()
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             args.windows(2)
-                .any(|w| w[0] == b"--config".as_slice() && w[1] == want)
+                .any(|w| w[0] == b"--config".as_slice() && w[1] == CONFIG_ARG.as_bytes())
+                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d == paths.dir)
         })
         .filter_map(|pid| {
             let stat = crate::procfs::Stat::of(pid)?;
@@ -377,18 +381,19 @@ mod tests {
     }
 
     #[test]
-    fn a_vmm_is_found_by_its_config_path() {
+    fn a_vmm_is_found_by_its_directory_and_config() {
         let dir = tempfile::tempdir().unwrap();
         let paths = VmPaths {
             dir: dir.path().to_path_buf(),
         };
-        // A shell waiting on its stdin, with the VMM's arguments on its
-        // command line.
+        // A shell waiting on its stdin in the VM's directory, with the
+        // VMM's arguments on its command line.
         let mut child = std::process::Command::new("sh")
             .arg("-c")
             .arg("read x")
             .arg("--config")
-            .arg(paths.config())
+            .arg(CONFIG_ARG)
+            .current_dir(dir.path())
             .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();

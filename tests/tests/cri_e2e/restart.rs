@@ -21,6 +21,17 @@ pub fn restart_body() {
         let vmms = vmm_pids();
         assert_eq!(vmms.len(), 1);
         moat_tests::moatd::assert_vmm_confined(vmms[0]);
+        // It was never root: moatd started it as its jail's uid, holding
+        // only what its chroot needs.
+        let uid = std::fs::read_to_string(format!("/proc/{}/status", vmms[0]))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next().map(str::to_string))
+            .unwrap();
+        let log = std::fs::read_to_string(m.run_dir().join(&id[..16]).join("vmm.log")).unwrap();
+        let started = format!("starting: uid {uid}, gid {uid}, capabilities [CAP_SYS_CHROOT]");
+        assert!(log.contains(&started), "{started:?} not in the VMM's log:\n{log}");
         // Jailed, the VMM still reports its memory (it reads /proc through
         // a file it opened before its root changed).
         let counters = m.vmm_control(&id, r#"{"op":"counters"}"#);

@@ -171,7 +171,9 @@ struct Files {
 const BENCH_JAIL_ID: u32 = 1_500_000_000;
 
 /// Spawn → agent ready for one VMM, jailed and filtered as moatd starts it
-/// or without one or both (what each costs).
+/// or without one or both (what each costs); spawn includes what moatd
+/// does before the exec (opening the files the VMM inherits, writing its
+/// config, the jail's steps).
 fn time_ready(
     a: &Args,
     f: &Files,
@@ -189,38 +191,8 @@ fn time_ready(
     }
     let (uds, api_sock) = (dir.join("vsock.sock"), dir.join("api.sock"));
     let (log, stderr) = Stderr::new(&a.scratch, &format!("ready-{i}"));
-    let jail = jailed.then(|| {
-        let id = BENCH_JAIL_ID.to_string();
-        [
-            "--jail-uid".into(),
-            id.clone().into(),
-            "--jail-gid".into(),
-            id.into(),
-            "--jail-root".into(),
-            dir.clone().into_os_string(),
-        ]
-    });
-    // Absolute: the VMM works in its own directory.
-    let absolute = |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
-    let (kernel, initrd) = (absolute(&f.kernel)?, absolute(&f.agent_initrd)?);
     let start = Instant::now();
-    let mut child = Command::new(vmm)
-        .args([
-            "--kernel".as_ref(),
-            kernel.as_os_str(),
-            "--initrd".as_ref(),
-            initrd.as_os_str(),
-        ])
-        .args(["--memory-mib", &a.memory_mib.to_string(), "--serial", "off"])
-        .args(["--vsock-uds", "vsock.sock", "--api-sock", "api.sock"])
-        .args((!filtered).then_some("--no-seccomp"))
-        .args(jail.into_iter().flatten())
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .map_err(|e| format!("spawn: {e}"))?;
+    let mut child = spawn_as_moatd(a, f, vmm, &dir, (jailed, filtered), stderr)?;
     let deadline = start + Duration::from_secs(a.timeout_secs);
     let ready = loop {
         if Instant::now() > deadline {
@@ -266,6 +238,70 @@ fn time_ready(
         first_run_us,
         exits,
     })
+}
+
+/// Starts `vmm` as moatd does: its config written to `dir`, `/dev/kvm`, the
+/// kernel and the initramfs opened here and inherited, and (jailed) started
+/// unprivileged through [`moat_vmm::jailer`] (moatd also joins a cgroup and
+/// a network namespace, which this benchmark leaves out).
+fn spawn_as_moatd(
+    a: &Args,
+    f: &Files,
+    vmm: &Path,
+    dir: &Path,
+    (jailed, filtered): (bool, bool),
+    stderr: Stdio,
+) -> Result<std::process::Child, String> {
+    use moat_vmm::config::{InheritedFds, JailConfig, VmConfig, VsockConfig, DEFAULT_CID};
+    use std::os::unix::process::CommandExt;
+    let open = |p: &Path| std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()));
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm: {e}"))?;
+    let (kernel, initrd) = (open(&f.kernel)?, open(&f.agent_initrd)?);
+    let mut cfg = VmConfig::new(f.kernel.clone());
+    cfg.initrd = Some(f.agent_initrd.clone());
+    cfg.memory_mib = a.memory_mib;
+    cfg.serial = "off".into();
+    cfg.vsock = Some(VsockConfig {
+        uds: "vsock.sock".into(),
+        cid: DEFAULT_CID,
+    });
+    cfg.api_sock = Some("api.sock".into());
+    cfg.seccomp = filtered;
+    cfg.jail = jailed.then(|| JailConfig {
+        uid: BENCH_JAIL_ID,
+        gid: BENCH_JAIL_ID,
+        root: dir.to_path_buf(),
+    });
+    cfg.fds = InheritedFds {
+        kvm: Some(4),
+        kernel: Some(5),
+        initrd: Some(6),
+    };
+    let json = serde_json::to_vec(&cfg).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("vm.json"), json).map_err(|e| format!("vm.json: {e}"))?;
+    let mut setup = moat_vmm::jailer::ChildSetup::new(
+        vmm,
+        &["--config".as_ref(), "vm.json".as_ref()],
+        dir,
+        &[],
+    )
+    .map_err(|e| format!("{}: {e}", vmm.display()))?;
+    setup.fds = vec![(kvm.into(), 4), (kernel.into(), 5), (initrd.into(), 6)];
+    setup.jail = jailed.then_some((BENCH_JAIL_ID, BENCH_JAIL_ID));
+    setup.rlimits = vec![(libc::RLIMIT_CORE, 0)];
+    let mut cmd = Command::new(vmm);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    // SAFETY: the setup makes only async-signal-safe syscalls.
+    unsafe {
+        cmd.pre_exec(move || Err(setup.exec()));
+    }
+    cmd.spawn().map_err(|e| format!("spawn: {e}"))
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {

@@ -5,6 +5,7 @@ use kvm_bindings::{
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use std::os::fd::FromRawFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -34,9 +35,15 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Opens /dev/kvm, creates the VM, its TSS, irqchip and PIT.
-    pub fn new() -> Result<Self, VmError> {
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    /// Opens /dev/kvm (or takes `kvm_fd`, the launcher's open `/dev/kvm`),
+    /// creates the VM, its TSS, irqchip and PIT.
+    pub fn new(kvm_fd: Option<i32>) -> Result<Self, VmError> {
+        let kvm = match kvm_fd {
+            // SAFETY: the launcher handed this fd over as `/dev/kvm`
+            // (`InheritedFds::kvm`); nothing else in the process uses it.
+            Some(fd) => unsafe { Kvm::from_raw_fd(fd) },
+            None => Kvm::new().map_err(VmError::OpenKvm)?,
+        };
         let v = kvm.get_api_version();
         if v != kvm_bindings::KVM_API_VERSION as i32 {
             return Err(VmError::ApiVersion(v));

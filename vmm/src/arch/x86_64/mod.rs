@@ -8,7 +8,6 @@ pub mod layout;
 pub mod mptable;
 pub mod regs;
 
-use std::fs::File;
 use std::path::Path;
 
 use kvm_bindings::kvm_lapic_state;
@@ -99,12 +98,14 @@ pub fn check_cpuinfo(info: &str) -> Result<(), HostError> {
 
 /// Loads an ELF `vmlinux` into guest memory, its page-aligned segments
 /// mapped rather than copied; returns the 64-bit entry point.
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, BootError> {
+/// `fd`, when given, is the kernel file already open (see
+/// [`crate::config::InheritedFds`]).
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path, fd: Option<i32>) -> Result<u64, BootError> {
     let file_err = |err| BootError::KernelFile {
         path: path.display().to_string(),
         err,
     };
-    let file = File::open(path).map_err(file_err)?;
+    let file = crate::config::open_input(path, fd).map_err(file_err)?;
     let mut reader = MappedFileReader::new(file, mem).map_err(file_err)?;
     let res = Elf::load(mem, None, &mut reader, Some(GuestAddress(HIMEM_START)))
         .map_err(BootError::KernelLoad)?;
@@ -122,12 +123,13 @@ pub fn load_initrd(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     path: &Path,
+    fd: Option<i32>,
 ) -> Result<(u64, u64), BootError> {
     let file_err = |err| BootError::InitrdFile {
         path: path.display().to_string(),
         err,
     };
-    let file = File::open(path).map_err(file_err)?;
+    let file = crate::config::open_input(path, fd).map_err(file_err)?;
     let mut reader = MappedFileReader::new(file, mem).map_err(file_err)?;
     let size = reader.file_len();
     let addr = boot_params::initrd_address(mem_size, size).ok_or(BootError::InitrdTooBig(size))?;
@@ -233,7 +235,7 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let mut f = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut f, b"070701initrd").unwrap();
-        let (addr, size) = load_initrd(&mem, 64 << 20, f.path()).unwrap();
+        let (addr, size) = load_initrd(&mem, 64 << 20, f.path(), None).unwrap();
         assert_eq!(size, 12);
         let mut buf = [0u8; 12];
         mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
@@ -246,9 +248,9 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut f, b"not an elf file at all").unwrap();
         assert!(matches!(
-            load_kernel(&mem, f.path()),
+            load_kernel(&mem, f.path(), None),
             Err(BootError::KernelLoad(_))
         ));
-        assert!(load_kernel(&mem, Path::new("/nonexistent")).is_err());
+        assert!(load_kernel(&mem, Path::new("/nonexistent"), None).is_err());
     }
 }
