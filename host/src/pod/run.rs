@@ -4,7 +4,7 @@
 use super::manager::{caused, failed, PodError, Pods, POD_TAP};
 use super::record::{SandboxRecord, SandboxState};
 use super::sizing::vm_size;
-use super::validate::{host_network, pod_hostname, validate};
+use super::validate::{pod_hostname, validate};
 use crate::crash_point;
 use crate::network::capability_args::capability_args;
 use crate::network::cni::Attachment;
@@ -166,10 +166,9 @@ impl Pods {
                 PodError::Invalid(format!("runtime_handler: unknown handler {handler_name:?}"))
             })?
             .clone();
-        let host_net = host_network(&config);
-        if !host_net && self.cni.is_none() {
+        if self.cni.is_none() {
             return Err(PodError::Precondition(format!(
-                "no CNI network configured in {}: pods need one (or host networking)",
+                "no CNI network configured in {}: pods need one",
                 self.config.cni_conf_dir.display()
             )));
         }
@@ -249,7 +248,7 @@ impl Pods {
         let mut tap_file = None;
         let mut net = None;
         let mut guest_nic = None;
-        if let (false, Some(cni)) = (host_network(&rec.config), &self.cni) {
+        if let Some(cni) = &self.cni {
             // The path is recorded before the namespace exists, so a crash
             // in between leaves nothing recovery cannot find.
             rec.netns = Some(self.netns_dir().join(&rec.id));

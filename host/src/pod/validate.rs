@@ -25,6 +25,7 @@ pub(super) fn validate(config: &PodSandboxConfig) -> Result<(), PodError> {
     pod_hostname(config)?;
     crate::logs::location::check_log_directory(&config.log_directory).map_err(PodError::Invalid)?;
     run_as_group_needs_user(config)?;
+    no_host_namespaces(config)?;
     capability_args(config, &[]).map_err(PodError::Invalid)?;
     for key in config.linux.iter().flat_map(|l| l.sysctls.keys()) {
         if moat_proto::sysctl_namespace(key).is_none() {
@@ -94,13 +95,32 @@ fn run_as_group_needs_user(config: &PodSandboxConfig) -> Result<(), PodError> {
     Ok(())
 }
 
-pub(super) fn host_network(config: &PodSandboxConfig) -> bool {
-    config
+/// Every pod runs in a microVM, whose namespaces are its own: a pod that
+/// asks for the node's network, PID or IPC namespace (hostNetwork, hostPID,
+/// hostIPC) is refused rather than given a VM that lacks what it asked for.
+fn no_host_namespaces(config: &PodSandboxConfig) -> Result<(), PodError> {
+    let Some(n) = config
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref())
-        .is_some_and(|n| n.network == NamespaceMode::Node as i32)
+    else {
+        return Ok(());
+    };
+    for (kind, mode, field) in [
+        ("network", n.network, "hostNetwork"),
+        ("pid", n.pid, "hostPID"),
+        ("ipc", n.ipc, "hostIPC"),
+    ] {
+        if mode == NamespaceMode::Node as i32 {
+            return Err(PodError::Invalid(format!(
+                "config.linux.security_context.namespace_options.{kind}: NODE ({field}) \
+                 cannot be given to a pod in a microVM, whose {kind} namespace is its own, \
+                 never the node's"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -153,6 +173,50 @@ mod tests {
         c.log_directory = "/var/log/pods/../../../run".into();
         let e = validate(&c).unwrap_err().to_string();
         assert!(e.contains("config.log_directory"), "{e}");
+    }
+
+    #[test]
+    fn host_namespaces_are_refused_naming_the_field() {
+        use moat_proto::cri::{
+            LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption,
+        };
+        for (kind, field) in [
+            ("network", "hostNetwork"),
+            ("pid", "hostPID"),
+            ("ipc", "hostIPC"),
+        ] {
+            let mut ns = NamespaceOption {
+                network: NamespaceMode::Pod as i32,
+                pid: NamespaceMode::Pod as i32,
+                ipc: NamespaceMode::Pod as i32,
+                ..Default::default()
+            };
+            match kind {
+                "network" => ns.network = NamespaceMode::Node as i32,
+                "pid" => ns.pid = NamespaceMode::Node as i32,
+                _ => ns.ipc = NamespaceMode::Node as i32,
+            }
+            let c = PodSandboxConfig {
+                metadata: Some(PodSandboxMetadata {
+                    name: "a".into(),
+                    namespace: "b".into(),
+                    uid: "u".into(),
+                    attempt: 0,
+                }),
+                linux: Some(LinuxPodSandboxConfig {
+                    security_context: Some(LinuxSandboxSecurityContext {
+                        namespace_options: Some(ns),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let e = validate(&c).unwrap_err();
+            assert!(matches!(e, PodError::Invalid(_)), "{e}");
+            let want = format!("namespace_options.{kind}: NODE ({field})");
+            assert!(e.to_string().contains(&want), "{e}");
+        }
     }
 
     #[test]

@@ -285,6 +285,27 @@ fn bad_sandbox_requests_and_a_vm_that_cannot_boot() {
         no_uid.metadata.as_mut().unwrap().uid.clear();
         let e = rt.run_pod_sandbox(run_req(no_uid, "")).await.unwrap_err();
         assert!(e.message().contains("config.metadata.uid"), "{e:?}");
+        // hostNetwork: refused, naming the field, and nothing is made.
+        let mut host_net = pod_config("hostnet", &[]);
+        host_net.linux = Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let e = rt.run_pod_sandbox(run_req(host_net, "")).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains(
+                "config.linux.security_context.namespace_options.network: NODE (hostNetwork)"
+            ),
+            "{e:?}"
+        );
+        assert!(moat_tests::cri::list_pods(&mut rt).await.is_empty());
 
         let e = rt
             .pod_sandbox_status(PodSandboxStatusRequest {

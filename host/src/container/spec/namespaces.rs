@@ -14,7 +14,7 @@ fn ns(typ: LinuxNamespaceType, path: Option<&String>) -> LinuxNamespace {
 }
 
 /// The namespaces: new mount and cgroup namespaces; PID, IPC and UTS joined
-/// from the pod (or new, or the guest's, as the CRI namespace options say). The
+/// from the pod (or new, as the CRI namespace options say; never the node's). The
 /// network namespace is the guest's: the whole VM is the pod.
 pub(super) fn namespaces(
     sc: Option<&LinuxContainerSecurityContext>,
@@ -27,14 +27,18 @@ pub(super) fn namespaces(
         .map(|o| o.ipc)
         .unwrap_or(NamespaceMode::Pod as i32);
     let mut out = vec![ns(LinuxNamespaceType::Mount, None)];
-    let mode = |m: i32, kind: &str| -> Result<Option<NamespaceMode>, SpecError> {
+    let mode = |m: i32, kind: &str| -> Result<NamespaceMode, SpecError> {
         match NamespaceMode::try_from(m) {
             Ok(NamespaceMode::Target) => Err(bad(
                 &format!("security_context.namespace_options.{kind}"),
                 "TARGET namespaces are not supported",
             )),
-            Ok(NamespaceMode::Node) => Ok(None),
-            Ok(m) => Ok(Some(m)),
+            Ok(NamespaceMode::Node) => Err(bad(
+                &format!("security_context.namespace_options.{kind}"),
+                "NODE: a container in a microVM pod cannot have the node's namespace \
+                 (the VM's own is not the node's)",
+            )),
+            Ok(m) => Ok(m),
             Err(_) => Err(bad(
                 &format!("security_context.namespace_options.{kind}"),
                 format!("unknown mode {m}"),
@@ -42,20 +46,18 @@ pub(super) fn namespaces(
         }
     };
     match mode(pid_mode, "pid")? {
-        Some(NamespaceMode::Pod) if guest.namespace_paths.contains_key("pid") => out.push(ns(
+        NamespaceMode::Pod if guest.namespace_paths.contains_key("pid") => out.push(ns(
             LinuxNamespaceType::Pid,
             guest.namespace_paths.get("pid"),
         )),
-        Some(_) => out.push(ns(LinuxNamespaceType::Pid, None)),
-        None => {}
+        _ => out.push(ns(LinuxNamespaceType::Pid, None)),
     }
     match mode(ipc_mode, "ipc")? {
-        Some(NamespaceMode::Pod) if guest.namespace_paths.contains_key("ipc") => out.push(ns(
+        NamespaceMode::Pod if guest.namespace_paths.contains_key("ipc") => out.push(ns(
             LinuxNamespaceType::Ipc,
             guest.namespace_paths.get("ipc"),
         )),
-        Some(_) => out.push(ns(LinuxNamespaceType::Ipc, None)),
-        None => {}
+        _ => out.push(ns(LinuxNamespaceType::Ipc, None)),
     }
     out.push(ns(
         LinuxNamespaceType::Uts,

@@ -238,6 +238,28 @@ fn full_spec_has_pod_namespaces_files_and_limits() {
         .iter()
         .any(|m| m["destination"] == "/etc/resolv.conf"));
     assert!(v["linux"].get("seccomp").is_none());
+    // The node's PID namespace: never the VM's own instead.
+    let mut host_pid = c.clone();
+    if let Some(ns) = host_pid
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.pid = NamespaceMode::Node as i32;
+    }
+    let e = build(&SpecInput {
+        config: &host_pid,
+        image_config: &image(),
+        passwd: PASSWD,
+        group: GROUP,
+        guest: &guest,
+        mounts: &[],
+        localhost_seccomp: None,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("namespace_options.pid: NODE"), "{e}");
     // RuntimeDefault (CRI's zero value) gets the default allow-list,
     // gated by the container's own capabilities.
     c.linux = Some(LinuxContainerConfig {
