@@ -41,26 +41,27 @@ pub(super) fn cgroup_status(e: CgroupError) -> Status {
     }
 }
 
-fn rootfs_source(b: &BlockDevice) -> Result<Source, Status> {
+/// What a request's [`BlockDevice`] (named `field` in errors) designates.
+pub(super) fn device_source(field: &str, b: &BlockDevice) -> Result<Source, Status> {
     Ok(match &b.id {
         None => {
-            return Err(invalid(
-                "rootfs.id: one of serial, mmio_address, path, directory is required",
-            ))
+            return Err(invalid(format!(
+                "{field}.id: one of serial, mmio_address, path, directory is required"
+            )))
         }
         Some(Id::Serial(s)) => {
             if s.is_empty() || s.len() > 20 || s.contains(['/', '\0', '\n']) {
-                return Err(invalid(
-                    "rootfs.serial: must be 1..=20 bytes without '/' or NUL",
-                ));
+                return Err(invalid(format!(
+                    "{field}.serial: must be 1..=20 bytes without '/' or NUL"
+                )));
             }
             Source::Device(DeviceId::Serial(s.clone()))
         }
         Some(Id::MmioAddress(a)) => {
             if *a == 0 || a % 0x1000 != 0 {
-                return Err(invalid(
-                    "rootfs.mmio_address: must be a non-zero, 4 KiB aligned address",
-                ));
+                return Err(invalid(format!(
+                    "{field}.mmio_address: must be a non-zero, 4 KiB aligned address"
+                )));
             }
             Source::Device(DeviceId::MmioAddress(*a))
         }
@@ -69,16 +70,18 @@ fn rootfs_source(b: &BlockDevice) -> Result<Source, Status> {
             if !p.starts_with("/dev/")
                 || p.components().any(|c| c == std::path::Component::ParentDir)
             {
-                return Err(invalid("rootfs.path: must be a device under /dev/"));
+                return Err(invalid(format!(
+                    "{field}.path: must be a device under /dev/"
+                )));
             }
             Source::Device(DeviceId::Path(p))
         }
         Some(Id::Directory(d)) => {
             let d = PathBuf::from(d);
             if !d.is_absolute() || d.components().any(|c| c == std::path::Component::ParentDir) {
-                return Err(invalid(
-                    "rootfs.directory: must be an absolute path without '..'",
-                ));
+                return Err(invalid(format!(
+                    "{field}.directory: must be an absolute path without '..'"
+                )));
             }
             Source::Directory(d)
         }
@@ -108,7 +111,7 @@ pub(super) async fn create(
         .rootfs
         .as_ref()
         .ok_or_else(|| invalid("rootfs: is required"))?;
-    let source = rootfs_source(rootfs)?;
+    let source = device_source("rootfs", rootfs)?;
     if !matches!(rootfs.fstype.as_str(), "" | "erofs" | "ext4") {
         return Err(invalid(
             "rootfs.fstype: must be \"erofs\", \"ext4\" or empty",
@@ -117,7 +120,13 @@ pub(super) async fn create(
     if rootfs.timeout_ms > 300_000 {
         return Err(invalid("rootfs.timeout_ms: at most 300000"));
     }
-    let spec = spec::parse_spec(&req.oci_spec).map_err(invalid)?;
+    let mut spec = spec::parse_spec(&req.oci_spec).map_err(invalid)?;
+    let timeout = Duration::from_millis(if rootfs.timeout_ms == 0 {
+        10_000
+    } else {
+        u64::from(rootfs.timeout_ms)
+    });
+    super::container_devices::add(&mut spec, &req.devices, timeout).await?;
     let id = req.container_id.clone();
     let dir = state.config.container_dir(&id);
     let plan = spec::container_plan(&spec, &dir.join("rootfs"), &policy(state)).map_err(invalid)?;
@@ -147,11 +156,6 @@ pub(super) async fn create(
 
     std::fs::create_dir_all(&dir)
         .map_err(|e| Status::internal(format!("creating {}: {e}", dir.display())))?;
-    let timeout = Duration::from_millis(if rootfs.timeout_ms == 0 {
-        10_000
-    } else {
-        u64::from(rootfs.timeout_ms)
-    });
     let mounts = match storage::prepare(
         &dir,
         &source,

@@ -2,6 +2,7 @@
 //! group, this file only wires the trait to them.
 
 mod container;
+mod container_devices;
 mod files;
 mod guest;
 mod io;

@@ -173,6 +173,7 @@ pub async fn create(
         }),
         scratch_size_bytes: 64 << 20,
         stdin,
+        devices: Vec::new(),
     })
     .await
     .map(|r| r.into_inner().pid)

@@ -426,6 +426,7 @@ pub fn created_record(id: &str, sandbox_id: &str) -> crate::container::Container
         image_id: "sha256:0".into(),
         image_digest: String::new(),
         slot: 1,
+        device_slots: Vec::new(),
         spec: Default::default(),
         log_path: None,
         state: crate::container::ContainerState::Created,

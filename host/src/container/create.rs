@@ -1,8 +1,10 @@
 //! CreateContainer: attaches the image's block image to a free virtio-blk
 //! slot of the pod's VM (containers of one pod that use the same image
-//! share its slot), copies the mounts in and has the agent create the
-//! container from the OCI spec.
+//! share its slot) and each of its block volumes to one of their own,
+//! copies the mounts in and has the agent create the container from the
+//! OCI spec, with the volumes as device nodes.
 
+use super::devices;
 use super::manager::{agent_err, Containers};
 use super::mounts;
 use super::record::{ContainerRecord, ContainerState};
@@ -15,7 +17,7 @@ use crate::image::ImageRecord;
 use crate::pod::{SandboxRecord, SandboxState};
 use crate::store::SANDBOXES;
 use crate::vm::ControlClient;
-use moat_proto::agent::{block_device, BlockDevice};
+use moat_proto::agent::{block_device, BlockDevice, ContainerDevice};
 use moat_proto::cri::{ContainerConfig, ContainerEventType};
 use std::time::Instant;
 
@@ -66,25 +68,34 @@ impl Containers {
                 sb.id
             )));
         }
-        // Containers of one pod that use the same image share its slot.
+        let volumes = devices::block_volumes(&config)?;
+        // Containers of one pod that use the same image share its slot;
+        // each block volume takes one of its own.
+        let total = self
+            .blk_slots
+            .get(&sb.runtime_handler)
+            .copied()
+            .unwrap_or(0);
+        let mut used: Vec<u32> = siblings.iter().flat_map(ContainerRecord::slots).collect();
+        let mut take_free = |what: &str| {
+            let free = (0..total).find(|s| !used.contains(s)).ok_or_else(|| {
+                ContainerError::Exhausted(format!(
+                    "pod sandbox {}: no free slot for {what}: all {total} virtio-blk slots of \
+                     its VM are in use (one per distinct image and one per block volume)",
+                    sb.id
+                ))
+            })?;
+            used.push(free);
+            Ok::<u32, ContainerError>(free)
+        };
         let (slot, attach) = match siblings.iter().find(|r| r.image_id == image.id) {
             Some(r) => (r.slot, false),
-            None => {
-                let total = self
-                    .blk_slots
-                    .get(&sb.runtime_handler)
-                    .copied()
-                    .unwrap_or(0);
-                let used: Vec<u32> = siblings.iter().map(|r| r.slot).collect();
-                let free = (0..total).find(|s| !used.contains(s)).ok_or_else(|| {
-                    ContainerError::Exhausted(format!(
-                        "pod sandbox {}: all {total} image slots of its VM are in use (one per distinct image)",
-                        sb.id
-                    ))
-                })?;
-                (free, true)
-            }
+            None => (take_free("the image")?, true),
         };
+        let device_slots = volumes
+            .iter()
+            .map(|v| take_free(&format!("the block volume {}", v.container_path)))
+            .collect::<Result<Vec<u32>, _>>()?;
         let localhost_seccomp = read_localhost_seccomp(&config)?;
         let mut agent = self.agent(sb).await?;
         let shared = mounts::share(&mut agent, &config.mounts).await?;
@@ -102,7 +113,17 @@ impl Containers {
             serde_json::to_vec(&oci).map_err(ContainerError::caused("encoding the OCI spec"))?;
         let control = ControlClient::new(&sb.vm_paths.api());
         if attach {
-            slots::attach(&control, slot, &image.block_image).await?;
+            slots::attach(&control, slot, &image.block_image, true).await?;
+        }
+        for (i, (v, &s)) in volumes.iter().zip(&device_slots).enumerate() {
+            if let Err(e) = slots::attach(&control, s, &v.host_path, v.read_only).await {
+                for &s in device_slots[..i].iter().chain(attach.then_some(&slot)) {
+                    let _ = slots::detach(&control, s).await;
+                }
+                return Err(e);
+            }
+        }
+        if attach || !device_slots.is_empty() {
             crash_point::here(crash_point::CREATE_CONTAINER_ATTACHED);
         }
         let id = crate::ids::new_id().map_err(ContainerError::caused("reading /dev/urandom"))?;
@@ -112,12 +133,19 @@ impl Containers {
                 container_id: id.clone(),
                 oci_spec: spec_json,
                 rootfs: Some(BlockDevice {
-                    id: Some(block_device::Id::Serial(format!("moat-blk-{slot}"))),
                     fstype: "erofs".into(),
-                    timeout_ms: 30_000,
+                    ..slot_device(slot)
                 }),
                 scratch_size_bytes: 0,
                 stdin: config.stdin,
+                devices: volumes
+                    .iter()
+                    .zip(&device_slots)
+                    .map(|(v, s)| ContainerDevice {
+                        device: Some(slot_device(*s)),
+                        container_path: v.container_path.clone(),
+                    })
+                    .collect(),
             }),
         )
         .await
@@ -126,8 +154,8 @@ impl Containers {
         let pid = match created {
             Ok(r) => r.into_inner().pid,
             Err(e) => {
-                if attach {
-                    let _ = slots::detach(&control, slot).await;
+                for &s in device_slots.iter().chain(attach.then_some(&slot)) {
+                    let _ = slots::detach(&control, s).await;
                 }
                 return Err(e);
             }
@@ -152,6 +180,7 @@ impl Containers {
             resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
             config,
             slot,
+            device_slots,
             spec: oci,
             log_path,
             state: ContainerState::Created,
@@ -169,6 +198,16 @@ impl Containers {
             .events
             .publish(&id, ContainerEventType::ContainerCreatedEvent, None);
         Ok(id)
+    }
+}
+
+/// The device of virtio-blk slot `slot`, as the guest finds it (by the
+/// serial the VMM gives each slot), waited for up to 30 s.
+fn slot_device(slot: u32) -> BlockDevice {
+    BlockDevice {
+        id: Some(block_device::Id::Serial(format!("moat-blk-{slot}"))),
+        fstype: String::new(),
+        timeout_ms: 30_000,
     }
 }
 

@@ -16,6 +16,7 @@
 //!   with the guest and the VMM), [`slots`] (the VM's image slots).
 
 mod create;
+mod devices;
 pub mod exec;
 mod exec_sync;
 pub mod io;

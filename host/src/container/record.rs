@@ -32,6 +32,9 @@ pub struct ContainerRecord {
     pub image_digest: String,
     /// The virtio-blk slot of the pod VM holding the image.
     pub slot: u32,
+    /// The slots holding its block devices (CRI `devices`), its own.
+    #[serde(default)]
+    pub device_slots: Vec<u32>,
     /// The OCI spec sent to the agent (exec processes start from its process).
     pub spec: oci_spec::runtime::Spec,
     /// The CRI log file, if kubelet asked for one.
@@ -57,6 +60,12 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// Every slot of the pod VM the container uses: its image's and its
+    /// devices'.
+    pub fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        std::iter::once(self.slot).chain(self.device_slots.iter().copied())
+    }
+
     /// The container's name in its pod.
     pub fn name(&self) -> String {
         self.config

@@ -87,10 +87,10 @@ impl Containers {
         }
         let control = ControlClient::new(&sb.vm_paths.api());
         for (slot, path) in slots::attached(&control).await? {
-            if mine.iter().any(|r| r.slot == slot) {
+            if mine.iter().any(|r| r.slots().any(|s| s == slot)) {
                 continue;
             }
-            tracing::warn!(pod = %sb.id, slot, path = %path.display(), "detaching an image no record names");
+            tracing::warn!(pod = %sb.id, slot, path = %path.display(), "detaching a drive no record names");
             slots::detach(&control, slot).await?;
         }
         Ok(())

@@ -1,4 +1,4 @@
-//! RemoveContainer: the guest container, its image slot and its record.
+//! RemoveContainer: the guest container, its slots and its record.
 
 use super::manager::{set_log, Containers};
 use super::record::ContainerState;
@@ -35,7 +35,8 @@ pub(super) async fn remove_in_guest(
 
 impl Containers {
     /// RemoveContainer: kills it if it runs, removes it from the guest,
-    /// detaches its image slot when no other container uses it, and
+    /// detaches its block volumes and its image slot when no other
+    /// container uses it, and
     /// forgets it. Unknown ids succeed.
     pub async fn remove(&self, id: &str, sb: Option<&SandboxRecord>) -> Result<(), ContainerError> {
         let rec = match self.get(id) {
@@ -58,8 +59,13 @@ impl Containers {
                 .list()?
                 .iter()
                 .any(|r| r.sandbox_id == rec.sandbox_id && r.id != rec.id && r.slot == rec.slot);
-            if !shared {
-                slots::detach(&ControlClient::new(&sb.vm_paths.api()), rec.slot).await?;
+            let control = ControlClient::new(&sb.vm_paths.api());
+            for &s in rec
+                .device_slots
+                .iter()
+                .chain((!shared).then_some(&rec.slot))
+            {
+                slots::detach(&control, s).await?;
                 crash_point::here(crash_point::REMOVE_CONTAINER_DETACHED);
             }
         }

@@ -1,4 +1,5 @@
-//! A pod VM's image slots as its VMM holds them: attaching and detaching
+//! A pod VM's virtio-blk slots (images and block devices) as its VMM
+//! holds them: attaching and detaching
 //! that a retry after a crash can repeat, and the attached set recovery
 //! compares with the records.
 
@@ -8,7 +9,7 @@ use moat_vmm::api::Request;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Slot → the image file attached to it, as the VMM reports.
+/// Slot → the file attached to it, as the VMM reports.
 pub(super) async fn attached(
     control: &ControlClient,
 ) -> Result<BTreeMap<u32, PathBuf>, ContainerError> {
@@ -30,27 +31,33 @@ pub(super) async fn attached(
         .unwrap_or_default())
 }
 
-/// Attaches `path` read-only to `slot`, opened here and passed to the VMM
-/// (a jailed VMM cannot open it); a slot already holding `path` (a crash
-/// between attaching and recording) is left as it is. The VMM's state is
-/// asked only when the attach fails, off the usual path.
+/// Attaches `path` to `slot` (`read_only` or for writing too), opened
+/// here and passed to the VMM (a jailed VMM cannot open it); a slot already
+/// holding `path` (a crash between attaching and recording) is left as it
+/// is. The VMM's state is asked only when the attach fails, off the usual
+/// path.
 pub(super) async fn attach(
     control: &ControlClient,
     slot: u32,
     path: &Path,
+    read_only: bool,
 ) -> Result<(), ContainerError> {
     let req = Request::AttachDrive {
         slot,
         path: path.to_path_buf(),
-        read_only: true,
+        read_only,
     };
-    let file = std::fs::File::open(path).map_err(|e| {
-        ContainerError::caused("opening the image")(anyhow::anyhow!("{}: {e}", path.display()))
-    })?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(|e| {
+            ContainerError::caused("opening the drive")(anyhow::anyhow!("{}: {e}", path.display()))
+        })?;
     match control.call_with_file(&req, Some(&file)).await {
         Ok(_) => Ok(()),
         Err(_) if attached(control).await?.get(&slot).map(PathBuf::as_path) == Some(path) => Ok(()),
-        Err(e) => Err(ContainerError::caused("attaching the image")(e)),
+        Err(e) => Err(ContainerError::caused("attaching the drive")(e)),
     }
 }
 
@@ -60,6 +67,6 @@ pub(super) async fn detach(control: &ControlClient, slot: u32) -> Result<(), Con
     match control.call(&Request::DetachDrive { slot }).await {
         Ok(_) => Ok(()),
         Err(_) if !attached(control).await?.contains_key(&slot) => Ok(()),
-        Err(e) => Err(ContainerError::caused("detaching the image")(e)),
+        Err(e) => Err(ContainerError::caused("detaching the drive")(e)),
     }
 }

@@ -4,8 +4,8 @@
 //! start → status → exec → logs → stop → remove), the container RPCs and
 //! their error cases, a moatd restart with a container running, moatd
 //! killed at each step of RunPodSandbox, CreateContainer and
-//! RemoveContainer, and 20 pods with containers created and removed in a
-//! row without leaks.
+//! RemoveContainer, raw block volumes (CRI `devices`), and 20 pods with
+//! containers created and removed in a row without leaks.
 //!
 //! Needs `make artifacts` and release builds of moatd and moat-vmm.
 
@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tonic::Code;
 
+mod block_volumes;
 mod crash;
 mod kubelet_sequence;
 mod restart;
@@ -74,6 +75,12 @@ moat_tests::vm_test!(
     moatd_killed_at_each_step_leaves_nothing,
     TIMEOUT,
     crash::body
+);
+
+moat_tests::vm_test!(
+    raw_block_volumes_are_written_through,
+    TIMEOUT,
+    block_volumes::body
 );
 
 moat_tests::vm_test!(

@@ -86,12 +86,8 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let c = input.config;
     let sc = c.linux.as_ref().and_then(|l| l.security_context.as_ref());
     let privileged = sc.is_some_and(|s| s.privileged);
-    if !c.devices.is_empty() {
-        return Err(bad(
-            "config.devices",
-            "host devices cannot be passed into a pod VM",
-        ));
-    }
+    // `devices` (raw block volumes) become device nodes the agent adds,
+    // once it has found them in the guest (`container::devices`).
     if !c.cdi_devices.is_empty() {
         return Err(bad(
             "config.cdi_devices",

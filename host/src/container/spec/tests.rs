@@ -314,12 +314,10 @@ fn privileged_containers_get_the_tun_device() {
 }
 
 #[test]
-fn devices_are_refused() {
+fn cdi_devices_are_refused() {
     let mut c = config();
-    c.devices = vec![moat_proto::cri::Device {
-        container_path: "/dev/x".into(),
-        host_path: "/dev/sda".into(),
-        permissions: "rwm".into(),
+    c.cdi_devices = vec![moat_proto::cri::CdiDevice {
+        name: "vendor.com/gpu=0".into(),
     }];
     let e = build(&SpecInput {
         config: &c,
@@ -331,5 +329,5 @@ fn devices_are_refused() {
         localhost_seccomp: None,
     })
     .unwrap_err();
-    assert!(e.0.contains("config.devices"), "{e}");
+    assert!(e.0.contains("config.cdi_devices"), "{e}");
 }
