@@ -59,7 +59,8 @@ def main():
             lengths[key] = lengths.get(key, 0) + len(payload)
             if digest:
                 hashes.setdefault(key, hashlib.sha256()).update(payload)
-            else:
+            # The status (channel 3) is small: kept whole, also with "digest".
+            if not digest or channel == 3:
                 channels[key] = channels.get(key, b"") + payload
     except websocket.WebSocketTimeoutException:
         # Say how far the session got before the server went quiet.
@@ -74,6 +75,7 @@ def main():
                     if digest
                     else {k: v.decode("latin-1") for k, v in channels.items()}
                 ),
+                "status": channels.get("3", b"").decode("latin-1"),
             }
         )
     )
