@@ -53,6 +53,9 @@ const CAP_VERSION_3: u32 = 0x2008_0522;
 /// inherited files out of the way of their targets.
 const SCRATCH_FD: libc::c_int = 100;
 
+/// Most files a child may place (the VMM inherits four).
+const MAX_INHERITED: usize = 8;
+
 /// An rlimit the VMM runs with (both soft and hard).
 pub type Rlimit = (libc::__rlimit_resource_t, libc::rlim_t);
 
@@ -168,8 +171,14 @@ impl ChildSetup {
         // close-on-exec on the copy).
         let vmm = libc::fcntl(self.vmm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, SCRATCH_FD);
         check(vmm.into(), "moving the binary's fd")?;
-        let mut moved = [(0, 0); 8];
-        for (i, (file, target)) in self.fds.iter().enumerate().take(moved.len()) {
+        let mut moved = [(0, 0); MAX_INHERITED];
+        if self.fds.len() > MAX_INHERITED {
+            return Err((
+                "placing inherited fds",
+                std::io::Error::from_raw_os_error(libc::E2BIG),
+            ));
+        }
+        for (i, (file, target)) in self.fds.iter().enumerate() {
             let scratch = libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, SCRATCH_FD);
             check(scratch.into(), "moving an inherited fd")?;
             moved[i] = (scratch, *target);

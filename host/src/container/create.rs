@@ -117,9 +117,8 @@ impl Containers {
         }
         for (i, (v, &s)) in volumes.iter().zip(&device_slots).enumerate() {
             if let Err(e) = slots::attach(&control, s, &v.host_path, v.read_only).await {
-                for &s in device_slots[..i].iter().chain(attach.then_some(&slot)) {
-                    let _ = slots::detach(&control, s).await;
-                }
+                let undo = device_slots[..i].iter().chain(attach.then_some(&slot));
+                slots::detach_quietly(&control, undo.copied().collect()).await;
                 return Err(e);
             }
         }
@@ -154,9 +153,8 @@ impl Containers {
         let pid = match created {
             Ok(r) => r.into_inner().pid,
             Err(e) => {
-                for &s in device_slots.iter().chain(attach.then_some(&slot)) {
-                    let _ = slots::detach(&control, s).await;
-                }
+                let undo = device_slots.iter().chain(attach.then_some(&slot));
+                slots::detach_quietly(&control, undo.copied().collect()).await;
                 return Err(e);
             }
         };

@@ -70,3 +70,11 @@ pub(super) async fn detach(control: &ControlClient, slot: u32) -> Result<(), Con
         Err(e) => Err(ContainerError::caused("detaching the drive")(e)),
     }
 }
+
+/// Detaches `slots`, undoing a CreateContainer that failed part-way; what
+/// cannot be detached now, recovery finds with no record and detaches.
+pub(super) async fn detach_quietly(control: &ControlClient, slots: Vec<u32>) {
+    for s in slots {
+        let _ = detach(control, s).await;
+    }
+}

@@ -19,6 +19,19 @@ fn image() -> serde_json::Value {
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n";
 const GROUP: &str = "root:x:0:\nappgrp:x:1001:\nextra:x:2000:app,other\n";
 
+/// The spec of `config` with the test image, in `guest`, without mounts.
+fn build_in(config: &ContainerConfig, guest: &GuestSandbox) -> Result<Spec, SpecError> {
+    build(&SpecInput {
+        config,
+        image_config: &image(),
+        passwd: PASSWD,
+        group: GROUP,
+        guest,
+        mounts: &[],
+        localhost_seccomp: None,
+    })
+}
+
 fn config() -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -248,17 +261,7 @@ fn full_spec_has_pod_namespaces_files_and_limits() {
     {
         ns.pid = NamespaceMode::Node as i32;
     }
-    let e = build(&SpecInput {
-        config: &host_pid,
-        image_config: &image(),
-        passwd: PASSWD,
-        group: GROUP,
-        guest: &guest,
-        mounts: &[],
-        localhost_seccomp: None,
-    })
-    .unwrap_err()
-    .to_string();
+    let e = build_in(&host_pid, &guest).unwrap_err().to_string();
     assert!(e.contains("namespace_options.pid: NODE"), "{e}");
     // RuntimeDefault (CRI's zero value) gets the default allow-list,
     // gated by the container's own capabilities.
@@ -269,16 +272,7 @@ fn full_spec_has_pod_namespaces_files_and_limits() {
         }),
         ..Default::default()
     });
-    let spec = build(&SpecInput {
-        config: &c,
-        image_config: &image(),
-        passwd: PASSWD,
-        group: GROUP,
-        guest: &guest,
-        mounts: &[],
-        localhost_seccomp: None,
-    })
-    .unwrap();
+    let spec = build_in(&c, &guest).unwrap();
     let v = serde_json::to_value(&spec).unwrap();
     assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
     assert!(v["linux"]["seccomp"]["syscalls"]
@@ -298,16 +292,7 @@ fn privileged_containers_get_the_tun_device() {
         }),
         ..Default::default()
     });
-    let spec = build(&SpecInput {
-        config: &c,
-        image_config: &image(),
-        passwd: PASSWD,
-        group: GROUP,
-        guest: &GuestSandbox::default(),
-        mounts: &[],
-        localhost_seccomp: None,
-    })
-    .unwrap();
+    let spec = build_in(&c, &GuestSandbox::default()).unwrap();
     let v = serde_json::to_value(&spec).unwrap();
     assert_eq!(v["linux"]["devices"][0]["path"], "/dev/net/tun");
     assert_eq!(v["linux"]["devices"][0]["major"], 10);
@@ -319,15 +304,6 @@ fn cdi_devices_are_refused() {
     c.cdi_devices = vec![moat_proto::cri::CdiDevice {
         name: "vendor.com/gpu=0".into(),
     }];
-    let e = build(&SpecInput {
-        config: &c,
-        image_config: &image(),
-        passwd: PASSWD,
-        group: GROUP,
-        guest: &GuestSandbox::default(),
-        mounts: &[],
-        localhost_seccomp: None,
-    })
-    .unwrap_err();
+    let e = build_in(&c, &GuestSandbox::default()).unwrap_err();
     assert!(e.0.contains("config.cdi_devices"), "{e}");
 }
