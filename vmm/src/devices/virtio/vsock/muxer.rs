@@ -75,9 +75,6 @@ pub struct Muxer<B: VsockBackend> {
     next_sub: u32,
     next_local_port: u32,
     ctrl: VecDeque<Header>,
-    /// The connection whose data went to the guest last: the next turn is
-    /// the following one's.
-    rx_cursor: Option<Key>,
     stats: VsockStats,
     timer: RequestTimer,
     request_timeout: Duration,
@@ -102,7 +99,6 @@ impl<B: VsockBackend> Muxer<B> {
             next_sub: FIRST_CONN_SUB,
             next_local_port: FIRST_LOCAL_PORT,
             ctrl: VecDeque::new(),
-            rx_cursor: None,
             stats: VsockStats::default(),
             timer,
             request_timeout: CONN_REQUEST_TIMEOUT,
@@ -374,12 +370,10 @@ impl<B: VsockBackend> Muxer<B> {
                 buf.extend_from_slice(&h.encode());
                 return true;
             }
-            let Some(key) = self.next_turn() else {
+            let Some((&key, c)) = self.conns.iter().find(|(_, c)| c.has_rx()) else {
                 return false;
             };
-            self.rx_cursor = Some(key);
-            let fwd_cnt = self.conns.get(&key).map_or(0, |c| c.fwd_cnt);
-            let hdr = self.header(key, OP_RW, fwd_cnt);
+            let hdr = self.header(key, OP_RW, c.fwd_cnt);
             let Some(c) = self.conns.get_mut(&key) else {
                 return false;
             };
@@ -422,26 +416,6 @@ impl<B: VsockBackend> Muxer<B> {
                 }
             }
         }
-    }
-
-    /// The connection with data for the guest whose turn it is: the first
-    /// after the last one served, in key order, wrapping around. A host
-    /// that keeps one connection busy (a port-forward upload) cannot starve
-    /// the others (the agent's).
-    fn next_turn(&self) -> Option<Key> {
-        let (mut first, mut after) = (None::<Key>, None::<Key>);
-        for (&k, c) in &self.conns {
-            if !c.has_rx() {
-                continue;
-            }
-            if first.is_none_or(|f| k < f) {
-                first = Some(k);
-            }
-            if self.rx_cursor.is_some_and(|cur| k > cur) && after.is_none_or(|a| k < a) {
-                after = Some(k);
-            }
-        }
-        after.or(first)
     }
 
     /// Re-evaluates epoll interest after the rx queue was filled.

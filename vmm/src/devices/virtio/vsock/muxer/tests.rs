@@ -347,26 +347,3 @@ fn a_guest_that_never_reads_keeps_the_control_queue_bounded() {
     assert!(queued <= CTRL_BACKLOG + MAX_CONNS + 64, "{queued}");
     assert!(!x.m.tx_backed_up());
 }
-
-#[test]
-fn connections_with_data_take_turns() {
-    let mut x = Mux::new();
-    let (mut a, _) = x.host_conn(1024);
-    let (mut b, _) = x.host_conn(1025);
-    let (mut c, _) = x.host_conn(1026);
-    // One connection with far more to send than the others: it must not
-    // keep the guest's buffers to itself.
-    a.write_all(&[1u8; 60_000]).unwrap();
-    b.write_all(&[2u8; 8_000]).unwrap();
-    c.write_all(&[3u8; 8_000]).unwrap();
-    x.pump();
-    let mut buf = vec![];
-    let mut order = vec![];
-    for _ in 0..6 {
-        assert!(x.m.next_rx(4096, &mut buf));
-        let mut raw = [0u8; HDR_SIZE];
-        raw.copy_from_slice(&buf[..HDR_SIZE]);
-        order.push(Header::decode(&raw).dst_port);
-    }
-    assert_eq!(order, [1024, 1025, 1026, 1024, 1025, 1026]);
-}
