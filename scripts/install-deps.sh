@@ -22,6 +22,8 @@ packages=(
   # a WebSocket client written by others for the streaming tests (exec, attach,
   # port-forward over v4/v5.channel.k8s.io)
   python3-websocket
+  # the OCI runtime of native pods (the `oci` handler kind)
+  runc
   # the streaming TLS test's and the registry TLS tests' certificates
   openssl
 )

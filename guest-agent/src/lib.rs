@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod cmdline;
 pub mod container;
 pub mod devices;
+pub mod loop_device;
 pub mod network;
 pub mod paths;
 pub mod pid1;

@@ -4,7 +4,10 @@
 //! host<->agent API (`proto/agent.proto`) on AF_VSOCK. Run as
 //! `moat-agent __moat_container_init` it is the container init stage (see
 //! `container::init`); `moat-agent --listen-unix PATH` serves on a Unix
-//! socket instead of vsock (tests, development).
+//! socket instead of vsock (tests, development, and the agent moatd runs on
+//! the host for each native pod, where `MOAT_AGENT_OCI_RUNTIME` names the
+//! OCI runtime that makes its containers and `MOAT_AGENT_POD_CGROUP` the
+//! pod's cgroup).
 
 use moat_agent::{cmdline, container, pid1, power, reaper, server, state};
 use std::path::PathBuf;
@@ -72,6 +75,10 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(60_000),
         ),
+        pod_cgroup: std::env::var_os("MOAT_AGENT_POD_CGROUP")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("pod")),
+        oci_runtime: std::env::var_os("MOAT_AGENT_OCI_RUNTIME").map(PathBuf::from),
     };
     let result = run(config, listen_unix);
     if let Err(e) = &result {

@@ -23,6 +23,13 @@ pub struct Config {
     pub is_pid1: bool,
     /// How long a waited-for exec process stays listed before it is forgotten.
     pub exec_record_ttl: std::time::Duration,
+    /// The pod cgroup, relative to the cgroup root (`pod` in the guest; the
+    /// pod's `cgroup_parent` on the host).
+    pub pod_cgroup: PathBuf,
+    /// On the host, serving a native pod: the OCI runtime binary (runc,
+    /// crun) that creates its containers. `None` in a guest, where the agent
+    /// sets containers up itself.
+    pub oci_runtime: Option<PathBuf>,
 }
 
 impl Config {
@@ -32,7 +39,26 @@ impl Config {
     }
     /// The pod cgroup, relative to the cgroup root.
     pub fn pod_cgroup(&self) -> PathBuf {
-        PathBuf::from("pod")
+        self.pod_cgroup.clone()
+    }
+    /// Where files given to the pod live (`/run/moat/shared` in the guest).
+    pub fn shared_dir(&self) -> PathBuf {
+        self.run_dir.join("shared")
+    }
+    /// The OCI runtime that makes containers, when the agent serves a
+    /// native pod on the host.
+    pub fn runtime(&self) -> Option<crate::container::oci_runtime::OciRuntime> {
+        self.oci_runtime.as_ref().map(|binary| {
+            crate::container::oci_runtime::OciRuntime::new(
+                binary.clone(),
+                self.run_dir.join("runtime"),
+                self.run_dir.join("tmp"),
+            )
+        })
+    }
+    /// Where the pod's shared namespaces are bind-mounted.
+    pub fn ns_dir(&self) -> PathBuf {
+        self.run_dir.join("sandbox").join("ns")
     }
 }
 
@@ -109,12 +135,20 @@ pub struct Container {
     pub rootfs: RootfsMounts,
     /// The container's own process.
     pub init: Arc<Process>,
-    /// The channel to start it; `None` once started.
-    pub start: Mutex<Option<Channel>>,
+    /// How to start it; `None` once started.
+    pub start: Mutex<Option<Starter>>,
     /// Exec'd processes by exec id.
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
     /// What exec'd processes inherit (capabilities, seccomp, no_new_privs).
     pub exec_defaults: crate::container::spec::ExecDefaults,
+}
+
+/// What starts a created container.
+pub enum Starter {
+    /// The init stage's channel (in a guest).
+    Init(Channel),
+    /// The OCI runtime's `start` (on the host).
+    Runtime,
 }
 
 impl Container {

@@ -14,6 +14,9 @@ pub enum Source {
     Device(DeviceId),
     /// An existing directory used as the lower layer.
     Directory(PathBuf),
+    /// An image file, mounted through a read-only loop device (an agent on
+    /// the host, serving a native pod).
+    ImageFile(PathBuf),
 }
 
 /// Mounts made for one container, unmounted in reverse order.
@@ -83,36 +86,14 @@ async fn prepare_into(
             let dev = devices::wait_for(id, timeout)
                 .await
                 .ok_or_else(|| StorageError::DeviceMissing(id.clone(), timeout))?;
-            let image = dir.join("image");
-            mkdir(&image)?;
-            let types: Vec<&str> = if fstype.is_empty() {
-                vec!["erofs", "ext4"]
-            } else {
-                vec![fstype]
-            };
-            let mut last = String::new();
-            let mut mounted = false;
-            for t in types {
-                match mount(
-                    Some(&dev),
-                    &image,
-                    Some(t),
-                    MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
-                    NONE,
-                ) {
-                    Ok(()) => {
-                        mounted = true;
-                        tracing::info!(device = %dev.display(), fstype = t, "image mounted");
-                        break;
-                    }
-                    Err(e) => last = format!("mount {} as {t}: {e}", dev.display()),
-                }
-            }
-            if !mounted {
-                return Err(StorageError::Mount(last));
-            }
-            m.mounts.push(image.clone());
-            image
+            mount_image(m, dir, &dev, fstype)?
+        }
+        Source::ImageFile(file) => {
+            // Bound while mounted: the device clears itself at the unmount.
+            let l = crate::loop_device::attach_read_only(file).map_err(|e| {
+                StorageError::Mount(format!("loop device for {}: {e}", file.display()))
+            })?;
+            mount_image(m, dir, &l.path, fstype)?
         }
     };
     let scratch = dir.join("scratch");
@@ -152,6 +133,41 @@ async fn prepare_into(
     .map_err(|e| StorageError::Mount(format!("overlay on {}: {e}", m.rootfs.display())))?;
     m.mounts.push(m.rootfs.clone());
     Ok(())
+}
+
+/// Mounts the image on block device `dev` read-only at `<dir>/image`.
+fn mount_image(
+    m: &mut RootfsMounts,
+    dir: &Path,
+    dev: &Path,
+    fstype: &str,
+) -> Result<PathBuf, StorageError> {
+    let image = dir.join("image");
+    std::fs::create_dir_all(&image)
+        .map_err(|e| StorageError::Mount(format!("mkdir {}: {e}", image.display())))?;
+    let types: Vec<&str> = if fstype.is_empty() {
+        vec!["erofs", "ext4"]
+    } else {
+        vec![fstype]
+    };
+    let mut last = String::new();
+    for t in types {
+        match mount(
+            Some(dev),
+            &image,
+            Some(t),
+            MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+            NONE,
+        ) {
+            Ok(()) => {
+                tracing::info!(device = %dev.display(), fstype = t, "image mounted");
+                m.mounts.push(image.clone());
+                return Ok(image);
+            }
+            Err(e) => last = format!("mount {} as {t}: {e}", dev.display()),
+        }
+    }
+    Err(StorageError::Mount(last))
 }
 
 /// Unmounts everything [`prepare`] mounted (lazily, so busy mounts go once

@@ -4,7 +4,7 @@
 //! an example. A runtime handler maps the CRI `runtime_handler` name of a
 //! pod to the guest it boots.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -175,10 +175,31 @@ impl Default for StreamingConfig {
     }
 }
 
-/// One runtime handler: which guest a pod boots and how big its VM is.
+/// How a handler runs a pod's containers.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerKind {
+    /// In a microVM of the pod's own (the fields below size it).
+    #[default]
+    Microvm,
+    /// On the host, through an OCI runtime binary (`runtime_path`), with
+    /// moat-agent beside the pod as its shim: ordinary containers, host
+    /// namespaces allowed.
+    Oci,
+}
+
+/// One runtime handler: its kind, and for a VM handler which guest a pod
+/// boots and how big its VM is.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeHandler {
+    /// `microvm` (default) or `oci`.
+    pub kind: HandlerKind,
+    /// The OCI runtime binary of an `oci` handler (default `/usr/sbin/runc`).
+    pub runtime_path: PathBuf,
+    /// The moat-agent binary an `oci` handler runs beside each pod
+    /// (default: `moat-agent` beside moatd, else on PATH).
+    pub agent: Option<PathBuf>,
     /// Guest kernel (uncompressed ELF vmlinux).
     pub kernel: PathBuf,
     /// Guest initramfs with moat-agent as /init.
@@ -200,18 +221,32 @@ pub struct RuntimeHandler {
 }
 
 impl RuntimeHandler {
+    /// The moat-agent binary of a native pod: as configured, else beside
+    /// the running moatd, else `moat-agent` on PATH.
+    pub fn agent_binary(&self) -> PathBuf {
+        if let Some(a) = &self.agent {
+            return a.clone();
+        }
+        beside_moatd("moat-agent")
+    }
+
     /// The moat-vmm binary: as configured, else beside the running moatd,
     /// else `moat-vmm` on PATH.
     pub fn vmm_binary(&self) -> PathBuf {
         if let Some(v) = &self.vmm {
             return v.clone();
         }
-        std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|d| d.join("moat-vmm")))
-            .filter(|p| p.is_file())
-            .unwrap_or_else(|| PathBuf::from("moat-vmm"))
+        beside_moatd("moat-vmm")
     }
+}
+
+/// `name` beside the running moatd if it is there, else `name` (on PATH).
+fn beside_moatd(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(name)))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 impl Default for Config {
@@ -241,6 +276,9 @@ impl Default for Config {
 impl Default for RuntimeHandler {
     fn default() -> Self {
         Self {
+            kind: HandlerKind::Microvm,
+            runtime_path: "/usr/sbin/runc".into(),
+            agent: None,
             kernel: "/usr/share/moat/vmlinux".into(),
             initramfs: "/usr/share/moat/initramfs.cpio".into(),
             vmm: None,

@@ -7,6 +7,7 @@ pub mod capabilities;
 pub mod init;
 pub mod launch;
 pub mod namespaces;
+pub mod oci_runtime;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;

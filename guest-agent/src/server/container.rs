@@ -4,11 +4,12 @@ use super::validate::{self, invalid};
 use super::R;
 use crate::cgroups::{Cgroup, CgroupError};
 use crate::container::launch;
+use crate::container::oci_runtime::{OciRuntime, RuntimeError};
 use crate::container::spec::{self, PlanPolicy};
 use crate::container::sync::InitRequest;
 use crate::devices::DeviceId;
 use crate::paths::validate_id;
-use crate::state::{Container, Process, State};
+use crate::state::{Container, Process, Starter, State};
 use crate::storage::{self, Source};
 use moat_proto::agent::block_device::Id;
 use moat_proto::agent::*;
@@ -17,14 +18,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::{Response, Status};
 
-/// What container specs may refer to outside their rootfs.
+/// What container specs may refer to outside their rootfs. In a guest:
+/// the pod's shared files and sandbox files. On the host, serving a native
+/// pod, moatd names host paths itself (volumes, devices), as it would to
+/// any OCI runtime.
 pub(super) fn policy(state: &State) -> PlanPolicy {
+    if state.config.oci_runtime.is_some() {
+        return PlanPolicy {
+            bind_source_dirs: vec![PathBuf::from("/")],
+            namespace_dirs: vec![state.config.ns_dir()],
+        };
+    }
     PlanPolicy {
         bind_source_dirs: vec![
-            PathBuf::from(moat_proto::SHARED_DIR),
+            state.config.shared_dir(),
             state.config.run_dir.join("sandbox"),
         ],
-        namespace_dirs: vec![PathBuf::from(moat_proto::SANDBOX_NS_DIR)],
+        namespace_dirs: vec![state.config.ns_dir()],
     }
 }
 
@@ -76,6 +86,15 @@ pub(super) fn device_source(field: &str, b: &BlockDevice) -> Result<Source, Stat
             }
             Source::Device(DeviceId::Path(p))
         }
+        Some(Id::ImageFile(f)) => {
+            let f = PathBuf::from(f);
+            if !f.is_absolute() || f.components().any(|c| c == std::path::Component::ParentDir) {
+                return Err(invalid(format!(
+                    "{field}.image_file: must be an absolute path without '..'"
+                )));
+            }
+            Source::ImageFile(f)
+        }
         Some(Id::Directory(d)) => {
             let d = PathBuf::from(d);
             if !d.is_absolute() || d.components().any(|c| c == std::path::Component::ParentDir) {
@@ -112,6 +131,11 @@ pub(super) async fn create(
         .as_ref()
         .ok_or_else(|| invalid("rootfs: is required"))?;
     let source = device_source("rootfs", rootfs)?;
+    if matches!(source, Source::ImageFile(_)) && state.config.oci_runtime.is_none() {
+        return Err(invalid(
+            "rootfs.image_file: only an agent serving a native pod on the host takes image files",
+        ));
+    }
     if !matches!(rootfs.fstype.as_str(), "" | "erofs" | "ext4") {
         return Err(invalid(
             "rootfs.fstype: must be \"erofs\", \"ext4\" or empty",
@@ -206,28 +230,51 @@ pub(super) async fn create(
             return Err(Status::internal(format!("stdio: {e}")));
         }
     };
-    let init = state.config.init_binary.clone();
-    let cg = cgroup.clone();
     let exec_defaults = spec::ExecDefaults::from_container(&plan.process);
-    let request = InitRequest::Create(Box::new(plan));
-    let launched = tokio::task::spawn_blocking(move || {
-        launch::launch(&init, &request, child_io, |pid| {
-            cg.add_pid(pid).map_err(|e| e.to_string())
-        })
-    })
-    .await
-    .map_err(|e| Status::internal(format!("launch task: {e}")));
-    let launched = match launched {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            cleanup(Some(&cgroup));
-            return Err(match e {
-                launch::LaunchError::Setup(m) => {
-                    Status::failed_precondition(format!("container setup failed: {m}"))
-                }
-                e => Status::internal(e.to_string()),
-            });
+    let launched = match state.config.runtime() {
+        Some(runtime) => {
+            create_with_runtime(
+                &runtime,
+                &id,
+                &dir,
+                spec,
+                &mounts,
+                cgroup.path(),
+                &state.config,
+                child_io,
+                plan.process.terminal,
+            )
+            .await
         }
+        None => {
+            let init = state.config.init_binary.clone();
+            let cg = cgroup.clone();
+            let request = InitRequest::Create(Box::new(plan));
+            tokio::task::spawn_blocking(move || {
+                launch::launch(&init, &request, child_io, |pid| {
+                    cg.add_pid(pid).map_err(|e| e.to_string())
+                })
+            })
+            .await
+            .map_err(|e| Status::internal(format!("launch task: {e}")))
+            .and_then(|l| {
+                l.map(|l| Launched {
+                    pid: l.pid,
+                    exit: l.exit,
+                    console: l.console,
+                    starter: Starter::Init(l.channel),
+                })
+                .map_err(|e| match e {
+                    launch::LaunchError::Setup(m) => {
+                        Status::failed_precondition(format!("container setup failed: {m}"))
+                    }
+                    e => Status::internal(e.to_string()),
+                })
+            })
+        }
+    };
+    let launched = match launched {
+        Ok(l) => l,
         Err(e) => {
             cleanup(Some(&cgroup));
             return Err(e);
@@ -252,7 +299,7 @@ pub(super) async fn create(
         cgroup,
         rootfs: mounts,
         init: process,
-        start: Mutex::new(Some(launched.channel)),
+        start: Mutex::new(Some(launched.starter)),
         execs: Mutex::new(Default::default()),
         exec_defaults,
     });
@@ -261,9 +308,68 @@ pub(super) async fn create(
     Ok(Response::new(CreateContainerResponse { pid: pid as u32 }))
 }
 
+/// A container's process, set up and waiting to be started.
+struct Launched {
+    pid: i32,
+    exit: tokio::sync::oneshot::Receiver<crate::reaper::Exit>,
+    console: Option<std::os::fd::OwnedFd>,
+    starter: Starter,
+}
+
+/// On the host: the OCI runtime creates the container from a bundle in its
+/// directory, whose `config.json` is the host's spec with the prepared root
+/// and the cgroup the agent made (which the runtime joins).
+#[allow(clippy::too_many_arguments)]
+async fn create_with_runtime(
+    runtime: &OciRuntime,
+    id: &str,
+    dir: &std::path::Path,
+    mut spec: oci_spec::runtime::Spec,
+    mounts: &storage::RootfsMounts,
+    cgroup: &std::path::Path,
+    config: &crate::state::Config,
+    stdio: crate::stdio::ChildStdio,
+    terminal: bool,
+) -> Result<Launched, Status> {
+    let readonly = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    let mut root = oci_spec::runtime::Root::default();
+    root.set_path(mounts.rootfs.clone());
+    root.set_readonly(Some(readonly));
+    spec.set_root(Some(root));
+    let rel = cgroup
+        .strip_prefix(&config.cgroup_root)
+        .map_err(|_| Status::internal("container cgroup outside the cgroup root"))?;
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_cgroups_path(Some(std::path::Path::new("/").join(rel)));
+    }
+    let json = serde_json::to_vec_pretty(&spec)
+        .map_err(|e| Status::internal(format!("bundle config: {e}")))?;
+    std::fs::write(dir.join("config.json"), json)
+        .map_err(|e| Status::internal(format!("writing the bundle config: {e}")))?;
+    let started = runtime
+        .create(id, dir, stdio, terminal)
+        .await
+        .map_err(|e| match e {
+            RuntimeError::Refused { .. } => {
+                Status::failed_precondition(format!("container setup failed: {e}"))
+            }
+            e => Status::internal(e.to_string()),
+        })?;
+    Ok(Launched {
+        pid: started.pid,
+        exit: started.exit,
+        console: started.console,
+        starter: Starter::Runtime,
+    })
+}
+
 pub(super) async fn start(state: &State, req: StartContainerRequest) -> R<StartContainerResponse> {
     let c = validate::container(state, &req.container_id).await?;
-    let chan = c
+    let starter = c
         .start
         .lock()
         .map_err(|_| Status::internal("start lock poisoned"))?
@@ -276,10 +382,17 @@ pub(super) async fn start(state: &State, req: StartContainerRequest) -> R<StartC
             "container_id: the container's process already exited",
         ));
     }
-    tokio::task::spawn_blocking(move || launch::start(&chan))
-        .await
-        .map_err(|e| Status::internal(format!("start task: {e}")))?
-        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    match (starter, state.config.runtime()) {
+        (Starter::Init(chan), _) => tokio::task::spawn_blocking(move || launch::start(&chan))
+            .await
+            .map_err(|e| Status::internal(format!("start task: {e}")))?
+            .map_err(|e| Status::failed_precondition(e.to_string()))?,
+        (Starter::Runtime, Some(runtime)) => runtime
+            .start(&c.id)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?,
+        (Starter::Runtime, None) => return Err(Status::internal("no OCI runtime configured")),
+    }
     tracing::info!(container = %c.id, pid = c.init.pid, "container started");
     Ok(Response::new(StartContainerResponse {}))
 }
@@ -315,6 +428,11 @@ pub(super) async fn remove_by_id(state: &State, id: &str, timeout_ms: u32) -> Re
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
             _ => break,
+        }
+    }
+    if let Some(runtime) = state.config.runtime() {
+        if let Err(e) = runtime.delete(&c.id).await {
+            tracing::warn!(container = %id, "{e}");
         }
     }
     storage::teardown(&c.rootfs);

@@ -12,7 +12,7 @@ use tonic::{Response, Status};
 /// Largest file accepted.
 const MAX_FILE: usize = 8 << 20;
 
-pub(super) async fn copy_file(_state: &State, req: CopyFileRequest) -> R<CopyFileResponse> {
+pub(super) async fn copy_file(state: &State, req: CopyFileRequest) -> R<CopyFileResponse> {
     let rel = clean_relative("path", &req.path).map_err(invalid)?;
     if req.data.len() > MAX_FILE {
         return Err(invalid(format!("data: larger than {MAX_FILE} bytes")));
@@ -33,7 +33,7 @@ pub(super) async fn copy_file(_state: &State, req: CopyFileRequest) -> R<CopyFil
     } else {
         Kind::File
     };
-    let base = PathBuf::from(moat_proto::SHARED_DIR);
+    let base = state.config.shared_dir();
     let target = tokio::task::spawn_blocking(move || {
         write_in(
             &base,

@@ -3,6 +3,7 @@
 use super::validate::{self, invalid};
 use super::R;
 use crate::container::launch;
+use crate::container::oci_runtime::RuntimeError;
 use crate::container::spec;
 use crate::container::sync::InitRequest;
 use crate::paths::validate_id;
@@ -40,34 +41,55 @@ pub(super) async fn exec(state: &State, req: ExecProcessRequest) -> R<ExecProces
     }
     let (child_io, io) = crate::stdio::create(plan.terminal, req.stdin)
         .map_err(|e| Status::internal(format!("stdio: {e}")))?;
-    let init = state.config.init_binary.clone();
-    let cg = c.cgroup.clone();
-    let request = InitRequest::Exec {
-        target_pid: c.init.pid,
-        process: Box::new(plan),
+    let (pid, exit, console) = match state.config.runtime() {
+        Some(runtime) => {
+            // The runtime takes the host's process as sent: it is the
+            // container's own with the exec's arguments.
+            let file = c.dir.join(format!("exec-{}.json", req.exec_id));
+            let s = runtime
+                .exec(&c.id, &process, &file, child_io)
+                .await
+                .map_err(|e| match e {
+                    RuntimeError::Refused { .. } => {
+                        Status::failed_precondition(format!("exec failed: {e}"))
+                    }
+                    e => Status::internal(e.to_string()),
+                })?;
+            (s.pid, s.exit, s.console)
+        }
+        None => {
+            let init = state.config.init_binary.clone();
+            let cg = c.cgroup.clone();
+            let request = InitRequest::Exec {
+                target_pid: c.init.pid,
+                process: Box::new(plan),
+            };
+            let l = tokio::task::spawn_blocking(move || {
+                let l = launch::launch(&init, &request, child_io, |pid| {
+                    cg.add_pid(pid).map_err(|e| e.to_string())
+                })?;
+                launch::wait_exec(&l.channel)?;
+                Ok::<_, launch::LaunchError>(l)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("exec task: {e}")))?
+            .map_err(|e| match e {
+                launch::LaunchError::Setup(m) => {
+                    Status::failed_precondition(format!("exec failed: {m}"))
+                }
+                e => Status::internal(e.to_string()),
+            })?;
+            (l.pid, l.exit, l.console)
+        }
     };
-    let launched = tokio::task::spawn_blocking(move || {
-        let l = launch::launch(&init, &request, child_io, |pid| {
-            cg.add_pid(pid).map_err(|e| e.to_string())
-        })?;
-        launch::wait_exec(&l.channel)?;
-        Ok::<_, launch::LaunchError>(l)
-    })
-    .await
-    .map_err(|e| Status::internal(format!("exec task: {e}")))?
-    .map_err(|e| match e {
-        launch::LaunchError::Setup(m) => Status::failed_precondition(format!("exec failed: {m}")),
-        e => Status::internal(e.to_string()),
-    })?;
-    let pid = launched.pid;
-    let io = crate::stdio::ProcessIo::finish(io, launched.console).map_err(|e| {
+    let io = crate::stdio::ProcessIo::finish(io, console).map_err(|e| {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
         Status::internal(format!("stdio: {e}"))
     })?;
-    let p = Process::new(pid, io, launched.exit, c.cgroup.clone());
+    let p = Process::new(pid, io, exit, c.cgroup.clone());
     c.execs
         .lock()
         .map_err(|_| Status::internal("exec table poisoned"))?

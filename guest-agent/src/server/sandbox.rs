@@ -86,9 +86,11 @@ pub(super) async fn create(state: &State, req: CreateSandboxRequest) -> R<Create
     }
     let dir = state.config.run_dir.join("sandbox");
     std::fs::create_dir_all(&dir).map_err(|e| internal("creating sandbox dir", e))?;
-    std::fs::create_dir_all(moat_proto::SHARED_DIR)
+    std::fs::create_dir_all(state.config.shared_dir())
         .map_err(|e| internal("creating shared dir", e))?;
-    if !req.hostname.is_empty() {
+    // On the host the agent's own UTS namespace is the node's: there the
+    // holder's namespace alone gets the pod's hostname.
+    if !req.hostname.is_empty() && state.config.oci_runtime.is_none() {
         nix::unistd::sethostname(&req.hostname).map_err(|e| internal("sethostname", e))?;
     }
     let hosts_path = dir.join("hosts");
@@ -177,7 +179,7 @@ async fn start_holder(
     .map_err(|e| internal("holder task", e))?
     .map_err(|e| internal("starting the namespace holder", e))?;
     let pid = launched.pid;
-    let ns_dir = PathBuf::from(moat_proto::SANDBOX_NS_DIR);
+    let ns_dir = state.config.ns_dir();
     std::fs::create_dir_all(&ns_dir).map_err(|e| internal("creating ns dir", e))?;
     let mut paths = HashMap::new();
     for (on, name) in [

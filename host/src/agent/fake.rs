@@ -451,6 +451,7 @@ pub fn ready_pod(dir: &std::path::Path) -> SandboxRecord {
         id: "p".repeat(64),
         config: Default::default(),
         runtime_handler: "microvm".into(),
+        kind: crate::config::HandlerKind::Microvm,
         state: SandboxState::Ready,
         created_at: 0,
         netns: None,

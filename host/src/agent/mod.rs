@@ -36,6 +36,24 @@ pub async fn connect_with(
     port: u32,
     call_timeout: Option<std::time::Duration>,
 ) -> anyhow::Result<AgentClient<Channel>> {
+    connect_to(AgentAddr::Vsock(uds, port), call_timeout).await
+}
+
+/// Where a pod's agent listens.
+#[derive(Debug, Clone)]
+pub enum AgentAddr {
+    /// In a pod VM: the VMM's hybrid-vsock Unix socket and the port.
+    Vsock(PathBuf, u32),
+    /// Beside a native pod on the host: its own Unix socket.
+    Unix(PathBuf),
+}
+
+/// Connects a tonic channel to the agent at `addr`, with a limit on every
+/// call when given.
+pub async fn connect_to(
+    addr: AgentAddr,
+    call_timeout: Option<std::time::Duration>,
+) -> anyhow::Result<AgentClient<Channel>> {
     // The URI is required by tonic but unused: the connector below dials.
     // HTTP/2 pings find a connection that died silently (a long wait or
     // output stream would otherwise hang on it forever).
@@ -48,10 +66,13 @@ pub async fn connect_with(
     }
     let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let uds = uds.clone();
+            let addr = addr.clone();
             async move {
-                let stream = crate::vsock::connect(&uds, port).await?;
-                Ok::<_, crate::vsock::VsockError>(hyper_util::rt::TokioIo::new(stream))
+                let stream = match addr {
+                    AgentAddr::Vsock(uds, port) => crate::vsock::connect(&uds, port).await?,
+                    AgentAddr::Unix(path) => tokio::net::UnixStream::connect(&path).await?,
+                };
+                Ok::<_, anyhow::Error>(hyper_util::rt::TokioIo::new(stream))
             }
         }))
         .await?;

@@ -49,16 +49,19 @@ pub trait Dialer: Send + Sync {
     fn dial<'a>(&'a self, sb: &'a SandboxRecord, call_limit: Option<Duration>) -> Dialing<'a>;
 }
 
-/// Dials the agent through the VM's hybrid-vsock Unix socket.
+/// Dials the agent through the VM's hybrid-vsock Unix socket, or a native
+/// pod's agent on its own socket.
 struct VsockDialer;
 
 impl Dialer for VsockDialer {
     fn dial<'a>(&'a self, sb: &'a SandboxRecord, call_limit: Option<Duration>) -> Dialing<'a> {
-        Box::pin(super::connect_with(
-            sb.vm_paths.vsock(),
-            moat_proto::AGENT_VSOCK_PORT,
-            call_limit,
-        ))
+        let addr = match sb.kind {
+            crate::config::HandlerKind::Microvm => {
+                super::AgentAddr::Vsock(sb.vm_paths.vsock(), moat_proto::AGENT_VSOCK_PORT)
+            }
+            crate::config::HandlerKind::Oci => super::AgentAddr::Unix(sb.vm_paths.agent()),
+        };
+        Box::pin(super::connect_to(addr, call_limit))
     }
 }
 

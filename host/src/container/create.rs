@@ -12,6 +12,7 @@ use super::slots;
 use super::spec::{self, SpecInput};
 use super::ContainerError;
 use crate::agent::AGENT_CALL;
+use crate::config::HandlerKind;
 use crate::crash_point;
 use crate::image::ImageRecord;
 use crate::pod::{SandboxRecord, SandboxState};
@@ -68,14 +69,18 @@ impl Containers {
                 sb.id
             )));
         }
+        let native = sb.kind == HandlerKind::Oci;
         let volumes = devices::block_volumes(&config)?;
-        // Containers of one pod that use the same image share its slot;
-        // each block volume takes one of its own.
-        let total = self
-            .blk_slots
-            .get(&sb.runtime_handler)
-            .copied()
-            .unwrap_or(0);
+        // Containers of one pod VM that use the same image share its slot;
+        // each block volume takes one of its own. A native pod has none.
+        let total = match native {
+            true => 0,
+            false => self
+                .blk_slots
+                .get(&sb.runtime_handler)
+                .copied()
+                .unwrap_or(0),
+        };
         let mut used: Vec<u32> = siblings.iter().flat_map(ContainerRecord::slots).collect();
         let mut take_free = |what: &str| {
             let free = (0..total).find(|s| !used.contains(s)).ok_or_else(|| {
@@ -89,17 +94,23 @@ impl Containers {
             Ok::<u32, ContainerError>(free)
         };
         let (slot, attach) = match siblings.iter().find(|r| r.image_id == image.id) {
+            _ if native => (0, false),
             Some(r) => (r.slot, false),
             None => (take_free("the image")?, true),
         };
         let device_slots = volumes
             .iter()
+            .filter(|_| !native)
             .map(|v| take_free(&format!("the block volume {}", v.container_path)))
             .collect::<Result<Vec<u32>, _>>()?;
         let localhost_seccomp = read_localhost_seccomp(&config)?;
         let mut agent = self.agent(sb).await?;
-        let shared = mounts::share(&mut agent, &config.mounts).await?;
-        let oci = spec::build(&SpecInput {
+        let shared = match native {
+            true => mounts::host_binds(&config.mounts)?,
+            false => mounts::share(&mut agent, &config.mounts).await?,
+        };
+        let mut oci = spec::build(&SpecInput {
+            native,
             config: &config,
             image_config: &image.config_json(),
             passwd: &image.passwd,
@@ -109,6 +120,9 @@ impl Containers {
             localhost_seccomp: localhost_seccomp.as_deref(),
         })
         .map_err(|e| ContainerError::Invalid(e.0))?;
+        if native {
+            devices::add_host_devices(&mut oci, &volumes)?;
+        }
         let spec_json =
             serde_json::to_vec(&oci).map_err(ContainerError::caused("encoding the OCI spec"))?;
         let control = ControlClient::new(&sb.vm_paths.api());
@@ -131,12 +145,22 @@ impl Containers {
             agent.create_container(moat_proto::agent::CreateContainerRequest {
                 container_id: id.clone(),
                 oci_spec: spec_json,
-                rootfs: Some(BlockDevice {
-                    fstype: "erofs".into(),
-                    ..slot_device(slot)
+                rootfs: Some(match native {
+                    true => BlockDevice {
+                        id: Some(block_device::Id::ImageFile(
+                            image.block_image.display().to_string(),
+                        )),
+                        fstype: "erofs".into(),
+                        timeout_ms: 0,
+                    },
+                    false => BlockDevice {
+                        fstype: "erofs".into(),
+                        ..slot_device(slot)
+                    },
                 }),
                 scratch_size_bytes: 0,
                 stdin: config.stdin,
+                // A native pod's volumes are in its spec's devices.
                 devices: volumes
                     .iter()
                     .zip(&device_slots)

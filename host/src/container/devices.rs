@@ -76,6 +76,61 @@ pub(super) fn block_volumes(c: &ContainerConfig) -> Result<Vec<BlockVolume>, Con
     Ok(out)
 }
 
+/// A native pod's block volumes: device nodes the OCI runtime creates from
+/// the host device's numbers, allowed in the device cgroup (without write
+/// access when read-only), as runc-based runtimes pass `devices`.
+pub(super) fn add_host_devices(
+    spec: &mut oci_spec::runtime::Spec,
+    volumes: &[BlockVolume],
+) -> Result<(), ContainerError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut nodes = Vec::new();
+    let mut rules = Vec::new();
+    for v in volumes {
+        let meta = std::fs::metadata(&v.host_path).map_err(|e| {
+            ContainerError::Invalid(format!("config.devices: {}: {e}", v.host_path.display()))
+        })?;
+        if !meta.file_type().is_block_device() {
+            return Err(ContainerError::Invalid(format!(
+                "config.devices: {} is not a block device: a native pod's devices are the \
+                 host's device nodes",
+                v.host_path.display()
+            )));
+        }
+        let (major, minor) = (
+            i64::from(nix::sys::stat::major(meta.rdev()) as u32),
+            i64::from(nix::sys::stat::minor(meta.rdev()) as u32),
+        );
+        let access = if v.read_only { "rm" } else { "rwm" };
+        let node: oci_spec::runtime::LinuxDevice = serde_json::from_value(serde_json::json!({
+            "path": v.container_path, "type": "b", "major": major, "minor": minor,
+            "fileMode": 0o660, "uid": 0, "gid": 0
+        }))
+        .map_err(ContainerError::caused("a device entry"))?;
+        let rule: oci_spec::runtime::LinuxDeviceCgroup =
+            serde_json::from_value(serde_json::json!({
+                "allow": true, "type": "b", "major": major, "minor": minor, "access": access
+            }))
+            .map_err(ContainerError::caused("a device rule"))?;
+        nodes.push(node);
+        rules.push(rule);
+    }
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut all = linux.devices().clone().unwrap_or_default();
+    all.extend(nodes);
+    linux.set_devices(Some(all));
+    let mut res = linux.resources().clone().unwrap_or_default();
+    let mut allowed = res.devices().clone().unwrap_or_default();
+    allowed.extend(rules);
+    res.set_devices(Some(allowed));
+    linux.set_resources(Some(res));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,35 +155,77 @@ fn collect(i: usize, host: &Path, rel: &str) -> Result<Vec<Entry>, ContainerErro
 /// Copies every mount's host path into the guest and returns the bind
 /// mounts for the spec. A missing host path is created as a directory, as
 /// containerd does.
+/// Checks a CRI mount's paths: both absolute, the host path without `.`
+/// or `..` parts; image volumes are refused.
+fn check(i: usize, m: &Mount) -> Result<(), ContainerError> {
+    if !m.container_path.starts_with('/') {
+        return Err(invalid(
+            i,
+            "container_path",
+            format!("{:?} is not absolute", m.container_path),
+        ));
+    }
+    if m.image.as_ref().is_some_and(|im| !im.image.is_empty()) {
+        return Err(invalid(i, "image", "image volumes are not supported"));
+    }
+    let plain = Path::new(&m.host_path)
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !m.host_path.starts_with('/') || !plain {
+        return Err(invalid(
+            i,
+            "host_path",
+            format!(
+                "{:?} is not an absolute path without `.` or `..` parts",
+                m.host_path
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A native pod's mounts: the host paths themselves, bind-mounted live
+/// with the propagation each asks for (a missing host path is created as
+/// a directory, as runc-based runtimes do).
+pub fn host_binds(mounts: &[Mount]) -> Result<Vec<SharedMount>, ContainerError> {
+    use moat_proto::cri::MountPropagation;
+    let mut out = Vec::new();
+    for (i, m) in mounts.iter().enumerate() {
+        check(i, m)?;
+        let host = Path::new(&m.host_path);
+        if !host.exists() {
+            std::fs::create_dir_all(host)
+                .map_err(|e| invalid(i, "host_path", format!("creating it: {e}")))?;
+        }
+        let propagation = match MountPropagation::try_from(m.propagation) {
+            Ok(MountPropagation::PropagationPrivate) => "rprivate",
+            Ok(MountPropagation::PropagationHostToContainer) => "rslave",
+            Ok(MountPropagation::PropagationBidirectional) => "rshared",
+            Err(_) => {
+                return Err(invalid(
+                    i,
+                    "propagation",
+                    format!("unknown mode {}", m.propagation),
+                ))
+            }
+        };
+        out.push(SharedMount {
+            container_path: m.container_path.clone(),
+            guest_path: m.host_path.clone(),
+            readonly: m.readonly,
+            propagation,
+        });
+    }
+    Ok(out)
+}
+
 pub async fn share(
     agent: &mut AgentClient<Channel>,
     mounts: &[Mount],
 ) -> Result<Vec<SharedMount>, ContainerError> {
     let mut out = Vec::new();
     for (i, m) in mounts.iter().enumerate() {
-        if !m.container_path.starts_with('/') {
-            return Err(invalid(
-                i,
-                "container_path",
-                format!("{:?} is not absolute", m.container_path),
-            ));
-        }
-        if m.image.as_ref().is_some_and(|im| !im.image.is_empty()) {
-            return Err(invalid(i, "image", "image volumes are not supported"));
-        }
-        let plain = Path::new(&m.host_path)
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-        if !m.host_path.starts_with('/') || !plain {
-            return Err(invalid(
-                i,
-                "host_path",
-                format!(
-                    "{:?} is not an absolute path without `.` or `..` parts",
-                    m.host_path
-                ),
-            ));
-        }
+        check(i, m)?;
         let host = Path::new(&m.host_path);
         if !host.exists() {
             std::fs::create_dir_all(host)
@@ -238,6 +280,7 @@ pub async fn share(
         out.push(SharedMount {
             container_path: m.container_path.clone(),
             guest_path: format!("{}/{rel}", moat_proto::SHARED_DIR),
+            propagation: "rprivate",
             readonly: m.readonly,
         });
     }

@@ -85,6 +85,9 @@ impl Containers {
             tracing::warn!(pod = %sb.id, id = %c.container_id, "removing a guest container no record names");
             super::remove::remove_in_guest(&mut agent, &c.container_id).await?;
         }
+        if sb.kind != crate::config::HandlerKind::Microvm {
+            return Ok(());
+        }
         let control = ControlClient::new(&sb.vm_paths.api());
         for (slot, path) in slots::attached(&control).await? {
             if mine.iter().any(|r| r.slots().any(|s| s == slot)) {

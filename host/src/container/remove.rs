@@ -4,6 +4,7 @@ use super::manager::{set_log, Containers};
 use super::record::ContainerState;
 use super::slots;
 use super::ContainerError;
+use crate::config::HandlerKind;
 use crate::crash_point;
 use crate::pod::SandboxRecord;
 use crate::store::CONTAINERS;
@@ -60,10 +61,12 @@ impl Containers {
                 .iter()
                 .any(|r| r.sandbox_id == rec.sandbox_id && r.id != rec.id && r.slot == rec.slot);
             let control = ControlClient::new(&sb.vm_paths.api());
+            let vm = sb.kind == HandlerKind::Microvm;
             for &s in rec
                 .device_slots
                 .iter()
                 .chain((!shared).then_some(&rec.slot))
+                .filter(|_| vm)
             {
                 slots::detach(&control, s).await?;
                 crash_point::here(crash_point::REMOVE_CONTAINER_DETACHED);

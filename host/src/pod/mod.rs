@@ -1,4 +1,5 @@
-//! Pod sandboxes: each one a microVM with its own network namespace.
+//! Pod sandboxes: each one a microVM with its own network namespace, or,
+//! with an `oci` handler, a native pod on the host (`native.rs`: its agent).
 //!
 //! - [`record`]: what is stored about a sandbox (survives moatd restarts).
 //! - [`sizing`]: the VM size from the pod's resources.
@@ -11,6 +12,7 @@
 pub mod locks;
 pub mod manager;
 pub mod names;
+mod native;
 pub mod port_forward;
 pub mod record;
 mod run;

@@ -26,6 +26,9 @@ pub struct SandboxRecord {
     pub config: PodSandboxConfig,
     /// The runtime handler used.
     pub runtime_handler: String,
+    /// Its kind when the pod was made: where the containers run.
+    #[serde(default)]
+    pub kind: crate::config::HandlerKind,
     /// State.
     pub state: SandboxState,
     /// Creation time, ns since the epoch.
@@ -36,9 +39,10 @@ pub struct SandboxRecord {
     pub cni: Option<CniResult>,
     /// The pod IPs (first is the primary).
     pub ips: Vec<String>,
-    /// The VM's files.
+    /// The pod's directory: the VM's files, or a native pod's agent's.
     pub vm_paths: VmPaths,
-    /// The VMM process while it runs.
+    /// The pod's own process while it runs: the VMM, or a native pod's
+    /// agent.
     pub vm: Option<VmHandle>,
     /// The VMM's cgroup, relative to the hierarchy's root (`None` where
     /// moatd has no cgroup v2 hierarchy to write); see [`crate::vm::cgroup`].

@@ -2,9 +2,11 @@
 //! every step if a later one fails.
 
 use super::manager::{caused, failed, PodError, Pods, POD_TAP};
+use super::native;
 use super::record::{SandboxRecord, SandboxState};
 use super::sizing::vm_size;
-use super::validate::{pod_hostname, validate};
+use super::validate::{native_sysctls, no_host_namespaces, pod_hostname, uses_host, validate};
+use crate::config::HandlerKind;
 use crate::crash_point;
 use crate::network::capability_args::capability_args;
 use crate::network::cni::Attachment;
@@ -95,20 +97,33 @@ fn guest_network(
 }
 
 impl Pods {
-    /// The cgroup the pod's VMM will run in, under its CRI `cgroup_parent`
-    /// (`None` without a writable cgroup v2 hierarchy, said once in the log).
-    fn vmm_cgroup(
+    /// The pod's cgroup under its CRI `cgroup_parent`: the one its VMM will
+    /// run in, or a native pod's (`None` without a writable cgroup v2
+    /// hierarchy, said once in the log; a native pod needs one).
+    fn pod_cgroup(
         &self,
         config: &PodSandboxConfig,
         id: &str,
+        kind: HandlerKind,
     ) -> Result<Option<std::path::PathBuf>, PodError> {
         let parent = config
             .linux
             .as_ref()
             .map_or("", |l| l.cgroup_parent.as_str());
-        let rel = cgroup::relative_path(&self.config.cgroup_driver, parent, id)
+        let leaf = match kind {
+            HandlerKind::Microvm => format!("moat-vmm-{id}"),
+            HandlerKind::Oci => format!("moat-pod-{id}"),
+        };
+        let rel = cgroup::path_under(&self.config.cgroup_driver, parent, &leaf)
             .map_err(|e| PodError::Invalid(e.to_string()))?;
-        if !cgroup::available(Path::new(cgroup::CGROUP_ROOT)) {
+        let available = cgroup::available(Path::new(cgroup::CGROUP_ROOT));
+        if !available && kind == HandlerKind::Oci {
+            return Err(PodError::Precondition(format!(
+                "a native pod needs a writable cgroup v2 hierarchy at {}",
+                cgroup::CGROUP_ROOT
+            )));
+        }
+        if !available {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
                 tracing::warn!(
@@ -166,7 +181,13 @@ impl Pods {
                 PodError::Invalid(format!("runtime_handler: unknown handler {handler_name:?}"))
             })?
             .clone();
-        if self.cni.is_none() {
+        // The one place that decides what a pod may ask of its handler.
+        match handler.kind {
+            HandlerKind::Microvm => no_host_namespaces(&config)?,
+            HandlerKind::Oci => native_sysctls(&config)?,
+        }
+        let host_network = handler.kind == HandlerKind::Oci && uses_host(&config, "network");
+        if self.cni.is_none() && !host_network {
             return Err(PodError::Precondition(format!(
                 "no CNI network configured in {}: pods need one",
                 self.config.cni_conf_dir.display()
@@ -176,11 +197,12 @@ impl Pods {
         let _name = self.reserve_name(&config.metadata.clone().unwrap_or_default(), &id)?;
         let _guard = self.locks.lock(&id).await;
         let (vcpus, memory_mib) = vm_size(&config, &handler);
-        let vmm_cgroup = self.vmm_cgroup(&config, &id)?;
+        let vmm_cgroup = self.pod_cgroup(&config, &id, handler.kind)?;
         let mut rec = SandboxRecord {
             id: id.clone(),
             config,
             runtime_handler: handler_name.to_string(),
+            kind: handler.kind,
             state: SandboxState::Creating,
             created_at: crate::clock::now_ns(),
             netns: None,
@@ -203,7 +225,9 @@ impl Pods {
         // the uid is taken by being recorded.
         {
             let _pick = self.uid_pick.lock().unwrap_or_else(|p| p.into_inner());
-            rec.vmm_uid = self.free_vmm_uid()?;
+            if handler.kind == HandlerKind::Microvm {
+                rec.vmm_uid = self.free_vmm_uid()?;
+            }
             self.store.put(SANDBOXES, &id, &rec)?;
         }
         crash_point::here(crash_point::RUN_POD_RECORDED);
@@ -212,7 +236,11 @@ impl Pods {
         let mut boots = 0;
         loop {
             boots += 1;
-            match self.bring_up(&mut rec, &handler).await {
+            let up = match handler.kind {
+                HandlerKind::Microvm => self.bring_up(&mut rec, &handler).await,
+                HandlerKind::Oci => self.bring_up_native(&mut rec, &handler).await,
+            };
+            match up {
                 Ok(()) => {
                     crash_point::here(crash_point::RUN_POD_AGENT);
                     rec.state = SandboxState::Ready;
@@ -238,6 +266,82 @@ impl Pods {
         }
     }
 
+    /// Has the pod's agent set the sandbox up: hostname, hosts, DNS,
+    /// sysctls and the holder of the namespaces the pod shares (UTS unless
+    /// `share_uts` is false: a hostNetwork native pod has the node's).
+    async fn create_sandbox(
+        &self,
+        rec: &mut SandboxRecord,
+        agent: &mut moat_proto::agent::agent_client::AgentClient<tonic::transport::Channel>,
+        share_uts: bool,
+    ) -> Result<(), PodError> {
+        let shares = pod_shares(&rec.config);
+        let dns = rec.config.dns_config.clone().unwrap_or_default();
+        let linux = rec.config.linux.clone().unwrap_or_default();
+        let hostname = pod_hostname(&rec.config)?;
+        let limit = Duration::from_secs(30);
+        let late = |what: &str| failed(format!("agent {what}: no answer within 30 s"));
+        let created = tokio::time::timeout(
+            limit,
+            agent.create_sandbox(moat_proto::agent::CreateSandboxRequest {
+                sandbox_id: rec.id.clone(),
+                hostname,
+                dns: Some(moat_proto::agent::DnsConfig {
+                    servers: dns.servers,
+                    searches: dns.searches,
+                    options: dns.options,
+                }),
+                hosts: Vec::new(),
+                sysctls: linux.sysctls,
+                share_ipc: shares.ipc,
+                share_pid: shares.pid,
+                share_uts,
+            }),
+        )
+        .await
+        .map_err(|_| late("CreateSandbox"))?
+        .map_err(|s| failed(format!("agent CreateSandbox: {}", s.message())))?
+        .into_inner();
+        rec.guest = super::record::GuestSandbox {
+            namespace_paths: created.namespace_paths.into_iter().collect(),
+            hosts_path: created.hosts_path,
+            resolv_conf_path: created.resolv_conf_path,
+            hostname_path: created.hostname_path,
+        };
+        Ok(())
+    }
+
+    /// Creates the pod's network namespace and has the CNI plugins attach
+    /// it, recording each step.
+    async fn attach_network(
+        &self,
+        rec: &mut SandboxRecord,
+        cni: &crate::network::CniNetwork,
+    ) -> Result<NetNs, PodError> {
+        // The path is recorded before the namespace exists, so a crash
+        // in between leaves nothing recovery cannot find.
+        rec.netns = Some(self.netns_dir().join(&rec.id));
+        self.store.put(SANDBOXES, &rec.id, rec)?;
+        let ns =
+            NetNs::create(&self.netns_dir(), &rec.id).map_err(caused("creating the pod netns"))?;
+        crash_point::here(crash_point::RUN_POD_NETNS);
+        let md = rec.metadata();
+        let args = capability_args(&rec.config, &self.pod_cidrs()?).map_err(PodError::Invalid)?;
+        let result = cni
+            .add(&attachment(&rec.id, &md, ns.path(), &args))
+            .await
+            .map_err(caused("CNI ADD"))?;
+        crash_point::here(crash_point::RUN_POD_CNI);
+        rec.ips = result
+            .ips()
+            .iter()
+            .map(|ip| ip.address.split('/').next().unwrap_or("").to_string())
+            .collect();
+        rec.cni = Some(result);
+        self.store.put(SANDBOXES, &rec.id, rec)?;
+        Ok(ns)
+    }
+
     async fn bring_up(
         &self,
         rec: &mut SandboxRecord,
@@ -249,28 +353,7 @@ impl Pods {
         let mut net = None;
         let mut guest_nic = None;
         if let Some(cni) = &self.cni {
-            // The path is recorded before the namespace exists, so a crash
-            // in between leaves nothing recovery cannot find.
-            rec.netns = Some(self.netns_dir().join(&rec.id));
-            self.store.put(SANDBOXES, &rec.id, rec)?;
-            let ns = NetNs::create(&self.netns_dir(), &rec.id)
-                .map_err(caused("creating the pod netns"))?;
-            crash_point::here(crash_point::RUN_POD_NETNS);
-            let md = rec.metadata();
-            let args =
-                capability_args(&rec.config, &self.pod_cidrs()?).map_err(PodError::Invalid)?;
-            let result = cni
-                .add(&attachment(&rec.id, &md, ns.path(), &args))
-                .await
-                .map_err(caused("CNI ADD"))?;
-            crash_point::here(crash_point::RUN_POD_CNI);
-            rec.ips = result
-                .ips()
-                .iter()
-                .map(|ip| ip.address.split('/').next().unwrap_or("").to_string())
-                .collect();
-            rec.cni = Some(result);
-            self.store.put(SANDBOXES, &rec.id, rec)?;
+            let ns = self.attach_network(rec, cni).await?;
             let info = tap::setup(&ns, POD_IFNAME, POD_TAP).map_err(caused("pod TAP"))?;
             crash_point::here(crash_point::RUN_POD_TAP);
             guest_nic = Some((info.mac.clone(), info.mtu));
@@ -341,39 +424,9 @@ impl Pods {
             let _ = child.wait().await;
         });
         let booted_ms = started.elapsed().as_millis() as u64;
-        let shares = pod_shares(&rec.config);
-        let dns = rec.config.dns_config.clone().unwrap_or_default();
-        let linux = rec.config.linux.clone().unwrap_or_default();
-        let hostname = pod_hostname(&rec.config)?;
+        self.create_sandbox(rec, &mut agent, true).await?;
         let limit = Duration::from_secs(30);
         let late = |what: &str| failed(format!("agent {what}: no answer within 30 s"));
-        let created = tokio::time::timeout(
-            limit,
-            agent.create_sandbox(moat_proto::agent::CreateSandboxRequest {
-                sandbox_id: rec.id.clone(),
-                hostname,
-                dns: Some(moat_proto::agent::DnsConfig {
-                    servers: dns.servers,
-                    searches: dns.searches,
-                    options: dns.options,
-                }),
-                hosts: Vec::new(),
-                sysctls: linux.sysctls,
-                share_ipc: shares.ipc,
-                share_pid: shares.pid,
-                share_uts: true,
-            }),
-        )
-        .await
-        .map_err(|_| late("CreateSandbox"))?
-        .map_err(|s| failed(format!("agent CreateSandbox: {}", s.message())))?
-        .into_inner();
-        rec.guest = super::record::GuestSandbox {
-            namespace_paths: created.namespace_paths.into_iter().collect(),
-            hosts_path: created.hosts_path,
-            resolv_conf_path: created.resolv_conf_path,
-            hostname_path: created.hostname_path,
-        };
         if let (Some((mac, mtu)), Some(cni)) = (guest_nic, &rec.cni) {
             tokio::time::timeout(
                 limit,
@@ -389,6 +442,47 @@ impl Pods {
             agent_ready_ms = booted_ms,
             ms = started.elapsed().as_millis() as u64,
             "pod sandbox ready"
+        );
+        Ok(())
+    }
+
+    /// A native pod: its network (CNI, unless it has the node's), then its
+    /// agent on the host, which makes the pod's namespace holder.
+    async fn bring_up_native(
+        &self,
+        rec: &mut SandboxRecord,
+        handler: &crate::config::RuntimeHandler,
+    ) -> Result<(), PodError> {
+        let started = std::time::Instant::now();
+        let host_network = uses_host(&rec.config, "network");
+        let netns = match (&self.cni, host_network) {
+            (_, true) => None,
+            (Some(cni), false) => Some(self.attach_network(rec, cni).await?),
+            (None, false) => return Err(failed("no CNI network configured")),
+        };
+        let network_ms = started.elapsed().as_millis() as u64;
+        let cgroup = rec
+            .vmm_cgroup
+            .clone()
+            .ok_or_else(|| failed("a native pod needs its cgroup"))?;
+        let (agent, mut child) =
+            native::spawn_agent(handler, &rec.vm_paths, netns.as_ref(), &cgroup)
+                .map_err(caused("starting the pod's agent"))?;
+        rec.vm = Some(agent);
+        self.store.put(SANDBOXES, &rec.id, rec)?;
+        let timeout = Duration::from_secs(self.config.agent_timeout_secs);
+        let mut agent = native::wait_for_agent(&rec.vm_paths, &mut child, timeout)
+            .await
+            .map_err(caused("waiting for the pod's agent"))?;
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        self.create_sandbox(rec, &mut agent, !host_network).await?;
+        tracing::info!(
+            id = %rec.id,
+            network_ms,
+            ms = started.elapsed().as_millis() as u64,
+            "native pod sandbox ready"
         );
         Ok(())
     }

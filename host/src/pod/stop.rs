@@ -4,6 +4,7 @@
 use super::manager::{failed, PodError, Pods};
 use super::record::{SandboxRecord, SandboxState};
 use super::run::attachment;
+use crate::config::HandlerKind;
 use crate::network::capability_args::capability_args;
 use crate::network::NetNs;
 use crate::store::SANDBOXES;
@@ -14,8 +15,28 @@ use std::time::Duration;
 impl Pods {
     /// Stops the VM and releases the network; leaves the record.
     pub(super) async fn tear_down(&self, rec: &mut SandboxRecord) {
+        let native = rec.kind == HandlerKind::Oci;
         if let Some(vm) = rec.vm.take() {
-            if vm.is_alive() {
+            if vm.is_alive() && native {
+                // The agent removes the containers and the namespace holder,
+                // unmounts, and exits.
+                if let Ok(Ok(mut agent)) =
+                    tokio::time::timeout(Duration::from_secs(2), self.agents.calls(rec)).await
+                {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        agent.shutdown(moat_proto::agent::ShutdownRequest {}),
+                    )
+                    .await;
+                }
+                for _ in 0..100 {
+                    if !vm.is_alive() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                vm.kill();
+            } else if vm.is_alive() {
                 // Ask the guest to power off, give it a moment, then kill.
                 if let Ok(Ok(mut agent)) =
                     tokio::time::timeout(Duration::from_secs(2), self.agents.calls(rec)).await
@@ -43,7 +64,7 @@ impl Pods {
         }
         // A VMM no record names: started by a moatd that crashed before
         // recording its pid.
-        for stray in running_vmms(&rec.vm_paths) {
+        for stray in running_vmms(&rec.vm_paths).into_iter().filter(|_| !native) {
             tracing::warn!(id = %rec.id, pid = stray.pid, "killing a VMM left by a crash");
             stray.kill();
             for _ in 0..200 {
@@ -53,10 +74,24 @@ impl Pods {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        if native {
+            // What a crashed agent left mounted: images, overlays, scratch,
+            // namespace files.
+            super::native::unmount_under(&rec.vm_paths.dir);
+        }
         if let Some(rel) = &rec.vmm_cgroup {
             let root = std::path::Path::new(crate::vm::cgroup::CGROUP_ROOT);
-            if let Err(e) = crate::vm::cgroup::remove(root, rel).await {
-                tracing::warn!(id = %rec.id, "removing the VMM's cgroup: {e}");
+            let removed = if native {
+                super::native::remove_cgroup_tree(root, rel)
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                crate::vm::cgroup::remove(root, rel)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(e) = removed {
+                tracing::warn!(id = %rec.id, "removing the pod's cgroup: {e}");
             }
         }
         if let Some(path) = rec.netns.clone() {
@@ -81,7 +116,11 @@ impl Pods {
             rec.netns = None;
         }
         rec.cni = None;
-        for sock in [rec.vm_paths.vsock(), rec.vm_paths.api()] {
+        for sock in [
+            rec.vm_paths.vsock(),
+            rec.vm_paths.api(),
+            rec.vm_paths.agent(),
+        ] {
             let _ = std::fs::remove_file(sock);
         }
     }

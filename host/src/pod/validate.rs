@@ -25,7 +25,6 @@ pub(super) fn validate(config: &PodSandboxConfig) -> Result<(), PodError> {
     pod_hostname(config)?;
     crate::logs::location::check_log_directory(&config.log_directory).map_err(PodError::Invalid)?;
     run_as_group_needs_user(config)?;
-    no_host_namespaces(config)?;
     capability_args(config, &[]).map_err(PodError::Invalid)?;
     for key in config.linux.iter().flat_map(|l| l.sysctls.keys()) {
         if moat_proto::sysctl_namespace(key).is_none() {
@@ -98,7 +97,45 @@ fn run_as_group_needs_user(config: &PodSandboxConfig) -> Result<(), PodError> {
 /// Every pod runs in a microVM, whose namespaces are its own: a pod that
 /// asks for the node's network, PID or IPC namespace (hostNetwork, hostPID,
 /// hostIPC) is refused rather than given a VM that lacks what it asked for.
-fn no_host_namespaces(config: &PodSandboxConfig) -> Result<(), PodError> {
+/// Whether the pod asks for the node's namespace of `kind` (`network`,
+/// `pid`, `ipc`).
+pub(super) fn uses_host(config: &PodSandboxConfig, kind: &str) -> bool {
+    let Some(n) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+    else {
+        return false;
+    };
+    let mode = match kind {
+        "network" => n.network,
+        "pid" => n.pid,
+        _ => n.ipc,
+    };
+    mode == NamespaceMode::Node as i32
+}
+
+/// A native pod's sysctls must not reach the node: none for a namespace
+/// the pod shares with the node.
+pub(super) fn native_sysctls(config: &PodSandboxConfig) -> Result<(), PodError> {
+    for key in config.linux.iter().flat_map(|l| l.sysctls.keys()) {
+        let host = match moat_proto::sysctl_namespace(key) {
+            Some("net") => uses_host(config, "network").then_some("hostNetwork"),
+            Some("ipc") => uses_host(config, "ipc").then_some("hostIPC"),
+            _ => None,
+        };
+        if let Some(field) = host {
+            return Err(PodError::Invalid(format!(
+                "config.linux.sysctls[{key:?}]: the pod uses the node's namespace                  ({field}): setting it would change the node"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A pod in a microVM gets no node namespace (its VM's are its own).
+pub(super) fn no_host_namespaces(config: &PodSandboxConfig) -> Result<(), PodError> {
     let Some(n) = config
         .linux
         .as_ref()
@@ -126,12 +163,18 @@ fn no_host_namespaces(config: &PodSandboxConfig) -> Result<(), PodError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checks a microVM pod gets.
+    fn checked(c: &PodSandboxConfig) -> Result<(), PodError> {
+        validate(c)?;
+        no_host_namespaces(c)
+    }
     use moat_proto::cri::PodSandboxMetadata;
 
     #[test]
     fn metadata_fields_are_required() {
         let mut c = PodSandboxConfig::default();
-        assert!(validate(&c)
+        assert!(checked(&c)
             .unwrap_err()
             .to_string()
             .contains("config.metadata"));
@@ -141,7 +184,7 @@ mod tests {
             uid: "".into(),
             attempt: 0,
         });
-        assert!(validate(&c)
+        assert!(checked(&c)
             .unwrap_err()
             .to_string()
             .contains("config.metadata.uid"));
@@ -151,7 +194,7 @@ mod tests {
             uid: "u".into(),
             attempt: 0,
         });
-        assert!(validate(&c).is_ok());
+        assert!(checked(&c).is_ok());
         // Names go into CNI_ARGS, which cannot escape `;` or `=`.
         c.metadata = Some(PodSandboxMetadata {
             name: "web;IP=10.0.0.9".into(),
@@ -159,7 +202,7 @@ mod tests {
             uid: "u".into(),
             attempt: 0,
         });
-        let e = validate(&c).unwrap_err().to_string();
+        let e = checked(&c).unwrap_err().to_string();
         assert!(
             e.contains("config.metadata.name") && e.contains("CNI_ARGS"),
             "{e}"
@@ -171,7 +214,7 @@ mod tests {
             attempt: 0,
         });
         c.log_directory = "/var/log/pods/../../../run".into();
-        let e = validate(&c).unwrap_err().to_string();
+        let e = checked(&c).unwrap_err().to_string();
         assert!(e.contains("config.log_directory"), "{e}");
     }
 
@@ -212,10 +255,30 @@ mod tests {
                 }),
                 ..Default::default()
             };
-            let e = validate(&c).unwrap_err();
+            let e = checked(&c).unwrap_err();
             assert!(matches!(e, PodError::Invalid(_)), "{e}");
             let want = format!("namespace_options.{kind}: NODE ({field})");
             assert!(e.to_string().contains(&want), "{e}");
+            // A native pod may have them, but no sysctl that would reach
+            // the node through them.
+            assert!(validate(&c).is_ok());
+            assert!(uses_host(&c, kind));
+            let mut c = c;
+            let key = if kind == "ipc" {
+                "kernel.shmmax"
+            } else {
+                "net.ipv4.ip_forward"
+            };
+            if let Some(l) = c.linux.as_mut() {
+                l.sysctls.insert(key.into(), "1".into());
+            }
+            match kind {
+                "pid" => assert!(native_sysctls(&c).is_ok()),
+                _ => {
+                    let e = native_sysctls(&c).unwrap_err().to_string();
+                    assert!(e.contains(key) && e.contains(field), "{e}");
+                }
+            }
         }
     }
 
@@ -232,16 +295,16 @@ mod tests {
         };
         // 63 characters end in '-': trimmed, as kubelet does.
         assert_eq!(pod_hostname(&c).unwrap(), "a".repeat(62));
-        assert!(validate(&c).is_ok());
+        assert!(checked(&c).is_ok());
         c.hostname = "web-0".into();
         assert_eq!(pod_hostname(&c).unwrap(), "web-0");
         c.hostname = "x".repeat(65);
-        assert!(validate(&c)
+        assert!(checked(&c)
             .unwrap_err()
             .to_string()
             .contains("config.hostname"));
         c.hostname = "bad_name".into();
-        assert!(validate(&c).unwrap_err().to_string().contains("RFC 1123"));
+        assert!(checked(&c).unwrap_err().to_string().contains("RFC 1123"));
     }
 
     #[test]
@@ -263,7 +326,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(validate(&c)
+        assert!(checked(&c)
             .unwrap_err()
             .to_string()
             .contains("run_as_group"));
@@ -273,7 +336,7 @@ mod tests {
         if let Some(l) = c.linux.as_mut() {
             l.sysctls.insert("kernel.pid_max".into(), "1000".into());
         }
-        assert!(validate(&c)
+        assert!(checked(&c)
             .unwrap_err()
             .to_string()
             .contains("kernel.pid_max"));
@@ -285,6 +348,6 @@ mod tests {
         if let Some(sc) = c.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
             sc.run_as_user = Some(Int64Value { value: 5 });
         }
-        assert!(validate(&c).is_ok());
+        assert!(checked(&c).is_ok());
     }
 }

@@ -70,11 +70,17 @@ pub fn available(root: &Path) -> bool {
 /// The VMM cgroup's path relative to the hierarchy's root, for the pod
 /// `pod_id` under `parent` with `driver` (`cgroupfs` or `systemd`).
 pub fn relative_path(driver: &str, parent: &str, pod_id: &str) -> Result<PathBuf, CgroupError> {
+    path_under(driver, parent, &format!("moat-vmm-{pod_id}"))
+}
+
+/// The path of cgroup `leaf` under the CRI `parent`, relative to the
+/// hierarchy's root, with `driver` (`cgroupfs` or `systemd`; a systemd leaf
+/// is a `.scope`).
+pub fn path_under(driver: &str, parent: &str, leaf: &str) -> Result<PathBuf, CgroupError> {
     let bad = |reason: &str| CgroupError::BadParent {
         parent: parent.to_string(),
         reason: reason.to_string(),
     };
-    let leaf = format!("moat-vmm-{pod_id}");
     if driver == "systemd" {
         let parent = if parent.is_empty() {
             "moat.slice"

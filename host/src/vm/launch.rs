@@ -46,6 +46,19 @@ impl VmPaths {
     pub fn vmm_log(&self) -> PathBuf {
         self.dir.join("vmm.log")
     }
+    /// A native pod's agent socket.
+    pub fn agent(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+    /// A native pod's agent log (its stderr).
+    pub fn agent_log(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+    /// A native pod's agent's own directory (containers, bundles, runtime
+    /// state).
+    pub fn agent_dir(&self) -> PathBuf {
+        self.dir.join("agent")
+    }
     /// The VM config file given to moat-vmm.
     pub fn config(&self) -> PathBuf {
         self.dir.join("vm.json")

@@ -214,7 +214,12 @@ beat < /dev/null > /dev/null 2>&1 &
 echo $! > /host$scratch/beat.pid
 renice -n -20 -p $! > /dev/null 2>&1
 echo "@@moat-node:begin@@" > /dev/console
-chroot /host /bin/sh -c ". $scratch/env.sh && exec /bin/sh $scratch/cmd.sh" < /dev/null > /dev/console 2>&1
+# The command runs in a mount namespace of its own whose root mount is the
+# host's root (moved over the initramfs, as switch_root does), not a chroot
+# into it: a process entering a mount namespace (setns) lands on that
+# namespace's root mount, so an OCI runtime's `exec` into a container would
+# otherwise land in the initramfs instead of the container's root.
+unshare -m sh -c "cd /host && mount --move /host / && exec chroot . /bin/sh -c '. $scratch/env.sh && exec /bin/sh $scratch/cmd.sh'" < /dev/null > /dev/console 2>&1
 rc=$?
 echo "$rc" > /host$scratch/rc
 sync

@@ -48,10 +48,15 @@ pub struct SharedMount {
     pub guest_path: String,
     /// Mounted read-only.
     pub readonly: bool,
+    /// Its propagation (`rprivate`, `rslave`, `rshared`).
+    pub propagation: &'static str,
 }
 
 /// What a container's spec is built from.
 pub struct SpecInput<'a> {
+    /// For a native pod on the host (an `oci` handler): the node's
+    /// namespaces may be asked for, mounts are the host paths.
+    pub native: bool,
     /// The container's CRI config.
     pub config: &'a ContainerConfig,
     /// The image's config JSON (the whole document).
@@ -182,16 +187,21 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         ("/etc/hostname", &input.guest.hostname_path),
     ] {
         if !src.is_empty() && !has(dest) {
-            mounts.push(bind(dest, src, false));
+            mounts.push(bind(dest, src, false, "rprivate"));
         }
     }
     for m in input.mounts {
-        mounts.push(bind(&m.container_path, &m.guest_path, m.readonly));
+        mounts.push(bind(
+            &m.container_path,
+            &m.guest_path,
+            m.readonly,
+            m.propagation,
+        ));
     }
     spec.set_mounts(Some(mounts));
 
     let mut linux = oci_spec::runtime::Linux::default();
-    linux.set_namespaces(Some(namespaces(sc, input.guest)?));
+    linux.set_namespaces(Some(namespaces(sc, input.guest, input.native)?));
     let mut res = limits.map(resources).unwrap_or_default();
     res.set_devices(None);
     linux.set_resources(Some(res));

@@ -3,9 +3,9 @@
 use oci_spec::runtime::Mount;
 use std::path::PathBuf;
 
-pub(super) fn bind(dest: &str, source: &str, readonly: bool) -> Mount {
+pub(super) fn bind(dest: &str, source: &str, readonly: bool, propagation: &str) -> Mount {
     let mut m = Mount::default();
-    let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+    let mut options = vec!["rbind".to_string(), propagation.to_string()];
     if readonly {
         options.push("ro".into());
     }

@@ -14,11 +14,16 @@ fn ns(typ: LinuxNamespaceType, path: Option<&String>) -> LinuxNamespace {
 }
 
 /// The namespaces: new mount and cgroup namespaces; PID, IPC and UTS joined
-/// from the pod (or new, as the CRI namespace options say; never the node's). The
-/// network namespace is the guest's: the whole VM is the pod.
+/// from the pod (or new, as the CRI namespace options say). The network
+/// namespace is the one the agent runs in: the VM's (the whole VM is the
+/// pod), or a native pod's. Only a `native` pod may have the node's
+/// namespaces, by having none of that kind in the spec: its agent runs in
+/// the node's (and, for a hostNetwork pod, which has no UTS namespace of
+/// its own, in the node's UTS namespace too).
 pub(super) fn namespaces(
     sc: Option<&LinuxContainerSecurityContext>,
     guest: &GuestSandbox,
+    native: bool,
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
     let opts = sc.and_then(|s| s.namespace_options.clone());
     let pid_mode = opts.as_ref().map(|o| o.pid).unwrap_or(0);
@@ -33,6 +38,7 @@ pub(super) fn namespaces(
                 &format!("security_context.namespace_options.{kind}"),
                 "TARGET namespaces are not supported",
             )),
+            Ok(NamespaceMode::Node) if native => Ok(NamespaceMode::Node),
             Ok(NamespaceMode::Node) => Err(bad(
                 &format!("security_context.namespace_options.{kind}"),
                 "NODE: a container in a microVM pod cannot have the node's namespace \
@@ -46,6 +52,7 @@ pub(super) fn namespaces(
         }
     };
     match mode(pid_mode, "pid")? {
+        NamespaceMode::Node => {}
         NamespaceMode::Pod if guest.namespace_paths.contains_key("pid") => out.push(ns(
             LinuxNamespaceType::Pid,
             guest.namespace_paths.get("pid"),
@@ -53,16 +60,19 @@ pub(super) fn namespaces(
         _ => out.push(ns(LinuxNamespaceType::Pid, None)),
     }
     match mode(ipc_mode, "ipc")? {
+        NamespaceMode::Node => {}
         NamespaceMode::Pod if guest.namespace_paths.contains_key("ipc") => out.push(ns(
             LinuxNamespaceType::Ipc,
             guest.namespace_paths.get("ipc"),
         )),
         _ => out.push(ns(LinuxNamespaceType::Ipc, None)),
     }
-    out.push(ns(
-        LinuxNamespaceType::Uts,
-        guest.namespace_paths.get("uts"),
-    ));
+    if !native || guest.namespace_paths.contains_key("uts") {
+        out.push(ns(
+            LinuxNamespaceType::Uts,
+            guest.namespace_paths.get("uts"),
+        ));
+    }
     // Its own cgroup namespace: /sys/fs/cgroup shows the container's cgroup
     // as the root, as containerd does on cgroup v2.
     out.push(ns(LinuxNamespaceType::Cgroup, None));

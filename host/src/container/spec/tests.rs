@@ -21,7 +21,17 @@ const GROUP: &str = "root:x:0:\nappgrp:x:1001:\nextra:x:2000:app,other\n";
 
 /// The spec of `config` with the test image, in `guest`, without mounts.
 fn build_in(config: &ContainerConfig, guest: &GuestSandbox) -> Result<Spec, SpecError> {
+    build_for(config, guest, false)
+}
+
+/// Like [`build_in`], for a native pod when `native`.
+fn build_for(
+    config: &ContainerConfig,
+    guest: &GuestSandbox,
+    native: bool,
+) -> Result<Spec, SpecError> {
     build(&SpecInput {
+        native,
         config,
         image_config: &image(),
         passwd: PASSWD,
@@ -212,8 +222,10 @@ fn full_spec_has_pod_namespaces_files_and_limits() {
         container_path: "/etc/hosts".into(),
         guest_path: "/run/moat/shared/x/0".into(),
         readonly: true,
+        propagation: "rprivate",
     }];
     let spec = build(&SpecInput {
+        native: false,
         config: &c,
         image_config: &image(),
         passwd: PASSWD,
@@ -263,6 +275,21 @@ fn full_spec_has_pod_namespaces_files_and_limits() {
     }
     let e = build_in(&host_pid, &guest).unwrap_err().to_string();
     assert!(e.contains("namespace_options.pid: NODE"), "{e}");
+    // A native pod's container gets it by having no PID namespace of its
+    // own: its runtime runs in the node's. Without a UTS path (a
+    // hostNetwork pod) it has the node's UTS namespace too.
+    let host_guest = GuestSandbox::default();
+    let spec = build_for(&host_pid, &host_guest, true).unwrap();
+    let kinds: Vec<String> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|n| format!("{:?}", n.typ()).to_lowercase())
+        .collect();
+    assert!(!kinds.iter().any(|k| k == "pid" || k == "uts"), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "mount"), "{kinds:?}");
     // RuntimeDefault (CRI's zero value) gets the default allow-list,
     // gated by the container's own capabilities.
     c.linux = Some(LinuxContainerConfig {
