@@ -7,7 +7,7 @@ AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT_BIN    := target/$(AGENT_TARGET)/guest/moat-agent
 export MOAT_BUILD_DIR := $(CURDIR)/$(BUILD)
 
-.PHONY: all deps pyenv kernel build agent initramfs images artifacts lint test demo bench-boot bench-streaming node-stress fuzz clean
+.PHONY: all deps pyenv kernel build agent initramfs images artifacts lint test demo bench-boot bench-streaming bench-pods node-stress fuzz clean
 
 all: artifacts
 
@@ -81,6 +81,11 @@ bench-boot: deps artifacts
 ## port-forward throughput, moatd's memory with idle sessions; prints a table.
 bench-streaming: deps artifacts
 	scripts/bench-streaming.sh
+
+## Pod benchmark: a native pod against a microVM pod (start-up, memory);
+## prints a table.
+bench-pods: deps artifacts
+	scripts/bench-pods.sh
 
 ## The test node's failure rate: NODES nodes in a row, each running the boot
 ## benchmark's rounds and PODS pods at once through moatd; prints a table.

@@ -29,7 +29,7 @@ rss() { awk '/^VmRSS:/ {print int($2/1024)}' "/proc/$1/status"; }
 
 local_moatd_start "$W" moatbench0 10.89.0.0/16
 $C pull 127.0.0.1:5000/moat/busybox:latest >/dev/null
-pod=$($C runp --name bench --namespace default --log-dir "$W/pods")
+pod=$($C runp --runtime microvm --name bench --namespace default --log-dir "$W/pods")
 ctr=$($C create "$pod" 127.0.0.1:5000/moat/busybox:latest --name web -- \
   sh -c 'mkdir -p /www && head -c 67108864 /dev/zero > /www/big && exec httpd -f -p 127.0.0.1:8080 -h /www')
 $C start "$ctr" >/dev/null

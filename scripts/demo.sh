@@ -34,7 +34,7 @@ $C images
 
 echo "== 4. run a pod: its own network namespace, a CNI IP, and a microVM with moat-agent as PID 1"
 start=$(date +%s%N)
-pod=$($C runp --name demo --namespace default --label app=demo --log-dir "$W/pods")
+pod=$($C runp --runtime microvm --name demo --namespace default --label app=demo --log-dir "$W/pods")
 echo "RunPodSandbox returned after $(( ($(date +%s%N) - start) / 1000000 )) ms: $pod"
 $C pods
 $C inspectp "$pod"

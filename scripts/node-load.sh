@@ -28,7 +28,7 @@ one_pod() {
   trap - EXIT # the cleanup is the main shell's, not this job's
   name=load$1
   t0=$(date +%s%N)
-  pod=$($C runp --name "$name" --namespace stress --log-dir "$W/pods") &&
+  pod=$($C runp --runtime microvm --name "$name" --namespace stress --log-dir "$W/pods") &&
   echo "$pod" >> "$W/pod-ids" &&
   ctr=$($C create "$pod" "$image" --name c -- sh -c 'echo up; exec sleep 600') &&
   $C start "$ctr" > /dev/null &&

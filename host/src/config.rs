@@ -49,7 +49,8 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// moatd and VMM logs (default `/var/log/moat`).
     pub log_dir: PathBuf,
-    /// Handler used when a pod's `runtime_handler` is empty (default `microvm`).
+    /// Handler used when a pod's `runtime_handler` is empty (default `runc`,
+    /// the native one).
     pub default_runtime_handler: String,
     /// Runtime handlers by name.
     pub runtime_handlers: BTreeMap<String, RuntimeHandler>,
@@ -220,7 +221,19 @@ pub struct RuntimeHandler {
     pub blk_slots: u32,
 }
 
+/// The built-in native handler's name: pods without a RuntimeClass run
+/// there by default, as with containerd.
+pub const NATIVE_HANDLER: &str = "runc";
+
 impl RuntimeHandler {
+    /// The built-in native handler: runc from the distribution.
+    pub fn native() -> Self {
+        Self {
+            kind: HandlerKind::Oci,
+            ..Self::default()
+        }
+    }
+
     /// The moat-agent binary of a native pod: as configured, else beside
     /// the running moatd, else `moat-agent` on PATH.
     pub fn agent_binary(&self) -> PathBuf {
@@ -253,12 +266,13 @@ impl Default for Config {
     fn default() -> Self {
         let mut runtime_handlers = BTreeMap::new();
         runtime_handlers.insert("microvm".to_string(), RuntimeHandler::default());
+        runtime_handlers.insert(NATIVE_HANDLER.to_string(), RuntimeHandler::native());
         Self {
             socket: "/run/moat/moat.sock".into(),
             state_dir: "/var/lib/moat".into(),
             run_dir: "/run/moat/pods".into(),
             log_dir: "/var/log/moat".into(),
-            default_runtime_handler: "microvm".into(),
+            default_runtime_handler: NATIVE_HANDLER.into(),
             runtime_handlers,
             cni_conf_dir: "/etc/cni/net.d".into(),
             cni_bin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
@@ -304,10 +318,15 @@ impl Config {
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: origin.to_string(),
             source,
         })?;
+        // The native `runc` handler is always there (containerd's default),
+        // unless the file configures a handler of that name itself.
+        cfg.runtime_handlers
+            .entry(NATIVE_HANDLER.to_string())
+            .or_insert_with(RuntimeHandler::native);
         cfg.validate()?;
         Ok(cfg)
     }

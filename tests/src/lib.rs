@@ -11,3 +11,4 @@ pub mod python;
 pub mod registry;
 pub mod stress;
 pub mod vm;
+pub mod websocket;

@@ -203,15 +203,28 @@ pub fn assert_vmm_cgroup(pid: u32, want: &str) -> std::path::PathBuf {
 }
 
 impl Moatd {
-    /// Starts moatd with the default microvm handler; `extra_toml` is
-    /// appended to its config (e.g. another runtime handler).
+    /// Starts moatd with the microvm handler as its default; `extra_toml`
+    /// is appended to its config (e.g. another runtime handler).
     pub fn start(extra_toml: &str) -> anyhow::Result<Self> {
         Self::start_with(extra_toml, &[])
+    }
+
+    /// Starts moatd with moatd's own default handler (the native `runc`).
+    pub fn start_with_native_default(extra_toml: &str) -> anyhow::Result<Self> {
+        Self::start_full(extra_toml, &[], None)
     }
 
     /// As [`Moatd::start`], with more CNI plugins chained after the bridge
     /// (e.g. `portmap`).
     pub fn start_with(extra_toml: &str, plugins: &[serde_json::Value]) -> anyhow::Result<Self> {
+        Self::start_full(extra_toml, plugins, Some("microvm"))
+    }
+
+    fn start_full(
+        extra_toml: &str,
+        plugins: &[serde_json::Value],
+        default_handler: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let registry = Registry::start()?;
         let dir = tempfile::Builder::new().prefix("moatd-e2e-").tempdir()?;
         let d = dir.path();
@@ -228,8 +241,11 @@ impl Moatd {
         std::fs::write(d.join("net.d/10-moat.conflist"), cni.to_string())?;
         let socket = d.join("moat.sock");
         let config = format!(
-            "socket = {socket:?}\nstate_dir = {state:?}\nrun_dir = {run:?}\nlog_dir = {log:?}\ncni_conf_dir = {net:?}\nagent_timeout_secs = 50\n\
+            "{default}socket = {socket:?}\nstate_dir = {state:?}\nrun_dir = {run:?}\nlog_dir = {log:?}\ncni_conf_dir = {net:?}\nagent_timeout_secs = 50\n\
              [runtime_handlers.microvm]\nkernel = {kernel:?}\ninitramfs = {initrd:?}\nvmm = {vmm:?}\ndefault_memory_mib = 256\n{extra_toml}\n",
+            default = default_handler
+                .map(|h| format!("default_runtime_handler = {h:?}\n"))
+                .unwrap_or_default(),
             state = d.join("state"),
             run = d.join("run"),
             log = d.join("log"),

@@ -20,9 +20,9 @@
 //! (scripts/install-deps.sh).
 
 use moat_proto::cri::*;
-use moat_tests::artifacts::workspace_root;
 use moat_tests::cri::*;
 use moat_tests::moatd::{tokio_runtime, Moatd};
+use moat_tests::websocket::{channel, status, try_ws, ws, ws_forward};
 use moatd::streaming::spdy::frame::{self, Frame, HeaderCodec, FLAG_FIN};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -30,37 +30,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
-
-/// Runs the WebSocket client on `url` with `protocol` and `actions`.
-fn ws(url: &str, protocol: &str, actions: Value) -> Value {
-    try_ws(url, protocol, actions).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// [`ws`], answering the client's failure instead of panicking.
-fn try_ws(url: &str, protocol: &str, actions: Value) -> Result<Value, String> {
-    let out = Command::new("/usr/bin/python3")
-        .arg(workspace_root().join("tests/python/ws_channels.py"))
-        .args([url, protocol, &actions.to_string()])
-        .output()
-        .expect("python3 (install python3-websocket: scripts/install-deps.sh)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(format!(
-            "ws_channels.py failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    serde_json::from_str(stdout.trim()).map_err(|e| format!("{e}: {stdout}"))
-}
-
-fn channel(v: &Value, ch: u8) -> &str {
-    v["channels"][ch.to_string()].as_str().unwrap_or("")
-}
-
-/// The v4+ status on the error channel.
-fn status(v: &Value) -> Value {
-    serde_json::from_str(channel(v, 3)).unwrap_or_else(|e| panic!("status: {e}: {v}"))
-}
 
 /// An exec over SPDY/3.1 as kubectl's executor does it: upgrade, open
 /// the error, stdin, stdout and stderr streams, send `stdin` and close it,
@@ -473,22 +442,6 @@ async fn vmm_pid(rt: &mut Rt, pod: &str) -> u32 {
 }
 
 moat_tests::vm_test!(exec_over_websocket, TIMEOUT, streaming_body);
-
-/// kubelet's WebSocket port-forward through `ws_portforward.py`.
-fn ws_forward(url: &str, protocol: &str, send: &str) -> Value {
-    let out = Command::new("/usr/bin/python3")
-        .arg(workspace_root().join("tests/python/ws_portforward.py"))
-        .args([url, protocol, send])
-        .output()
-        .expect("python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ws_portforward.py failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
 
 /// curl (Debian's) through a forwarded local port: (exit status, body).
 fn curl(port: u16, path: &str) -> (bool, Vec<u8>) {

@@ -89,8 +89,11 @@ pub(super) fn add_entropy(req: AddEntropyRequest) -> R<AddEntropyResponse> {
 pub(super) async fn shutdown(state: &State) -> R<ShutdownResponse> {
     tracing::info!("shutdown requested by the host");
     super::sandbox::teardown_all(state).await;
-    nix::unistd::sync();
     let pid1 = state.config.is_pid1;
+    if pid1 {
+        // The guest's own disks; an agent on the host has none to flush.
+        nix::unistd::sync();
+    }
     // Answer first, then power off (or, when not PID 1, exit) from a
     // separate thread so the reply has a chance to leave the guest.
     std::thread::spawn(move || {

@@ -197,10 +197,34 @@ pub fn host_binds(mounts: &[Mount]) -> Result<Vec<SharedMount>, ContainerError> 
             std::fs::create_dir_all(host)
                 .map_err(|e| invalid(i, "host_path", format!("creating it: {e}")))?;
         }
+        let (shared, slave) = mount_propagation(host);
         let propagation = match MountPropagation::try_from(m.propagation) {
             Ok(MountPropagation::PropagationPrivate) => "rprivate",
-            Ok(MountPropagation::PropagationHostToContainer) => "rslave",
-            Ok(MountPropagation::PropagationBidirectional) => "rshared",
+            // As containerd: the host side must propagate, or the mode
+            // would silently do nothing.
+            Ok(MountPropagation::PropagationHostToContainer) if shared || slave => "rslave",
+            Ok(MountPropagation::PropagationBidirectional) if shared => "rshared",
+            Ok(MountPropagation::PropagationHostToContainer) => {
+                return Err(invalid(
+                    i,
+                    "propagation",
+                    format!(
+                    "HOST_TO_CONTAINER needs {} on a shared or slave mount; it is on a private one",
+                    m.host_path
+                ),
+                ))
+            }
+            Ok(MountPropagation::PropagationBidirectional) => {
+                return Err(invalid(
+                    i,
+                    "propagation",
+                    format!(
+                        "BIDIRECTIONAL needs {} on a shared mount; it is on a {} one",
+                        m.host_path,
+                        if slave { "slave" } else { "private" }
+                    ),
+                ))
+            }
             Err(_) => {
                 return Err(invalid(
                     i,
@@ -217,6 +241,33 @@ pub fn host_binds(mounts: &[Mount]) -> Result<Vec<SharedMount>, ContainerError> 
         });
     }
     Ok(out)
+}
+
+/// Whether the mount holding `path` is shared and whether it is a slave,
+/// from this process's mountinfo (`shared:N`, `master:N`).
+fn mount_propagation(path: &Path) -> (bool, bool) {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut best: Option<(usize, bool, bool)> = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(point) = fields.get(4) else { continue };
+        let point = point.replace("\\040", " ");
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let optional = fields.iter().skip(6).take_while(|f| **f != "-");
+        let (mut shared, mut slave) = (false, false);
+        for f in optional {
+            shared |= f.starts_with("shared:");
+            slave |= f.starts_with("master:");
+        }
+        // The last of equally deep mounts is the one on top.
+        if best.is_none_or(|(len, _, _)| point.len() >= len) {
+            best = Some((point.len(), shared, slave));
+        }
+    }
+    best.map_or((false, false), |(_, s, m)| (s, m))
 }
 
 pub async fn share(

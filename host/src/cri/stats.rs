@@ -1,6 +1,7 @@
 //! Pod sandbox stats from the host side of the VM: the VMM process's CPU
 //! time and resident memory (guest memory the guest has touched included),
-//! with each running container's usage from the guest's cgroups.
+//! or a native pod's cgroup, with each running container's usage from its
+//! agent's cgroups.
 
 use crate::container::ContainerRecord;
 use crate::cri::{status_from_pod_error, Daemon};
@@ -25,15 +26,41 @@ fn process_usage(pid: u32) -> Option<(u64, u64, u64)> {
     Some((ticks * 1_000_000_000 / hz.max(1), rss_kib * 1024, threads))
 }
 
-/// A sandbox's stats.
+/// (cpu ns, memory bytes, processes, memory limit) of a native pod's
+/// cgroup (its holder and containers), from cgroup v2's files.
+fn cgroup_usage(dir: &std::path::Path) -> Option<(u64, u64, u64, Option<u64>)> {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    let cpu_us: u64 = read("cpu.stat")?
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())?;
+    let mem: u64 = read("memory.current")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let procs: u64 = read("pids.current")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let limit = read("memory.max").and_then(|v| v.trim().parse().ok());
+    Some((cpu_us * 1000, mem, procs, limit))
+}
+
+/// A sandbox's stats: a VM pod's from its VMM process, a native pod's
+/// from its cgroup.
 pub fn sandbox_stats(rec: &SandboxRecord) -> PodSandboxStats {
     let ts = crate::clock::now_ns();
-    let usage = rec
-        .vm
-        .filter(|v| v.is_alive())
-        .and_then(|v| process_usage(v.pid));
+    let usage = match (rec.kind, &rec.vmm_cgroup) {
+        (crate::config::HandlerKind::Oci, Some(rel)) => {
+            cgroup_usage(&std::path::Path::new(crate::vm::cgroup::CGROUP_ROOT).join(rel))
+                .map(|(cpu, mem, procs, limit)| (cpu, mem, procs, limit.unwrap_or(0)))
+        }
+        _ => rec
+            .vm
+            .filter(|v| v.is_alive())
+            .and_then(|v| process_usage(v.pid))
+            .map(|(cpu, rss, threads)| (cpu, rss, threads, rec.memory_mib << 20)),
+    };
     let (cpu, mem, procs) = match usage {
-        Some((cpu_ns, rss, threads)) => (
+        Some((cpu_ns, rss, threads, limit)) => (
             Some(CpuUsage {
                 timestamp: ts,
                 usage_core_nano_seconds: Some(UInt64Value { value: cpu_ns }),
@@ -44,8 +71,8 @@ pub fn sandbox_stats(rec: &SandboxRecord) -> PodSandboxStats {
                 working_set_bytes: Some(UInt64Value { value: rss }),
                 rss_bytes: Some(UInt64Value { value: rss }),
                 usage_bytes: Some(UInt64Value { value: rss }),
-                available_bytes: Some(UInt64Value {
-                    value: (rec.memory_mib << 20).saturating_sub(rss),
+                available_bytes: (limit > 0).then(|| UInt64Value {
+                    value: limit.saturating_sub(rss),
                 }),
                 ..Default::default()
             }),

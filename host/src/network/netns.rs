@@ -86,6 +86,24 @@ impl NetNs {
         .map_err(|_| std::io::Error::other("netns thread panicked"))?
     }
 
+    /// Brings the namespace's loopback up, as CNI's `loopback` plugin does
+    /// for containerd's pods: a native pod's servers on 127.0.0.1 (and
+    /// port-forwards to them) need it.
+    pub fn loopback_up(&self) -> std::io::Result<()> {
+        self.run(|| {
+            let out = std::process::Command::new("ip")
+                .args(["link", "set", "dev", "lo", "up"])
+                .output()?;
+            if !out.status.success() {
+                return Err(std::io::Error::other(format!(
+                    "`ip link set dev lo up`: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            Ok(())
+        })
+    }
+
     /// Unpins and deletes the namespace (idempotent).
     pub fn remove(&self) -> std::io::Result<()> {
         match umount2(&self.path, MntFlags::MNT_DETACH) {

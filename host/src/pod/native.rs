@@ -31,6 +31,13 @@ pub fn spawn_agent(
 ) -> anyhow::Result<(VmHandle, tokio::process::Child)> {
     std::fs::create_dir_all(paths.agent_dir())
         .with_context(|| format!("creating {}", paths.agent_dir().display()))?;
+    // The agent's socket is root's alone: whoever reaches it controls the
+    // pod's containers.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", paths.dir.display()))?;
+    }
     let log = std::fs::File::create(paths.agent_log()).context("creating agent.log")?;
     let ns = match netns {
         Some(ns) => Some(
@@ -126,6 +133,23 @@ pub async fn wait_for_agent(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The live agents started for the native pod at `paths`: those serving
+/// its socket. How a stop finds an agent whose pid a crash kept out of the
+/// record.
+pub fn running_agents(paths: &VmPaths) -> Vec<VmHandle> {
+    let sock = paths.agent();
+    crate::procfs::pids()
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.windows(2).any(|w| {
+                w[0] == b"--listen-unix".as_slice() && w[1] == sock.as_os_str().as_encoded_bytes()
+            })
+        })
+        .filter_map(VmHandle::live)
+        .collect()
 }
 
 /// Removes the native pod's cgroup tree bottom-up, killing what is left in

@@ -457,7 +457,11 @@ impl Pods {
         let host_network = uses_host(&rec.config, "network");
         let netns = match (&self.cni, host_network) {
             (_, true) => None,
-            (Some(cni), false) => Some(self.attach_network(rec, cni).await?),
+            (Some(cni), false) => {
+                let ns = self.attach_network(rec, cni).await?;
+                ns.loopback_up().map_err(caused("the pod's loopback"))?;
+                Some(ns)
+            }
             (None, false) => return Err(failed("no CNI network configured")),
         };
         let network_ms = started.elapsed().as_millis() as u64;

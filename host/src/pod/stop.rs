@@ -62,10 +62,14 @@ impl Pods {
             // The channels to this VM's agent are done.
             self.agents.forget(&rec.id);
         }
-        // A VMM no record names: started by a moatd that crashed before
-        // recording its pid.
-        for stray in running_vmms(&rec.vm_paths).into_iter().filter(|_| !native) {
-            tracing::warn!(id = %rec.id, pid = stray.pid, "killing a VMM left by a crash");
+        // A VMM or agent no record names: started by a moatd that crashed
+        // before recording its pid.
+        let strays = match native {
+            true => super::native::running_agents(&rec.vm_paths),
+            false => running_vmms(&rec.vm_paths),
+        };
+        for stray in strays {
+            tracing::warn!(id = %rec.id, pid = stray.pid, "killing a VMM or agent left by a crash");
             stray.kill();
             for _ in 0..200 {
                 if !stray.is_alive() {

@@ -75,6 +75,15 @@ pub struct VmHandle {
 }
 
 impl VmHandle {
+    /// The live (not zombie) process `pid`, with its start time.
+    pub fn live(pid: u32) -> Option<Self> {
+        let stat = crate::procfs::Stat::of(pid)?;
+        (stat.state != 'Z').then_some(VmHandle {
+            pid,
+            start_ticks: stat.start_ticks,
+        })
+    }
+
     /// True while this very process runs (and is not a zombie).
     pub fn is_alive(&self) -> bool {
         crate::procfs::Stat::of(self.pid)
@@ -257,13 +266,7 @@ pub fn running_vmms(paths: &VmPaths) -> Vec<VmHandle> {
                 .any(|w| w[0] == b"--config".as_slice() && w[1] == CONFIG_ARG.as_bytes())
                 && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d == paths.dir)
         })
-        .filter_map(|pid| {
-            let stat = crate::procfs::Stat::of(pid)?;
-            (stat.state != 'Z').then_some(VmHandle {
-                pid,
-                start_ticks: stat.start_ticks,
-            })
-        })
+        .filter_map(VmHandle::live)
         .collect()
 }
 

@@ -7,10 +7,23 @@
 use super::*;
 use tonic::Streaming;
 
-/// The sequence, step by step (each prints its name).
+/// The sequence, step by step (each prints its name), in a microVM pod.
 pub fn body() {
+    sequence(false)
+}
+
+/// The same sequence in a native pod (moatd's default handler, runc).
+pub fn native_body() {
+    sequence(true)
+}
+
+fn sequence(native: bool) {
     tokio_runtime().block_on(async {
-        let m = Moatd::start("").expect("moatd");
+        let m = match native {
+            true => Moatd::start_with_native_default(""),
+            false => Moatd::start(""),
+        }
+        .expect("moatd");
         let mut rt = m.runtime().await.unwrap();
         let logs = m.dir.path().join("pods");
         let mut events = rt
@@ -131,11 +144,7 @@ async fn refused_creates(m: &Moatd, rt: &Rt, pod: &str) {
         Code::NotFound,
         "exec unknown",
     );
-    assert_eq!(
-        attached_slots(&mut rt, &pod).await,
-        0,
-        "a failed create left an image attached"
-    );
+    assert_slots(&mut rt, &pod, 0, "a failed create left an image attached").await;
 }
 
 /// The main container: env, copied mounts, resources, a dropped capability; answers its id and log path.
@@ -389,11 +398,7 @@ async fn completed_and_oom_killed(m: &Moatd, rt: &Rt, pod: &str, logs: &Path) ->
     let done = create(&mut rt, &pod, container_config(m, "done", "echo finished"))
         .await
         .unwrap();
-    assert_eq!(
-        attached_slots(&mut rt, &pod).await,
-        1,
-        "one image, one slot"
-    );
+    assert_slots(&mut rt, &pod, 1, "one image, one slot").await;
     start(&mut rt, &done).await;
     let s = wait_exited(&mut rt, &done).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"), "{s:?}");
@@ -509,11 +514,7 @@ async fn remove(rt: &Rt, pod: &str, ids: [&String; 3]) {
     .await
     .expect("removing twice succeeds");
     assert!(list(&rt, ContainerFilter::default()).await.is_empty());
-    assert_eq!(
-        attached_slots(&mut rt, &pod).await,
-        0,
-        "image slot not detached"
-    );
+    assert_slots(&mut rt, &pod, 0, "image slot not detached").await;
 }
 
 /// Events: created → started → stopped → deleted for the app container.

@@ -41,6 +41,19 @@ pub(crate) async fn wait_log(path: &Path, needle: &str) -> String {
     }
 }
 
+/// For a pod VM, that `want` of its block slots have an image attached
+/// (`what` says why); a native pod has no slots to check.
+pub(crate) async fn assert_slots(rt: &mut Rt, pod: &str, want: usize, what: &str) {
+    let handler = pod_status(rt, pod, false)
+        .await
+        .status
+        .map(|s| s.runtime_handler)
+        .unwrap_or_default();
+    if handler != "runc" {
+        assert_eq!(attached_slots(rt, pod).await, want, "{what}");
+    }
+}
+
 /// Every block slot of the pod's VM that has an image attached.
 pub(crate) async fn attached_slots(rt: &mut Rt, pod: &str) -> usize {
     let info = pod_info(rt, pod).await;
@@ -63,6 +76,12 @@ moat_tests::vm_test!(
     kubelet_sequence_with_containers,
     TIMEOUT,
     kubelet_sequence::body
+);
+
+moat_tests::vm_test!(
+    kubelet_sequence_with_native_containers,
+    TIMEOUT,
+    kubelet_sequence::native_body
 );
 
 moat_tests::vm_test!(

@@ -167,6 +167,26 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let mut mounts: Vec<Mount> = oci_spec::runtime::get_default_mounts()
         .into_iter()
         .filter(|m| m.destination() != &PathBuf::from("/sys/fs/cgroup"))
+        .map(|m| match (privileged, input.native) {
+            // A privileged native container has the node's devices, as
+            // runc-based runtimes give it, and a writable /sys.
+            (true, true) if m.destination() == &PathBuf::from("/dev") => {
+                bind("/dev", "/dev", false, "rslave")
+            }
+            (true, _) if m.destination() == &PathBuf::from("/sys") => {
+                let mut m = m;
+                let options = m
+                    .options()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|o| if o == "ro" { "rw".to_string() } else { o })
+                    .collect();
+                m.set_options(Some(options));
+                m
+            }
+            _ => m,
+        })
         .collect();
     let mut cgroup = Mount::default();
     cgroup
@@ -202,10 +222,23 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
 
     let mut linux = oci_spec::runtime::Linux::default();
     linux.set_namespaces(Some(namespaces(sc, input.guest, input.native)?));
+    // The container's root must propagate for its mounts to (runc refuses
+    // an `rshared` mount under a private root).
+    let root_propagation = ["rshared", "rslave"]
+        .into_iter()
+        .find(|p| input.mounts.iter().any(|m| m.propagation == *p));
+    if let Some(p) = root_propagation {
+        linux.set_rootfs_propagation(Some(p.to_string()));
+    }
     let mut res = limits.map(resources).unwrap_or_default();
     res.set_devices(None);
-    linux.set_resources(Some(res));
-    if privileged {
+    if privileged && input.native {
+        linux.set_masked_paths(None).set_readonly_paths(None);
+        let all: oci_spec::runtime::LinuxDeviceCgroup =
+            serde_json::from_value(serde_json::json!({"allow": true, "access": "rwm"}))
+                .map_err(|e| bad("linux.resources.devices", e.to_string()))?;
+        res.set_devices(Some(vec![all]));
+    } else if privileged {
         linux.set_masked_paths(None).set_readonly_paths(None);
         // A privileged container gets the guest's devices a pod may use
         // (runc gives it the host's): /dev/net/tun for VPN sidecars.
@@ -218,6 +251,7 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
             linux.set_readonly_paths(Some(sc.readonly_paths.clone()));
         }
     }
+    linux.set_resources(Some(res));
     linux.set_seccomp(super::seccomp::profile(
         &super::seccomp::choice(sc)?,
         &bounding,
