@@ -219,6 +219,11 @@ pub struct RuntimeHandler {
     pub max_memory_mib: u32,
     /// virtio-blk slots per VM, one per container image in use (default 8).
     pub blk_slots: u32,
+    /// Whether a privileged pod or container may run in the VM, privileged
+    /// over its own guest only (Kata's `privileged_without_host_devices`);
+    /// default false: refused, as it would never get the node's privileges
+    /// it asks for.
+    pub guest_privileged: bool,
 }
 
 /// The built-in native handler's name: pods without a RuntimeClass run
@@ -302,6 +307,7 @@ impl Default for RuntimeHandler {
             max_vcpus: 8,
             max_memory_mib: 16384,
             blk_slots: 8,
+            guest_privileged: false,
         }
     }
 }

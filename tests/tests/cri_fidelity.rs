@@ -85,7 +85,7 @@ async fn seccomp_mode(rt: &mut Rt, id: &str) -> String {
 
 fn fidelity_body() {
     tokio_runtime().block_on(async {
-        let m = Moatd::start("").expect("moatd");
+        let m = Moatd::start("guest_privileged = true\n").expect("moatd");
         let mut rt = m.runtime().await.unwrap();
         pull(&m).await;
         let logs = m.dir.path().join("pods");

@@ -70,16 +70,24 @@ impl Containers {
             )));
         }
         let native = sb.kind == HandlerKind::Oci;
+        let handler = self.handlers.get(&sb.runtime_handler);
+        let privileged = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .is_some_and(|s| s.privileged);
+        if privileged && !native && !handler.is_some_and(|h| h.guest_privileged) {
+            return Err(ContainerError::Invalid(format!(
+                "config.linux.security_context.privileged: {}",
+                crate::pod::VM_PRIVILEGED
+            )));
+        }
         let volumes = devices::block_volumes(&config)?;
         // Containers of one pod VM that use the same image share its slot;
         // each block volume takes one of its own. A native pod has none.
-        let total = match native {
-            true => 0,
-            false => self
-                .blk_slots
-                .get(&sb.runtime_handler)
-                .copied()
-                .unwrap_or(0),
+        let total = match (native, handler) {
+            (false, Some(h)) => h.blk_slots,
+            _ => 0,
         };
         let mut used: Vec<u32> = siblings.iter().flat_map(ContainerRecord::slots).collect();
         let mut take_free = |what: &str| {

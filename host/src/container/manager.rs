@@ -64,7 +64,9 @@ pub(super) struct Inner {
 #[derive(Clone)]
 pub struct Containers {
     pub(super) inner: Arc<Inner>,
-    pub(super) blk_slots: HashMap<String, u32>,
+    /// The runtime handlers by name (a pod's VM slots, what its
+    /// containers may ask for).
+    pub(super) handlers: HashMap<String, crate::config::RuntimeHandler>,
 }
 
 impl Containers {
@@ -87,10 +89,10 @@ impl Containers {
                 cpu_samples: StdMutex::new(HashMap::new()),
                 last_stats: StdMutex::new(HashMap::new()),
             }),
-            blk_slots: config
+            handlers: config
                 .runtime_handlers
                 .iter()
-                .map(|(k, h)| (k.clone(), h.blk_slots))
+                .map(|(k, h)| (k.clone(), h.clone()))
                 .collect(),
         }
     }

@@ -23,3 +23,4 @@ mod validate;
 pub use locks::PodLocks;
 pub use manager::{PodError, Pods};
 pub use record::{SandboxRecord, SandboxState};
+pub use validate::VM_PRIVILEGED;

@@ -5,7 +5,9 @@ use super::manager::{caused, failed, PodError, Pods, POD_TAP};
 use super::native;
 use super::record::{SandboxRecord, SandboxState};
 use super::sizing::vm_size;
-use super::validate::{native_sysctls, no_host_namespaces, pod_hostname, uses_host, validate};
+use super::validate::{
+    native_sysctls, no_host_namespaces, no_privileged, pod_hostname, uses_host, validate,
+};
 use crate::config::HandlerKind;
 use crate::crash_point;
 use crate::network::capability_args::capability_args;
@@ -183,7 +185,12 @@ impl Pods {
             .clone();
         // The one place that decides what a pod may ask of its handler.
         match handler.kind {
-            HandlerKind::Microvm => no_host_namespaces(&config)?,
+            HandlerKind::Microvm => {
+                no_host_namespaces(&config)?;
+                if !handler.guest_privileged {
+                    no_privileged(&config)?;
+                }
+            }
             HandlerKind::Oci => native_sysctls(&config)?,
         }
         let host_network = handler.kind == HandlerKind::Oci && uses_host(&config, "network");

@@ -134,6 +134,30 @@ pub(super) fn native_sysctls(config: &PodSandboxConfig) -> Result<(), PodError> 
     Ok(())
 }
 
+/// Why a microVM pod's container may not be privileged (the handler may
+/// allow it: `guest_privileged`).
+pub const VM_PRIVILEGED: &str = "a container in a microVM pod cannot be privileged on the node: \
+     its privileges would reach only its own guest. Run it with a native handler (the \
+     built-in `runc`), or set `guest_privileged = true` on the microVM handler to allow \
+     privileges over the guest";
+
+/// A privileged pod in a microVM is refused unless its handler allows
+/// privileges over the guest (kubelet marks the pod privileged when any of
+/// its containers is).
+pub(super) fn no_privileged(config: &PodSandboxConfig) -> Result<(), PodError> {
+    let privileged = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .is_some_and(|s| s.privileged);
+    if privileged {
+        return Err(PodError::Invalid(format!(
+            "config.linux.security_context.privileged: {VM_PRIVILEGED}"
+        )));
+    }
+    Ok(())
+}
+
 /// A pod in a microVM gets no node namespace (its VM's are its own).
 pub(super) fn no_host_namespaces(config: &PodSandboxConfig) -> Result<(), PodError> {
     let Some(n) = config
@@ -280,6 +304,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_privileged_pod_is_refused_naming_the_field() {
+        let mut c = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "a".into(),
+                namespace: "b".into(),
+                uid: "u".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        };
+        assert!(no_privileged(&c).is_ok());
+        c.linux = Some(moat_proto::cri::LinuxPodSandboxConfig {
+            security_context: Some(moat_proto::cri::LinuxSandboxSecurityContext {
+                privileged: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let e = no_privileged(&c).unwrap_err().to_string();
+        assert!(
+            e.starts_with("config.linux.security_context.privileged: ") && e.contains("runc"),
+            "{e}"
+        );
+        assert!(validate(&c).is_ok(), "a native pod may be privileged");
     }
 
     #[test]

@@ -93,6 +93,23 @@ async fn refused_creates(m: &Moatd, rt: &Rt, pod: &str) {
         Code::NotFound,
         "unknown pod",
     );
+    // A privileged container: the node's privileges cannot be had in a
+    // microVM (the handler allows none over the guest here).
+    let handler = pod_status(&mut rt, &pod, false)
+        .await
+        .status
+        .map(|s| s.runtime_handler)
+        .unwrap_or_default();
+    if handler != "runc" {
+        let mut p = c.clone();
+        security_context(&mut p).privileged = true;
+        let msg = assert_code(
+            create(&mut rt, &pod, p).await,
+            Code::InvalidArgument,
+            "privileged in a VM",
+        );
+        assert!(msg.contains("security_context.privileged"), "{msg}");
+    }
     c.image = Some(ImageSpec {
         image: format!("{}/moat/missing:1", m.registry.addr),
         ..Default::default()

@@ -305,6 +305,26 @@ fn bad_sandbox_requests_and_a_vm_that_cannot_boot() {
             ),
             "{e:?}"
         );
+        // A privileged pod: refused in a microVM unless its handler allows
+        // privileges over the guest.
+        let mut privileged = pod_config("priv", &[]);
+        privileged.linux = Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                privileged: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let e = rt
+            .run_pod_sandbox(run_req(privileged, ""))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message()
+                .contains("config.linux.security_context.privileged: a container in a microVM pod"),
+            "{e:?}"
+        );
         assert!(moat_tests::cri::list_pods(&mut rt).await.is_empty());
 
         let e = rt
