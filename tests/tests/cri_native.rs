@@ -5,7 +5,8 @@
 //! PID namespace, stats from its cgroup), exec with a terminal and
 //! port-forward through python3-websocket, a moatd restart with the
 //! containers running, a node-daemon-shaped pod (hostNetwork, hostPID,
-//! privileged: a bridge made, a hostPath with bidirectional propagation), a
+//! privileged: a port bound on the node, a bridge made, a hostPath with
+//! bidirectional propagation), a
 //! microVM pod and a native pod reaching each other over the CNI network,
 //! and 20 native pods created and removed with nothing left behind (agents,
 //! mounts, cgroups, pod directories, IPs).
@@ -335,6 +336,31 @@ fn body() {
         assert!(
             out.contains("bridge-made") && out.contains("mounted"),
             "{out}"
+        );
+        // It binds a port on the node: reachable from the node's own
+        // network namespace.
+        exec_ok(
+            &mut rt,
+            &daemon,
+            "mkdir -p /hp && echo host-port-ok > /hp/index.html && httpd -p 18080 -h /hp",
+        )
+        .await;
+        let body = {
+            use std::io::{Read, Write};
+            let mut got = String::new();
+            for _ in 0..50 {
+                if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:18080") {
+                    let _ = s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+                    let _ = s.read_to_string(&mut got);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            got
+        };
+        assert!(
+            body.contains("host-port-ok"),
+            "the node's port 18080: {body:?}"
         );
         // The container's mount reached the host (bidirectional).
         let sub = shared.join("sub").display().to_string();

@@ -243,6 +243,9 @@ async fn main_container(
 
 /// Logs in the CRI format, both streams.
 async fn cri_logs(log_path: &Path) {
+    // The two streams are read apart: stderr's line may come after
+    // stdout's later ones.
+    wait_log(log_path, " stderr F err\n").await;
     let content = wait_log(log_path, " stdout F tick").await;
     let first = content.lines().next().unwrap();
     let fields: Vec<&str> = first.splitn(4, ' ').collect();
