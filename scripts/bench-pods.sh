@@ -29,7 +29,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 pss() {
   total=0
   for d in /proc/[0-9]*; do
-    if grep -q "$1" "$d/cgroup" 2>/dev/null || tr '\0' ' ' < "$d/cmdline" 2>/dev/null | grep -q "$2"; then
+    if grep -q "$1" "$d/cgroup" 2>/dev/null || tr '\0' ' ' 2>/dev/null < "$d/cmdline" | grep -q "$2"; then
       k=$(awk '/^Pss:/ {print $2}' "$d/smaps_rollup" 2>/dev/null || echo 0)
       total=$((total + ${k:-0}))
     fi
