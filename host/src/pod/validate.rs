@@ -160,20 +160,12 @@ pub(super) fn no_privileged(config: &PodSandboxConfig) -> Result<(), PodError> {
 
 /// A pod in a microVM gets no node namespace (its VM's are its own).
 pub(super) fn no_host_namespaces(config: &PodSandboxConfig) -> Result<(), PodError> {
-    let Some(n) = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref())
-    else {
-        return Ok(());
-    };
-    for (kind, mode, field) in [
-        ("network", n.network, "hostNetwork"),
-        ("pid", n.pid, "hostPID"),
-        ("ipc", n.ipc, "hostIPC"),
+    for (kind, field) in [
+        ("network", "hostNetwork"),
+        ("pid", "hostPID"),
+        ("ipc", "hostIPC"),
     ] {
-        if mode == NamespaceMode::Node as i32 {
+        if uses_host(config, kind) {
             return Err(PodError::Invalid(format!(
                 "config.linux.security_context.namespace_options.{kind}: NODE ({field}) \
                  cannot be given to a pod in a microVM, whose {kind} namespace is its own, \
