@@ -2,10 +2,11 @@
 //! `oci`): containers on the host through Debian's runc, with moat-agent
 //! beside each pod as its shim. Covers a pod without a runtime class
 //! running natively (its own network: CNI IP, CRI log, ExecSync, its own
-//! PID namespace, stats from its cgroup), exec with a terminal and
+//! PID namespace, stats from its cgroup, host devices, its namespace
+//! holder without privilege), exec with a terminal and
 //! port-forward through python3-websocket, a moatd restart with the
 //! containers running, a node-daemon-shaped pod (hostNetwork, hostPID,
-//! privileged: a port bound on the node, a bridge made, a hostPath with
+//! hostIPC, privileged: a port bound on the node, a bridge made, a hostPath with
 //! bidirectional propagation), a
 //! microVM pod and a native pod reaching each other over the CNI network,
 //! and 20 native pods created and removed with nothing left behind (agents,
@@ -44,6 +45,27 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .filter(|p| Path::new(p).starts_with(dir))
         .map(str::to_string)
         .collect()
+}
+
+/// The `/proc/<pid>/status` of the pod's namespace holder: the process in
+/// its cgroup's `.holder` child.
+fn holder_status(pod: &str) -> String {
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cg = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+        if cg.contains(&format!("moat-pod-{pod}")) && cg.trim_end().ends_with("/.holder") {
+            return std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        }
+    }
+    panic!("no holder process for pod {pod}")
+}
+
+/// The value of `key` in a `/proc/<pid>/status` text.
+fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(str::trim)
+        .unwrap_or("")
 }
 
 /// Processes whose command line names `needle`.
@@ -164,6 +186,37 @@ fn body() {
             key: "GREETING".into(),
             value: "native".into(),
         }];
+        // Host devices as a device plugin passes them: a node read-only,
+        // and a directory of nodes.
+        let devdir = m.dir.path().join("devdir");
+        std::fs::create_dir_all(devdir.join("sub")).unwrap();
+        // 1:12 is in no runc default rule and has no driver: an open the
+        // device cgroup lets through fails with ENXIO, one it stops with
+        // EPERM.
+        let ro = m.dir.path().join("ro-dev");
+        for (node, minor) in [devdir.join("sub/null"), ro.clone()]
+            .iter()
+            .zip(["3", "12"])
+        {
+            let made = std::process::Command::new("mknod")
+                .arg(node)
+                .args(["c", "1", minor])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(made, "mknod {}", node.display());
+        }
+        c.devices = vec![
+            Device {
+                host_path: ro.display().to_string(),
+                container_path: "/dev/moat-ro".into(),
+                permissions: "r".into(),
+            },
+            Device {
+                host_path: devdir.display().to_string(),
+                container_path: "/dev/moatdir".into(),
+                permissions: "rwm".into(),
+            },
+        ];
         let app = run_container(&mut rt, &m, &pod, c).await;
         let log = logs.join("native/app/0.log");
         let text = wait_file(&log, "started in native").await;
@@ -194,6 +247,36 @@ fn body() {
         );
         let (code, _) = exec_sh(&mut rt, &app, "exit 3").await;
         assert_eq!(code, 3);
+        let out = exec_ok(
+            &mut rt,
+            &app,
+            "(: < /dev/moat-ro) 2>&1 | grep -q 'No such device' && echo read-allowed; \
+             (: > /dev/moat-ro) 2>&1 | grep -q 'not permitted' && echo write-refused; \
+             echo x > /dev/moatdir/sub/null && echo dir-ok; \
+             mknod /tmp/disk b 8 0 && (: < /tmp/disk) 2>&1 | grep -q 'not permitted' && \
+             echo other-devices-refused",
+        )
+        .await;
+        for want in [
+            "read-allowed",
+            "write-refused",
+            "dir-ok",
+            "other-devices-refused",
+        ] {
+            assert!(out.lines().any(|l| l == want), "{want}: {out}");
+        }
+        // The holder of its namespaces keeps nothing it does not need.
+        let holder = holder_status(&pod);
+        for (key, want) in [
+            ("Uid", "65535\t65535\t65535\t65535"),
+            ("CapEff", "0000000000000000"),
+            ("CapPrm", "0000000000000000"),
+            ("CapBnd", "0000000000000000"),
+            ("NoNewPrivs", "1"),
+            ("Seccomp", "2"),
+        ] {
+            assert_eq!(status_field(&holder, key), want, "{key}: {holder}");
+        }
         let stats = rt
             .pod_sandbox_stats(PodSandboxStatsRequest {
                 pod_sandbox_id: pod.clone(),
@@ -289,6 +372,7 @@ fn body() {
         let node_ns = NamespaceOption {
             network: NamespaceMode::Node as i32,
             pid: NamespaceMode::Node as i32,
+            ipc: NamespaceMode::Node as i32,
             ..Default::default()
         };
         host.linux = Some(LinuxPodSandboxConfig {
@@ -314,7 +398,7 @@ fn body() {
         let out = exec_ok(
             &mut rt,
             &daemon,
-            "ip -o link show; ls /proc | grep -c '^[0-9]'; \
+            "ip -o link show; ls /proc | grep -c '^[0-9]'; readlink /proc/self/ns/ipc; \
              ip link add moatnbr0 type bridge && ip link del moatnbr0 && echo bridge-made; \
              mkdir -p /host-run/sub && mount -t tmpfs daemon-tmpfs /host-run/sub && echo mounted",
         )
@@ -337,6 +421,14 @@ fn body() {
             out.contains("bridge-made") && out.contains("mounted"),
             "{out}"
         );
+        let node_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap();
+        let node_ipc = node_ipc.display().to_string();
+        assert!(
+            out.contains(&node_ipc),
+            "a hostIPC container is in the node's IPC namespace {node_ipc}: {out}"
+        );
+        let own = exec_ok(&mut rt, &app, "readlink /proc/self/ns/ipc").await;
+        assert_ne!(own, node_ipc, "a pod without hostIPC has its own");
         // It binds a port on the node: reachable from the node's own
         // network namespace.
         exec_ok(

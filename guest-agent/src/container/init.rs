@@ -171,13 +171,16 @@ fn holder(
     }
     in_child(chan, || {
         nix::unistd::setsid().context("setsid")?;
-        chan.send(&InitReport::Ready)?;
-        // PID 1 of the pod's namespace: reap whatever is re-parented here.
         let mut set = nix::sys::signal::SigSet::empty();
         set.add(nix::sys::signal::Signal::SIGCHLD);
         set.thread_block().context("blocking SIGCHLD")?;
+        confine_holder()?;
+        chan.send(&InitReport::Ready)?;
+        // PID 1 of the pod's namespace: reap whatever is re-parented here.
         loop {
-            let _ = set.wait();
+            if set.wait().is_err() {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
             while let Ok(st) =
                 nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
             {
@@ -187,6 +190,53 @@ fn holder(
             }
         }
     })
+}
+
+/// The uid and gid the holder runs as: those of Kubernetes' pause image.
+const HOLDER_ID: u32 = 65535;
+
+/// Strips the holder of everything it does not need to hold namespaces and
+/// reap: no capabilities (bounding set emptied, then the ids of the pause
+/// image, which clears the rest), no supplementary groups, no_new_privs,
+/// and a seccomp filter allowing only waiting for and reaping children,
+/// sleeping, reporting on the channel and exiting. Stricter than
+/// containerd's pause container, which keeps the runtime's default
+/// capabilities.
+fn confine_holder() -> anyhow::Result<()> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    capabilities::drop_bounding(&Default::default()).context("emptying the bounding set")?;
+    setgroups(&[]).context("setgroups")?;
+    let (g, u) = (Gid::from_raw(HOLDER_ID), Uid::from_raw(HOLDER_ID));
+    setresgid(g, g, g).context("setresgid")?;
+    setresuid(u, u, u).context("setresuid")?;
+    caps::clear(None, caps::CapSet::Ambient).context("clearing ambient capabilities")?;
+    nix::unistd::chdir("/").context("chdir /")?;
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("PR_SET_NO_NEW_PRIVS");
+    }
+    let filter = seccomp::allow_only(&[
+        "rt_sigtimedwait",
+        "rt_sigprocmask",
+        "rt_sigreturn",
+        "restart_syscall",
+        "wait4",
+        "waitid",
+        "nanosleep",
+        "clock_nanosleep",
+        "write",
+        "sendmsg",
+        "sendto",
+        "close",
+        "brk",
+        "mmap",
+        "munmap",
+        "futex",
+        "exit",
+        "exit_group",
+    ])?;
+    seccomp::install(&[filter]).context("installing the holder's seccomp filter")?;
+    Ok(())
 }
 
 /// Allocates the process's terminal from the container's own devpts (so

@@ -82,7 +82,12 @@ impl Containers {
                 crate::pod::VM_PRIVILEGED
             )));
         }
-        let volumes = devices::block_volumes(&config)?;
+        // A pod VM's devices are block volumes in slots of their own; a
+        // native pod's are the host's nodes, in its spec.
+        let (volumes, host_devices) = match native {
+            true => (Vec::new(), devices::host_devices(&config)?),
+            false => (devices::block_volumes(&config)?, Vec::new()),
+        };
         // Containers of one pod VM that use the same image share its slot;
         // each block volume takes one of its own. A native pod has none.
         let total = match (native, handler) {
@@ -108,7 +113,6 @@ impl Containers {
         };
         let device_slots = volumes
             .iter()
-            .filter(|_| !native)
             .map(|v| take_free(&format!("the block volume {}", v.container_path)))
             .collect::<Result<Vec<u32>, _>>()?;
         let localhost_seccomp = read_localhost_seccomp(&config)?;
@@ -128,9 +132,7 @@ impl Containers {
             localhost_seccomp: localhost_seccomp.as_deref(),
         })
         .map_err(|e| ContainerError::Invalid(e.0))?;
-        if native {
-            devices::add_host_devices(&mut oci, &volumes)?;
-        }
+        devices::add_host_devices(&mut oci, &host_devices)?;
         let spec_json =
             serde_json::to_vec(&oci).map_err(ContainerError::caused("encoding the OCI spec"))?;
         let control = ControlClient::new(&sb.vm_paths.api());
@@ -168,7 +170,6 @@ impl Containers {
                 }),
                 scratch_size_bytes: 0,
                 stdin: config.stdin,
-                // A native pod's volumes are in its spec's devices.
                 devices: volumes
                     .iter()
                     .zip(&device_slots)

@@ -1,10 +1,11 @@
-//! CRI `devices` of a container: what kubelet passes for a pod's raw block
-//! volumes (`volumeDevices`), a host block device or file each. moatd
-//! attaches each to a virtio-blk slot of its own (read-only unless the
-//! permissions say `w`, which the VM then enforces) and the agent makes it
-//! a device node at the container path. Other host devices (character
-//! devices: GPUs, `/dev/fuse`, ...) have no meaning inside a VM and are
-//! refused.
+//! CRI `devices` of a container. In a pod VM they are what kubelet passes
+//! for a pod's raw block volumes (`volumeDevices`), a host block device or
+//! file each: moatd attaches each to a virtio-blk slot of its own
+//! (read-only unless the permissions say `w`, which the VM then enforces)
+//! and the agent makes it a device node at the container path; character
+//! devices (GPUs, `/dev/fuse`, ...) have no meaning inside a VM and are
+//! refused. A native pod gets the host's device nodes themselves, block or
+//! character, as runc-based runtimes pass them.
 
 use super::ContainerError;
 use moat_proto::cri::ContainerConfig;
@@ -22,50 +23,63 @@ pub(super) struct BlockVolume {
     pub read_only: bool,
 }
 
-/// The container's block volumes, each checked: an absolute container path
-/// under `/dev/` used once, a host path that is a block device or a regular
-/// file, permissions of `r`, `w` and `m` only.
+/// Checks what every `devices` entry must satisfy whatever the handler: an
+/// absolute container path under `/dev/` without `..`, used once, and
+/// permissions of `r`, `w` and `m` only. Returns the entry's field name for
+/// errors.
+fn check_entry(
+    c: &ContainerConfig,
+    i: usize,
+) -> Result<(String, &moat_proto::cri::Device), ContainerError> {
+    let d = &c.devices[i];
+    let field = format!("config.devices[{i}]");
+    let bad = |what: &str, msg: String| ContainerError::Invalid(format!("{field}.{what}: {msg}"));
+    let target = Path::new(&d.container_path);
+    if !target.starts_with("/dev/") || target.components().any(|c| c == Component::ParentDir) {
+        return Err(bad(
+            "container_path",
+            format!(
+                "{:?} must be a path under /dev/ without '..'",
+                d.container_path
+            ),
+        ));
+    }
+    if c.devices[..i]
+        .iter()
+        .any(|o| o.container_path == d.container_path)
+    {
+        return Err(bad(
+            "container_path",
+            format!("{:?} is given twice", d.container_path),
+        ));
+    }
+    if !d.permissions.chars().all(|p| matches!(p, 'r' | 'w' | 'm')) {
+        return Err(bad(
+            "permissions",
+            format!("{:?} may hold only r, w and m", d.permissions),
+        ));
+    }
+    Ok((field, d))
+}
+
+/// The container's block volumes for a pod VM, each checked: a host path
+/// that is a block device or a regular file.
 pub(super) fn block_volumes(c: &ContainerConfig) -> Result<Vec<BlockVolume>, ContainerError> {
-    let mut out: Vec<BlockVolume> = Vec::new();
-    for (i, d) in c.devices.iter().enumerate() {
-        let field = format!("config.devices[{i}]");
-        let bad =
-            |what: &str, msg: String| ContainerError::Invalid(format!("{field}.{what}: {msg}"));
-        let target = Path::new(&d.container_path);
-        if !target.starts_with("/dev/") || target.components().any(|c| c == Component::ParentDir) {
-            return Err(bad(
-                "container_path",
-                format!(
-                    "{:?} must be a path under /dev/ without '..'",
-                    d.container_path
-                ),
-            ));
-        }
-        if out.iter().any(|v| v.container_path == d.container_path) {
-            return Err(bad(
-                "container_path",
-                format!("{:?} is given twice", d.container_path),
-            ));
-        }
-        if !d.permissions.chars().all(|p| matches!(p, 'r' | 'w' | 'm')) {
-            return Err(bad(
-                "permissions",
-                format!("{:?} may hold only r, w and m", d.permissions),
-            ));
-        }
+    let mut out = Vec::new();
+    for i in 0..c.devices.len() {
+        let (field, d) = check_entry(c, i)?;
         let host = PathBuf::from(&d.host_path);
         let kind = std::fs::metadata(&host)
-            .map_err(|e| bad("host_path", format!("{}: {e}", host.display())))?
+            .map_err(|e| {
+                ContainerError::Invalid(format!("{field}.host_path: {}: {e}", host.display()))
+            })?
             .file_type();
         if !(kind.is_block_device() || kind.is_file()) {
-            return Err(bad(
-                "host_path",
-                format!(
-                    "{} is not a block device or a file: only raw block volumes can be \
-                     passed into a pod VM",
-                    host.display()
-                ),
-            ));
+            return Err(ContainerError::Invalid(format!(
+                "{field}.host_path: {} is not a block device or a file: only raw block \
+                 volumes can be passed into a pod VM (a character device needs a native pod)",
+                host.display()
+            )));
         }
         out.push(BlockVolume {
             host_path: host,
@@ -76,47 +90,156 @@ pub(super) fn block_volumes(c: &ContainerConfig) -> Result<Vec<BlockVolume>, Con
     Ok(out)
 }
 
-/// A native pod's block volumes: device nodes the OCI runtime creates from
-/// the host device's numbers, allowed in the device cgroup (without write
-/// access when read-only), as runc-based runtimes pass `devices`.
+/// One host device node given to a native pod's container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct HostDevice {
+    /// Where the node appears in the container.
+    pub container_path: String,
+    /// `b` or `c`.
+    pub kind: char,
+    /// The device's numbers, from the host node.
+    pub major: u32,
+    /// See `major`.
+    pub minor: u32,
+    /// The host node's mode bits, owner and group, which the container's
+    /// node copies.
+    pub mode: u32,
+    /// See `mode`.
+    pub uid: u32,
+    /// See `mode`.
+    pub gid: u32,
+    /// The device-cgroup access (`r`, `w`, `m`): the entry's permissions,
+    /// `rwm` when empty.
+    pub access: String,
+}
+
+/// Most device nodes taken from one directory entry (containerd walks a
+/// directory such as `/dev/dri` the same way).
+const MAX_DEVICES_PER_DIR: usize = 1024;
+
+/// A native pod's `devices`, as runc-based runtimes take them: each host
+/// path is a block or character device node, or a directory whose device
+/// nodes (walked recursively, symlinks not followed) appear under the
+/// container path with the same relative names.
+pub(super) fn host_devices(c: &ContainerConfig) -> Result<Vec<HostDevice>, ContainerError> {
+    let mut out: Vec<HostDevice> = Vec::new();
+    for i in 0..c.devices.len() {
+        let (field, d) = check_entry(c, i)?;
+        let access = match d.permissions.as_str() {
+            "" => "rwm".to_string(),
+            p => p.to_string(),
+        };
+        let host = Path::new(&d.host_path);
+        let bad = |msg: String| ContainerError::Invalid(format!("{field}.host_path: {msg}"));
+        let meta = std::fs::metadata(host).map_err(|e| bad(format!("{}: {e}", host.display())))?;
+        let found = if meta.is_dir() {
+            let mut found = Vec::new();
+            walk_devices(host, Path::new(&d.container_path), &mut found)
+                .map_err(|e| bad(format!("{}: {e}", host.display())))?;
+            if found.len() > MAX_DEVICES_PER_DIR {
+                return Err(bad(format!(
+                    "{} holds more than {MAX_DEVICES_PER_DIR} device nodes",
+                    host.display()
+                )));
+            }
+            found
+        } else {
+            let node = device_node(&meta, PathBuf::from(&d.container_path)).ok_or_else(|| {
+                bad(format!(
+                    "{} is not a device node or a directory of them",
+                    host.display()
+                ))
+            })?;
+            vec![node]
+        };
+        for (path, meta) in found {
+            let container_path = path.display().to_string();
+            if out.iter().any(|o| o.container_path == container_path) {
+                return Err(bad(format!("{container_path:?} would be made twice")));
+            }
+            out.push(HostDevice {
+                container_path,
+                access: access.clone(),
+                ..meta
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The device node `meta` describes, to appear at `at`; `None` when it is
+/// not a block or character device.
+fn device_node(meta: &std::fs::Metadata, at: PathBuf) -> Option<(PathBuf, HostDevice)> {
+    use std::os::unix::fs::MetadataExt;
+    let kind = match meta.file_type() {
+        t if t.is_block_device() => 'b',
+        t if t.is_char_device() => 'c',
+        _ => return None,
+    };
+    let rdev = meta.rdev();
+    Some((
+        at,
+        HostDevice {
+            container_path: String::new(),
+            kind,
+            major: nix::sys::stat::major(rdev) as u32,
+            minor: nix::sys::stat::minor(rdev) as u32,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            access: String::new(),
+        },
+    ))
+}
+
+/// Collects the device nodes under `dir`, named under `at`.
+fn walk_devices(
+    dir: &Path,
+    at: &Path,
+    out: &mut Vec<(PathBuf, HostDevice)>,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = std::fs::symlink_metadata(entry.path())?;
+        let name = at.join(entry.file_name());
+        if meta.is_dir() {
+            walk_devices(&entry.path(), &name, out)?;
+        } else if let Some(node) = device_node(&meta, name) {
+            out.push(node);
+        }
+        if out.len() > MAX_DEVICES_PER_DIR {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Adds a native pod's devices to its spec: device nodes the OCI runtime
+/// creates, each allowed in the device cgroup with its access.
 pub(super) fn add_host_devices(
     spec: &mut oci_spec::runtime::Spec,
-    volumes: &[BlockVolume],
+    devices: &[HostDevice],
 ) -> Result<(), ContainerError> {
-    use std::os::unix::fs::MetadataExt;
+    if devices.is_empty() {
+        return Ok(());
+    }
     let mut nodes = Vec::new();
     let mut rules = Vec::new();
-    for v in volumes {
-        let meta = std::fs::metadata(&v.host_path).map_err(|e| {
-            ContainerError::Invalid(format!("config.devices: {}: {e}", v.host_path.display()))
-        })?;
-        if !meta.file_type().is_block_device() {
-            return Err(ContainerError::Invalid(format!(
-                "config.devices: {} is not a block device: a native pod's devices are the \
-                 host's device nodes",
-                v.host_path.display()
-            )));
-        }
-        let (major, minor) = (
-            i64::from(nix::sys::stat::major(meta.rdev()) as u32),
-            i64::from(nix::sys::stat::minor(meta.rdev()) as u32),
-        );
-        let access = if v.read_only { "rm" } else { "rwm" };
+    for d in devices {
+        let kind = d.kind.to_string();
         let node: oci_spec::runtime::LinuxDevice = serde_json::from_value(serde_json::json!({
-            "path": v.container_path, "type": "b", "major": major, "minor": minor,
-            "fileMode": 0o660, "uid": 0, "gid": 0
+            "path": d.container_path, "type": kind, "major": d.major, "minor": d.minor,
+            "fileMode": d.mode, "uid": d.uid, "gid": d.gid
         }))
         .map_err(ContainerError::caused("a device entry"))?;
         let rule: oci_spec::runtime::LinuxDeviceCgroup =
             serde_json::from_value(serde_json::json!({
-                "allow": true, "type": "b", "major": major, "minor": minor, "access": access
+                "allow": true, "type": kind, "major": d.major, "minor": d.minor,
+                "access": d.access
             }))
             .map_err(ContainerError::caused("a device rule"))?;
         nodes.push(node);
         rules.push(rule);
-    }
-    if nodes.is_empty() {
-        return Ok(());
     }
     let mut linux = spec.linux().clone().unwrap_or_default();
     let mut all = linux.devices().clone().unwrap_or_default();
@@ -178,5 +301,49 @@ mod tests {
         ]);
         let e = block_volumes(&twice).unwrap_err().to_string();
         assert!(e.contains("config.devices[1].container_path"), "{e}");
+        let twice = config(vec![
+            device("/dev/null", "/dev/x", "r"),
+            device("/dev/zero", "/dev/x", "r"),
+        ]);
+        let e = host_devices(&twice).unwrap_err().to_string();
+        assert!(e.contains("config.devices[1].container_path"), "{e}");
+    }
+
+    #[test]
+    fn native_pods_get_device_nodes_and_directories_of_them() {
+        let d = host_devices(&config(vec![
+            device("/dev/null", "/dev/moat-null", "rw"),
+            device("/dev/zero", "/dev/z", ""),
+        ]))
+        .unwrap();
+        assert_eq!(d[0].container_path, "/dev/moat-null");
+        assert_eq!((d[0].kind, d[0].major, d[0].minor), ('c', 1, 3));
+        assert_eq!(d[0].access, "rw");
+        assert_eq!(d[1].access, "rwm");
+        let mut spec = oci_spec::runtime::Spec::default();
+        add_host_devices(&mut spec, &d).unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["linux"]["devices"][0]["type"], "c");
+        assert_eq!(json["linux"]["devices"][0]["path"], "/dev/moat-null");
+        let rules = json["linux"]["resources"]["devices"].as_array().unwrap();
+        assert!(rules
+            .iter()
+            .any(|r| r["allow"] == true && r["minor"] == 5 && r["access"] == "rwm"));
+        // A directory with one device node and a symlink, which is skipped.
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/null", dir.path().join("link")).unwrap();
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let none = host_devices(&config(vec![device(
+            dir.path().to_str().unwrap(),
+            "/dev/dir",
+            "r",
+        )]))
+        .unwrap();
+        assert!(none.is_empty(), "{none:?}");
+        let file = dir.path().join("file");
+        let e = host_devices(&config(vec![device(file.to_str().unwrap(), "/dev/f", "r")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.devices[0].host_path"), "{e}");
     }
 }

@@ -232,6 +232,16 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     }
     let mut res = limits.map(resources).unwrap_or_default();
     res.set_devices(None);
+    if input.native && !privileged {
+        // Every device denied first, as containerd writes it: runc then
+        // allows its default nodes (null, zero, tty, ...) and the
+        // container's `devices`. Without this rule runc's device cgroup
+        // allows every device, and CAP_MKNOD would reach the node's disks.
+        let none: oci_spec::runtime::LinuxDeviceCgroup =
+            serde_json::from_value(serde_json::json!({"allow": false, "access": "rwm"}))
+                .map_err(|e| bad("linux.resources.devices", e.to_string()))?;
+        res.set_devices(Some(vec![none]));
+    }
     if privileged && input.native {
         linux.set_masked_paths(None).set_readonly_paths(None);
         let all: oci_spec::runtime::LinuxDeviceCgroup =

@@ -334,3 +334,25 @@ fn cdi_devices_are_refused() {
     let e = build_in(&c, &GuestSandbox::default()).unwrap_err();
     assert!(e.0.contains("config.cdi_devices"), "{e}");
 }
+
+#[test]
+fn a_native_container_starts_from_no_devices_unless_privileged() {
+    let guest = GuestSandbox::default();
+    let rules = |c: &ContainerConfig| {
+        let v = serde_json::to_value(build_for(c, &guest, true).unwrap()).unwrap();
+        v["linux"]["resources"]["devices"].clone()
+    };
+    let plain = rules(&config());
+    assert_eq!(plain[0]["allow"], false, "{plain}");
+    assert_eq!(plain[0]["access"], "rwm", "{plain}");
+    let mut p = config();
+    p.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let all = rules(&p);
+    assert_eq!(all[0]["allow"], true, "{all}");
+}
