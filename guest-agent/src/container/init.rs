@@ -197,7 +197,7 @@ const HOLDER_ID: u32 = 65535;
 
 /// Strips the holder of everything it does not need to hold namespaces and
 /// reap: no capabilities (bounding set emptied, then the ids of the pause
-/// image, which clears the rest), no supplementary groups, no_new_privs,
+/// image, whose change from root clears every other set, ambient too), no supplementary groups, no_new_privs,
 /// and a seccomp filter allowing only waiting for and reaping children,
 /// sleeping, reporting on the channel and exiting. Stricter than
 /// containerd's pause container, which keeps the runtime's default
@@ -209,7 +209,6 @@ fn confine_holder() -> anyhow::Result<()> {
     let (g, u) = (Gid::from_raw(HOLDER_ID), Uid::from_raw(HOLDER_ID));
     setresgid(g, g, g).context("setresgid")?;
     setresuid(u, u, u).context("setresuid")?;
-    caps::clear(None, caps::CapSet::Ambient).context("clearing ambient capabilities")?;
     nix::unistd::chdir("/").context("chdir /")?;
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {

@@ -123,8 +123,10 @@ const MAX_DEVICES_PER_DIR: usize = 1024;
 /// container path with the same relative names.
 pub(super) fn host_devices(c: &ContainerConfig) -> Result<Vec<HostDevice>, ContainerError> {
     let mut out: Vec<HostDevice> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for i in 0..c.devices.len() {
         let (field, d) = check_entry(c, i)?;
+        let before = out.len();
         let access = match d.permissions.as_str() {
             "" => "rwm".to_string(),
             p => p.to_string(),
@@ -132,44 +134,41 @@ pub(super) fn host_devices(c: &ContainerConfig) -> Result<Vec<HostDevice>, Conta
         let host = Path::new(&d.host_path);
         let bad = |msg: String| ContainerError::Invalid(format!("{field}.host_path: {msg}"));
         let meta = std::fs::metadata(host).map_err(|e| bad(format!("{}: {e}", host.display())))?;
-        let found = if meta.is_dir() {
-            let mut found = Vec::new();
-            walk_devices(host, Path::new(&d.container_path), &mut found)
+        if meta.is_dir() {
+            walk_devices(host, Path::new(&d.container_path), &access, &mut out)
                 .map_err(|e| bad(format!("{}: {e}", host.display())))?;
-            if found.len() > MAX_DEVICES_PER_DIR {
+            if out.len() - before > MAX_DEVICES_PER_DIR {
                 return Err(bad(format!(
                     "{} holds more than {MAX_DEVICES_PER_DIR} device nodes",
                     host.display()
                 )));
             }
-            found
         } else {
-            let node = device_node(&meta, PathBuf::from(&d.container_path)).ok_or_else(|| {
-                bad(format!(
-                    "{} is not a device node or a directory of them",
-                    host.display()
-                ))
-            })?;
-            vec![node]
-        };
-        for (path, meta) in found {
-            let container_path = path.display().to_string();
-            if out.iter().any(|o| o.container_path == container_path) {
-                return Err(bad(format!("{container_path:?} would be made twice")));
+            let node =
+                device_node(&meta, Path::new(&d.container_path), &access).ok_or_else(|| {
+                    bad(format!(
+                        "{} is not a device node or a directory of them",
+                        host.display()
+                    ))
+                })?;
+            out.push(node);
+        }
+        // A directory's nodes may land on another entry's path.
+        for node in &out[before..] {
+            if !seen.insert(node.container_path.clone()) {
+                return Err(bad(format!(
+                    "{:?} would be made twice",
+                    node.container_path
+                )));
             }
-            out.push(HostDevice {
-                container_path,
-                access: access.clone(),
-                ..meta
-            });
         }
     }
     Ok(out)
 }
 
-/// The device node `meta` describes, to appear at `at`; `None` when it is
-/// not a block or character device.
-fn device_node(meta: &std::fs::Metadata, at: PathBuf) -> Option<(PathBuf, HostDevice)> {
+/// The device node `meta` describes, to appear at `at` with `access`;
+/// `None` when it is not a block or character device.
+fn device_node(meta: &std::fs::Metadata, at: &Path, access: &str) -> Option<HostDevice> {
     use std::os::unix::fs::MetadataExt;
     let kind = match meta.file_type() {
         t if t.is_block_device() => 'b',
@@ -177,37 +176,37 @@ fn device_node(meta: &std::fs::Metadata, at: PathBuf) -> Option<(PathBuf, HostDe
         _ => return None,
     };
     let rdev = meta.rdev();
-    Some((
-        at,
-        HostDevice {
-            container_path: String::new(),
-            kind,
-            major: nix::sys::stat::major(rdev) as u32,
-            minor: nix::sys::stat::minor(rdev) as u32,
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            access: String::new(),
-        },
-    ))
+    Some(HostDevice {
+        container_path: at.display().to_string(),
+        kind,
+        major: nix::sys::stat::major(rdev) as u32,
+        minor: nix::sys::stat::minor(rdev) as u32,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        access: access.to_string(),
+    })
 }
 
-/// Collects the device nodes under `dir`, named under `at`.
+/// Appends the device nodes under `dir`, named under `at`, stopping once
+/// more than [`MAX_DEVICES_PER_DIR`] are found.
 fn walk_devices(
     dir: &Path,
     at: &Path,
-    out: &mut Vec<(PathBuf, HostDevice)>,
+    access: &str,
+    out: &mut Vec<HostDevice>,
 ) -> std::io::Result<()> {
+    let start = out.len();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let meta = std::fs::symlink_metadata(entry.path())?;
         let name = at.join(entry.file_name());
         if meta.is_dir() {
-            walk_devices(&entry.path(), &name, out)?;
-        } else if let Some(node) = device_node(&meta, name) {
+            walk_devices(&entry.path(), &name, access, out)?;
+        } else if let Some(node) = device_node(&meta, &name, access) {
             out.push(node);
         }
-        if out.len() > MAX_DEVICES_PER_DIR {
+        if out.len() - start > MAX_DEVICES_PER_DIR {
             break;
         }
     }
