@@ -1,8 +1,10 @@
 //! The block devices a container is given (CRI `devices`: raw block
 //! volumes, attached by the host to virtio-blk slots): each is found in the
 //! guest and added to the container's spec as a device node at the path the
-//! host asked for. Read-only is the VM's to enforce (the host attaches such
-//! a device read-only).
+//! host asked for. A read-only volume is refused twice: the VMM fails its
+//! writes, and the guest kernel is told the disk is read-only (BLKROSET; a
+//! hot-plugged slot's read-only feature bit is read only at probe), so a
+//! write fails at once with EPERM.
 
 use super::container::device_source;
 use super::validate::invalid;
@@ -58,6 +60,8 @@ pub(super) async fn add(
                 path.display()
             )));
         }
+        set_read_only(&path, d.read_only)
+            .map_err(|e| Status::internal(format!("{}: BLKROSET: {e}", path.display())))?;
         let rdev = std::os::unix::fs::MetadataExt::rdev(&meta);
         let node = LinuxDeviceBuilder::default()
             .path(target)
@@ -79,5 +83,23 @@ pub(super) async fn add(
     all.extend(nodes);
     linux.set_devices(Some(all));
     spec.set_linux(Some(linux));
+    Ok(())
+}
+
+/// BLKROSET (`_IO(0x12, 93)`): sets or clears the kernel's read-only flag of
+/// a whole disk.
+const BLKROSET: libc::c_ulong = 0x125d;
+
+/// Marks the disk at `path` read-only or writable. A slot is reused by later
+/// containers, so writable is set as well as read-only.
+fn set_read_only(path: &std::path::Path, read_only: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let disk = std::fs::File::open(path)?;
+    let flag: libc::c_int = read_only.into();
+    // SAFETY: BLKROSET reads one int through the pointer, which outlives
+    // the call; the fd is open.
+    if unsafe { libc::ioctl(disk.as_raw_fd(), BLKROSET, &flag) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(())
 }

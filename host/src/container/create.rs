@@ -176,6 +176,7 @@ impl Containers {
                     .map(|(v, s)| ContainerDevice {
                         device: Some(slot_device(*s)),
                         container_path: v.container_path.clone(),
+                        read_only: v.read_only,
                     })
                     .collect(),
             }),
