@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages moat needs to build, test and demo. Idempotent:
-# packages already installed are skipped, and apt is not touched at all when
-# nothing is missing. Needs root (or sudo).
+# Installs the Debian packages moat needs to build, test and demo, and
+# virtiofsd (not packaged for bookworm) from crates.io. Idempotent: packages
+# already installed are skipped, apt is not touched at all when nothing is
+# missing, and virtiofsd is built only when its pinned version is not
+# installed. Needs root (or sudo).
 set -euo pipefail
 
 packages=(
@@ -26,7 +28,21 @@ packages=(
   runc
   # the streaming TLS test's and the registry TLS tests' certificates
   openssl
+  # virtiofsd's build (seccomp, capabilities)
+  libseccomp-dev libcap-ng-dev pkg-config
 )
+
+# The vhost-user-fs daemon of pod volumes: a pinned release from crates.io,
+# built with its locked dependencies into /usr/local/bin.
+virtiofsd_version=1.14.0
+install_virtiofsd() {
+  if /usr/local/bin/virtiofsd --version 2>/dev/null | grep -qF "$virtiofsd_version"; then
+    return 0
+  fi
+  echo "install-deps: building virtiofsd $virtiofsd_version from crates.io"
+  $SUDO env PATH="$PATH" CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" \
+    cargo install --quiet --locked --root /usr/local virtiofsd --version "$virtiofsd_version"
+}
 
 # The test node's QEMU must be 10.0 or newer: bookworm's 7.2 locks up or
 # panics the emulated node under nested boots far more often (the table from
@@ -45,12 +61,13 @@ for p in "${packages[@]}"; do
   [ "$p" != qemu-system-x86 ] || continue
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ] && qemu_ok; then
-  echo "install-deps: all ${#packages[@]} packages present"
-  exit 0
-fi
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
+if [ ${#missing[@]} -eq 0 ] && qemu_ok; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  install_virtiofsd
+  exit 0
+fi
 
 # Adds bookworm-backports beside the machine's bookworm suites: to the
 # `Suites:` line of its deb822 source (or, for a one-line sources.list, a
@@ -98,3 +115,4 @@ if [ ${#qemu_args[@]} -gt 0 ]; then
 fi
 qemu_ok || echo "install-deps: WARNING: qemu-system-x86 >= $qemu_min is not available here;" \
   "the test node runs on $(dpkg-query -W -f='${Version}' qemu-system-x86) and locks up more often" >&2
+install_virtiofsd

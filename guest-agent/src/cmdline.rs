@@ -34,6 +34,14 @@ impl KernelCmdline {
             .get(moat_proto::CMDLINE_TEST_KEY)
             .map(String::as_str)
     }
+
+    /// Value of `moat.volumes=`: the virtio-fs tag of the pod's volumes.
+    pub fn volumes_tag(&self) -> Option<&str> {
+        self.params
+            .get(moat_proto::CMDLINE_VOLUMES_KEY)
+            .map(String::as_str)
+            .filter(|t| !t.is_empty())
+    }
 }
 
 #[cfg(test)]
@@ -46,5 +54,9 @@ mod tests {
         assert_eq!(c.test_mode(), Some("poweroff"));
         assert_eq!(c.params.get("quiet").map(String::as_str), Some(""));
         assert_eq!(KernelCmdline::parse("").test_mode(), None);
+        assert_eq!(c.volumes_tag(), None);
+        let c = KernelCmdline::parse("quiet moat.volumes=pod-volumes");
+        assert_eq!(c.volumes_tag(), Some("pod-volumes"));
+        assert_eq!(KernelCmdline::parse("moat.volumes=").volumes_tag(), None);
     }
 }

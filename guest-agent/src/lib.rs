@@ -17,6 +17,7 @@ pub mod server;
 pub mod state;
 pub mod stdio;
 pub mod storage;
+pub mod volumes;
 pub mod vsock;
 
 /// Serialises unit tests that fork or reap, so a reaping test never steals

@@ -9,7 +9,7 @@
 //! OCI runtime that makes its containers and `MOAT_AGENT_POD_CGROUP` the
 //! pod's cgroup).
 
-use moat_agent::{cmdline, container, pid1, power, reaper, server, state};
+use moat_agent::{cmdline, container, pid1, power, reaper, server, state, volumes};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -50,6 +50,14 @@ fn main() {
         tracing::warn!("PR_SET_CHILD_SUBREAPER: {e}");
     }
     let cmdline = cmdline::KernelCmdline::read();
+    if let (true, Some(tag)) = (is_pid1, cmdline.volumes_tag()) {
+        // Without it only the pod's volumes fail; the agent serves on.
+        let dir = std::path::Path::new(moat_proto::VOLUMES_DIR);
+        match volumes::mount_shared(tag, dir) {
+            Ok(()) => tracing::info!(tag, dir = %dir.display(), "volumes mounted"),
+            Err(e) => tracing::error!("volumes: {e:#}"),
+        }
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         pid1 = is_pid1,

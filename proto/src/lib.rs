@@ -35,6 +35,15 @@ pub const SHARED_DIR: &str = "/run/moat/shared";
 /// the OCI spec's `linux.namespaces[].path`.
 pub const SANDBOX_NS_DIR: &str = "/run/moat/sandbox/ns";
 
+/// Kernel command-line key naming the virtio-fs tag of the pod's volumes
+/// (`moat.volumes=TAG`): the agent mounts that device at [`VOLUMES_DIR`]
+/// at boot.
+pub const CMDLINE_VOLUMES_KEY: &str = "moat.volumes";
+
+/// Where the guest mounts the pod's volumes, shared live from the host over
+/// virtio-fs.
+pub const VOLUMES_DIR: &str = "/run/moat/volumes";
+
 /// Kernel command-line key the agent reads to learn test-only behaviour
 /// (`moat.test=poweroff`: power off right after boot, for boot benchmarks).
 pub const CMDLINE_TEST_KEY: &str = "moat.test";

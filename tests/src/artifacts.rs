@@ -52,6 +52,12 @@ pub fn poweroff_initramfs() -> anyhow::Result<PathBuf> {
     existing(build_dir().join("poweroff.cpio"), "poweroff initramfs")
 }
 
+/// The vhost-user-fs daemon `scripts/install-deps.sh` builds
+/// (`/usr/local/bin/virtiofsd`).
+pub fn virtiofsd() -> anyhow::Result<PathBuf> {
+    existing(PathBuf::from("/usr/local/bin/virtiofsd"), "virtiofsd")
+}
+
 /// A release binary of the workspace (`target/release/<name>`).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     existing(target_dir().join("release").join(name), "binary")

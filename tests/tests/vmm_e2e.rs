@@ -173,6 +173,55 @@ grep -i "capacity change" $T/console.log
     assert!(out.contains("vmm-exit=0"), "{out}");
 }
 
+/// virtio-fs: the VMM hands a real virtiofsd its guest memory and rings,
+/// the agent mounts the tag the command line names, and the daemon's
+/// answers come back as the device's interrupts.
+#[test]
+fn virtio_fs_served_by_virtiofsd_mounts_at_boot() {
+    let p = paths();
+    let virtiofsd = artifacts::virtiofsd().expect("virtiofsd (scripts/install-deps.sh)");
+    let script = format!(
+        r#"{api}
+T=/tmp/vmm-e2e-fs; mkdir -p $T/shared
+echo from-host > $T/shared/hello
+{vfsd} --socket-path $T/fs.sock --shared-dir $T/shared --cache auto --log-level error &
+FS=$!
+for i in $(seq 100); do [ -S $T/fs.sock ] && break; sleep 0.1; done
+{vmm} --kernel {k} --initrd {i} --vsock-uds $T/v.sock --api-sock $T/api.sock --serial $T/console.log \
+  --fs-socket $T/fs.sock --fs-tag pod-volumes --cmdline-extra moat.volumes=pod-volumes &
+PID=$!
+{ctl} --vsock-uds $T/v.sock --wait-secs 300 ping && echo PING-OK
+echo "counters: $(api $T/api.sock '{{"op":"counters"}}')"
+{ctl} --vsock-uds $T/v.sock shutdown
+wait $PID; echo "vmm-exit=$?"
+wait $FS; echo "virtiofsd-exit=$?"
+grep -E "volumes" $T/console.log
+"#,
+        api = API_PY,
+        vfsd = virtiofsd.display(),
+        vmm = p.vmm,
+        ctl = p.agentctl,
+        k = p.kernel,
+        i = p.initrd
+    );
+    let run = run_vm_script(&script, TIMEOUT).unwrap();
+    let out = &run.output;
+    assert!(out.contains("PING-OK"), "{out}");
+    assert!(out.contains("volumes mounted"), "{out}");
+    let counters = out
+        .lines()
+        .find(|l| l.starts_with("counters: "))
+        .unwrap_or("");
+    eprintln!("{counters}");
+    assert!(counters.contains(r#""activations":1"#), "{counters}");
+    assert!(counters.contains(r#""activation_errors":0"#), "{counters}");
+    // FUSE_INIT and the mount's lookups were answered.
+    assert!(!counters.contains(r#""calls":0"#), "{counters}");
+    assert!(out.contains("vmm-exit=0"), "{out}");
+    // The daemon ends when its one client goes.
+    assert!(out.contains("virtiofsd-exit=0"), "{out}");
+}
+
 #[test]
 fn bad_config_exits_two_without_kvm() {
     let p = paths();

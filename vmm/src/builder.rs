@@ -20,6 +20,7 @@ use crate::devices::legacy::i8042::{I8042, I8042_LEN, I8042_PORT};
 use crate::devices::legacy::serial::{SerialDevice, SerialSink, COM1_LEN, COM1_PORT};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::net::{FrameIo, Net, Tap};
 use crate::devices::virtio::vsock::Vsock;
@@ -34,9 +35,12 @@ use crate::vstate::vm::Vm;
 /// Kernel command line every guest gets. `noreplace-smp` keeps a 1-vCPU
 /// guest from rewriting every `lock` prefix in its kernel text at boot (about
 /// 4000 single-byte text pokes, a quarter of a second under emulation), for
-/// atomics that stay a little slower on one vCPU.
+/// atomics that stay a little slower on one vCPU. `retain_initrd` keeps the
+/// initramfs pages, which stay mapped from the file (shared by every VM), out
+/// of the guest's page allocator: a page reused as a buffer must be in the
+/// memfd a vhost-user daemon maps.
 pub const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 pci=off nomodules noreplace-smp i8042.noaux i8042.nomux i8042.dumbkbd 8250.nr_uarts=1";
+    "console=ttyS0 reboot=k panic=-1 pci=off nomodules noreplace-smp i8042.noaux i8042.nomux i8042.dumbkbd 8250.nr_uarts=1 retain_initrd";
 
 /// Errors building the VM, each mapped to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +231,30 @@ impl Parts {
         Ok(())
     }
 
+    /// virtio-fs, connected to its vhost-user-fs daemon.
+    fn attach_fs(
+        &mut self,
+        f: &crate::config::FsConfig,
+        fd: Option<i32>,
+    ) -> Result<(), BuildError> {
+        let reg = EpollRegistrar::new(self.event_loop.epoll(), self.next_handler_id());
+        let dev = match fd {
+            // SAFETY: the launcher handed this fd over for the daemon's
+            // socket alone (`InheritedFds`), and validation refused
+            // duplicates.
+            Some(fd) => Fs::from_stream(
+                &f.tag,
+                &f.socket,
+                unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
+                reg,
+            ),
+            None => Fs::new(&f.tag, &f.socket, reg),
+        }
+        .map_err(dev_err)?;
+        self.push("fs".into(), Box::new(dev), None);
+        Ok(())
+    }
+
     /// The virtio-blk slots, with the drives the config attaches at boot.
     fn attach_block_slots(&mut self, config: &VmConfig) -> Result<(), BuildError> {
         for slot in 0..config.blk_slots {
@@ -252,9 +280,13 @@ impl Parts {
             let transport = MmioTransport::new(p.device, self.mem.clone()).map_err(dev_err)?;
             self.vm.register_irqfd(transport.irq().eventfd(), irq)?;
             let reg = EpollRegistrar::new(self.event_loop.epoll(), p.handler_id);
+            let to_backend = transport.device().queue_events_to_backend();
             for (q, evt) in transport.queue_evts().iter().enumerate() {
                 self.vm
                     .register_mmio_ioevent(evt, addr + QUEUE_NOTIFY_OFFSET, q as u32)?;
+                if to_backend {
+                    continue;
+                }
                 reg.add(
                     std::os::fd::AsRawFd::as_raw_fd(evt),
                     q as u32,
@@ -318,12 +350,15 @@ pub fn build(config: VmConfig, process_start: Instant) -> Result<Vmm, BuildError
     };
     let serial = parts.attach_serial(&config)?;
     parts.attach_exit_devices()?;
-    // virtio devices: vsock, net, then the block slots.
+    // virtio devices: vsock, net, fs, then the block slots.
     if let Some(v) = &config.vsock {
         parts.attach_vsock(v)?;
     }
     if let Some(n) = &config.net {
         parts.attach_net(n)?;
+    }
+    if let Some(f) = &config.fs {
+        parts.attach_fs(f, config.fds.fs_socket)?;
     }
     parts.attach_block_slots(&config)?;
     let devices = parts.wire_virtio()?;

@@ -78,6 +78,9 @@ pub struct VmConfig {
     /// virtio-net backed by a TAP device.
     #[serde(default)]
     pub net: Option<NetConfig>,
+    /// virtio-fs served by a vhost-user-fs daemon.
+    #[serde(default)]
+    pub fs: Option<FsConfig>,
     /// Control API Unix socket path.
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
@@ -109,6 +112,9 @@ pub struct InheritedFds {
     /// The initramfs (`initrd`), open for reading.
     #[serde(default)]
     pub initrd: Option<i32>,
+    /// A Unix stream connected to the vhost-user-fs daemon (`fs.socket`).
+    #[serde(default)]
+    pub fs_socket: Option<i32>,
 }
 
 /// The file at `path`, or the inherited `fd` standing in for it (taken
@@ -147,6 +153,18 @@ pub struct VsockConfig {
     /// Guest CID.
     #[serde(default = "default_cid")]
     pub cid: u64,
+}
+
+/// virtio-fs: the device the guest mounts by `tag`, served by the
+/// vhost-user-fs daemon listening on `socket`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The mount tag (1 to 36 bytes).
+    pub tag: String,
+    /// The daemon's socket (connected before the jail, or named only in
+    /// messages where `fds.fs_socket` is given).
+    pub socket: PathBuf,
 }
 
 /// A block image attached to a slot.
@@ -222,6 +240,7 @@ impl VmConfig {
             blk_slots: DEFAULT_BLK_SLOTS,
             drives: Vec::new(),
             net: None,
+            fs: None,
             api_sock: None,
             seccomp: true,
             jail: None,
@@ -248,7 +267,10 @@ impl VmConfig {
 
     /// Number of virtio-mmio devices this configuration needs.
     pub fn virtio_device_count(&self) -> u32 {
-        self.blk_slots + u32::from(self.vsock.is_some()) + u32::from(self.net.is_some())
+        self.blk_slots
+            + u32::from(self.vsock.is_some())
+            + u32::from(self.net.is_some())
+            + u32::from(self.fs.is_some())
     }
 
     /// Checks every field; the error names the first invalid one.
@@ -349,6 +371,16 @@ impl VmConfig {
                 parse_mac(mac).map_err(|m| ConfigError::new("net.mac", m))?;
             }
         }
+        if let Some(f) = &self.fs {
+            if f.tag.is_empty() || f.tag.len() > 36 || f.tag.contains('\0') {
+                return Err(ConfigError::new("fs.tag", "must be 1 to 36 bytes, no NUL"));
+            }
+            if self.fds.fs_socket.is_none() {
+                check_socket_path("fs.socket", &f.socket)?;
+            }
+        } else if self.fds.fs_socket.is_some() {
+            return Err(ConfigError::new("fds.fs_socket", "is set without fs"));
+        }
         if let Some(api) = &self.api_sock {
             check_socket_path("api_sock", api)?;
         }
@@ -375,6 +407,7 @@ impl VmConfig {
             ("fds.kvm", self.fds.kvm),
             ("fds.kernel", self.fds.kernel),
             ("fds.initrd", self.fds.initrd),
+            ("fds.fs_socket", self.fds.fs_socket),
             ("net.tap_fd", tap),
         ];
         let mut seen = Vec::new();

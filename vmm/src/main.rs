@@ -54,6 +54,12 @@ struct Args {
     /// Guest MAC address.
     #[arg(long)]
     mac: Option<String>,
+    /// virtio-fs: the vhost-user-fs daemon's socket (with --fs-tag).
+    #[arg(long)]
+    fs_socket: Option<PathBuf>,
+    /// virtio-fs: the tag the guest mounts the device by.
+    #[arg(long)]
+    fs_tag: Option<String>,
     /// Control API Unix socket.
     #[arg(long)]
     api_sock: Option<PathBuf>,
@@ -91,6 +97,8 @@ impl Args {
             || self.tap.is_some()
             || self.tap_fd.is_some()
             || self.mac.is_some()
+            || self.fs_socket.is_some()
+            || self.fs_tag.is_some()
             || self.api_sock.is_some()
             || self.serial.is_some()
             || self.jail_uid.is_some()
@@ -143,6 +151,11 @@ impl Args {
             });
         } else if self.mac.is_some() {
             return Err("--mac needs --tap or --tap-fd".into());
+        }
+        match (self.fs_socket, self.fs_tag) {
+            (Some(socket), Some(tag)) => c.fs = Some(moat_vmm::config::FsConfig { tag, socket }),
+            (None, None) => {}
+            _ => return Err("--fs-socket and --fs-tag go together".into()),
         }
         c.api_sock = self.api_sock;
         if let Some(s) = self.serial {

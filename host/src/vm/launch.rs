@@ -187,6 +187,7 @@ pub fn launch(
         kvm: Some(VMM_KVM_FD),
         kernel: Some(VMM_KERNEL_FD),
         initrd: initrd.is_some().then_some(VMM_INITRD_FD),
+        fs_socket: None,
     };
     std::fs::write(paths.config(), serde_json::to_vec_pretty(&cfg)?).context("writing vm.json")?;
     let log = std::fs::File::create(paths.vmm_log()).context("creating vmm.log")?;

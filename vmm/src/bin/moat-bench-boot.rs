@@ -280,6 +280,7 @@ fn spawn_as_moatd(
         kvm: Some(4),
         kernel: Some(5),
         initrd: Some(6),
+        fs_socket: None,
     };
     let json = serde_json::to_vec(&cfg).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("vm.json"), json).map_err(|e| format!("vm.json: {e}"))?;

@@ -9,6 +9,13 @@
 //! from the same file. What is not page-aligned, and the last partial page,
 //! is read as usual.
 //!
+//! Only file ranges the caller marks mappable are mapped
+//! ([`MappedFileReader::only_map`]). A mapped page is private to the VMM:
+//! a vhost-user daemon, which maps guest memory from its memfd, would see
+//! the memfd's zero page under it. So only pages the guest never hands to a
+//! device may be mapped: kernel text and read-only data, which the guest
+//! never frees, and an initramfs the guest keeps (`retain_initrd`).
+//!
 //! A file must be replaced by rename, not rewritten in place, while VMs that
 //! booted from it run: the guest would see the new bytes in pages it had not
 //! touched yet.
@@ -31,6 +38,8 @@ pub struct MappedFileReader<'m> {
     guest: Vec<(usize, usize)>,
     page: usize,
     mapped: u64,
+    /// File ranges `[start, end)` that may be mapped; `None`: all.
+    mappable: Option<Vec<(u64, u64)>>,
     _mem: std::marker::PhantomData<&'m GuestMemoryMmap>,
 }
 
@@ -53,8 +62,41 @@ impl<'m> MappedFileReader<'m> {
             guest,
             page,
             mapped: 0,
+            mappable: None,
             _mem: std::marker::PhantomData,
         })
+    }
+
+    /// Maps only the file ranges `[start, end)` in `ranges`, copying the rest.
+    pub fn only_map(mut self, ranges: Vec<(u64, u64)>) -> Self {
+        self.mappable = Some(ranges);
+        self
+    }
+
+    /// How many bytes from file position `pos` may be mapped (0: none).
+    fn mappable_at(&self, pos: u64) -> u64 {
+        match &self.mappable {
+            None => self.file_len.saturating_sub(pos),
+            Some(ranges) => ranges
+                .iter()
+                .find(|&&(start, end)| pos >= start && pos < end)
+                .map_or(0, |&(_, end)| end.min(self.file_len) - pos),
+        }
+    }
+
+    /// How many bytes from `pos` to copy before a mappable range starts.
+    fn copy_len_at(&self, pos: u64, len: usize) -> usize {
+        let next = self.mappable.as_ref().and_then(|ranges| {
+            ranges
+                .iter()
+                .map(|&(start, _)| start)
+                .filter(|&start| start > pos)
+                .min()
+        });
+        match next {
+            Some(start) => len.min((start - pos) as usize),
+            None => len,
+        }
     }
 
     /// Bytes mapped rather than copied so far.
@@ -77,7 +119,7 @@ impl<'m> MappedFileReader<'m> {
     /// current file position; returns the bytes mapped (0: copy instead).
     fn try_map(&mut self, host: usize, len: usize) -> std::io::Result<usize> {
         let pos = self.file.stream_position()?;
-        let avail = self.file_len.saturating_sub(pos);
+        let avail = self.mappable_at(pos);
         let want = (len as u64).min(avail) as usize / self.page * self.page;
         if want == 0
             || !host.is_multiple_of(self.page)
@@ -134,16 +176,25 @@ impl ReadVolatile for MappedFileReader<'_> {
         buf: &mut VolatileSlice<B>,
     ) -> Result<usize, VolatileMemoryError> {
         let host = buf.ptr_guard_mut().as_ptr() as usize;
-        let mut done = self
-            .try_map(host, buf.len())
-            .map_err(VolatileMemoryError::IOError)?;
-        if done > 0 {
-            buf.bitmap().mark_dirty(0, done);
-        }
-        // Callers read each guest region with one call: copy the rest (the
-        // last partial page, or all of an unaligned range) here too.
+        // Callers read each guest region with one call: map what may be
+        // mapped and copy the rest (unaligned, not mappable, the last
+        // partial page) here.
+        let mut done = 0;
         while done < buf.len() {
-            let mut rest = buf.offset(done)?;
+            let mapped = self
+                .try_map(host + done, buf.len() - done)
+                .map_err(VolatileMemoryError::IOError)?;
+            if mapped > 0 {
+                buf.bitmap().mark_dirty(done, mapped);
+                done += mapped;
+                continue;
+            }
+            let pos = self
+                .file
+                .stream_position()
+                .map_err(VolatileMemoryError::IOError)?;
+            let want = self.copy_len_at(pos, buf.len() - done);
+            let mut rest = buf.offset(done)?.subslice(0, want)?;
             match self.file.read_volatile(&mut rest) {
                 Ok(0) => break,
                 Ok(n) => done += n,
@@ -219,6 +270,30 @@ mod tests {
         mem.read_exact_volatile_from(GuestAddress(0x10010), &mut r, 4096)
             .unwrap();
         assert_eq!(r.mapped_bytes(), 0);
+    }
+
+    #[test]
+    fn only_the_mappable_ranges_are_mapped() {
+        let (f, data, _) = setup(8 * 4096);
+        let mem = crate::vstate::memory::create_guest_memory(16).unwrap();
+        let mut r = MappedFileReader::new(f.reopen().unwrap(), &mem)
+            .unwrap()
+            .only_map(vec![(4096, 3 * 4096), (5 * 4096, 6 * 4096 + 100)]);
+        mem.read_exact_volatile_from(GuestAddress(0x10000), &mut r, data.len())
+            .unwrap();
+        assert_eq!(r.mapped_bytes(), 3 * 4096);
+        let mut back = vec![0u8; data.len()];
+        mem.read_slice(&mut back, GuestAddress(0x10000)).unwrap();
+        assert_eq!(back, data);
+        // A copied page is in the memory file; a mapped one is not.
+        let file = mem.iter().next().unwrap().file_offset().unwrap().file();
+        let mut page = vec![0u8; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut page, 0x10000).unwrap();
+        assert_eq!(page, data[..4096]);
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut page, 0x11000).unwrap();
+        assert_eq!(page, vec![0u8; 4096]);
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut page, 0x13000).unwrap();
+        assert_eq!(page, data[3 * 4096..4 * 4096]);
     }
 
     #[test]

@@ -1,27 +1,78 @@
-//! Guest memory: anonymous private `MAP_NORESERVE` mappings (vm-memory's
-//! default for `MmapRegion::new`), split around the 32-bit MMIO gap.
+//! Guest memory: one sealed memfd, mapped shared (`MAP_NORESERVE`), split
+//! around the 32-bit MMIO gap. Shared so that a vhost-user daemon (the pod's
+//! virtio-fs server) can map the same pages from the fd; sealed against
+//! shrinking and growing so that such a daemon cannot truncate it under the
+//! VMM (a truncated page would fault the VMM with SIGBUS).
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::ram_ranges;
 
 /// Errors creating guest memory.
 #[derive(Debug, thiserror::Error)]
-#[error("creating {size_mib} MiB of guest memory: {err}")]
-pub struct MemoryError {
-    /// Requested size.
-    pub size_mib: u64,
-    /// The mmap error.
-    pub err: vm_memory::mmap::FromRangesError,
+pub enum MemoryError {
+    /// The memfd could not be made, sized or sealed.
+    #[error("creating the {size_mib} MiB guest memory file: {err}")]
+    File {
+        /// Requested size.
+        size_mib: u64,
+        /// The error.
+        err: std::io::Error,
+    },
+    /// The memfd could not be mapped.
+    #[error("mapping {size_mib} MiB of guest memory: {err}")]
+    Map {
+        /// Requested size.
+        size_mib: u64,
+        /// The mmap error.
+        err: vm_memory::mmap::FromRangesError,
+    },
 }
 
-/// Creates `size_mib` MiB of guest memory.
+/// Creates `size_mib` MiB of guest memory backed by a sealed memfd.
 pub fn create_guest_memory(size_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size_mib << 20)
-        .into_iter()
-        .map(|(start, size)| (GuestAddress(start), size as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|err| MemoryError { size_mib, err })
+    let file_err = |err| MemoryError::File { size_mib, err };
+    let file = Arc::new(sealed_memfd(size_mib << 20).map_err(file_err)?);
+    let mut offset = 0u64;
+    let mut ranges = Vec::new();
+    for (start, size) in ram_ranges(size_mib << 20) {
+        ranges.push((
+            GuestAddress(start),
+            size as usize,
+            Some(FileOffset::from_arc(file.clone(), offset)),
+        ));
+        offset += size;
+    }
+    GuestMemoryMmap::from_ranges_with_files(&ranges)
+        .map_err(|err| MemoryError::Map { size_mib, err })
+}
+
+/// A memfd of `len` bytes that can neither shrink nor grow.
+fn sealed_memfd(len: u64) -> std::io::Result<File> {
+    // SAFETY: the name is a NUL-terminated literal; the call has no other
+    // memory effects.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"moat-guest-ram".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new fd that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(len)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS takes an int and touches no memory of ours.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// Resident memory of this process in KiB, split into guest memory and
@@ -30,7 +81,7 @@ pub fn create_guest_memory(size_mib: u64) -> Result<GuestMemoryMmap, MemoryError
 pub struct RssSplit {
     /// All resident memory.
     pub total_kib: u64,
-    /// Resident guest memory (anonymous pages and mapped boot images).
+    /// Resident guest memory (the memfd's pages and mapped boot images).
     pub guest_kib: u64,
 }
 
@@ -91,6 +142,34 @@ mod tests {
         let m = create_guest_memory(128).unwrap();
         assert_eq!(m.num_regions(), 1);
         assert_eq!(m.iter().map(|r| r.len()).sum::<u64>(), 128 << 20);
+    }
+
+    #[test]
+    fn memory_is_one_sealed_shared_file() {
+        use std::os::fd::AsRawFd;
+        use vm_memory::Bytes;
+        // 4 GiB: two regions around the MMIO gap, at offsets of one file.
+        let m = create_guest_memory(4096).unwrap();
+        assert_eq!(m.num_regions(), 2);
+        let offsets: Vec<(u64, i32)> = m
+            .iter()
+            .map(|r| {
+                let f = r.file_offset().unwrap();
+                (f.start(), f.file().as_raw_fd())
+            })
+            .collect();
+        assert_eq!(offsets[0].0, 0);
+        assert_eq!(offsets[1].0, m.iter().next().unwrap().len());
+        assert_eq!(offsets[0].1, offsets[1].1);
+        // A write through guest memory is in the file (what a vhost-user
+        // daemon maps), and the file cannot be shrunk.
+        let r = m.iter().next().unwrap();
+        m.write_obj(0x1234_5678u32, GuestAddress(0x1000)).unwrap();
+        let f = r.file_offset().unwrap().file();
+        let mut buf = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(f, &mut buf, 0x1000).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), 0x1234_5678);
+        assert!(f.set_len(4096).is_err());
     }
 
     #[test]

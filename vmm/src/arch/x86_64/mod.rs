@@ -4,6 +4,7 @@ pub mod boot_params;
 pub mod cpuid;
 pub mod dump;
 pub mod gdt;
+pub mod kernel_image;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
@@ -106,7 +107,10 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path, fd: Option<i32>) -> Resul
         err,
     };
     let file = crate::config::open_input(path, fd).map_err(file_err)?;
-    let mut reader = MappedFileReader::new(file, mem).map_err(file_err)?;
+    let mappable = kernel_image::mappable_ranges(&file);
+    let mut reader = MappedFileReader::new(file, mem)
+        .map_err(file_err)?
+        .only_map(mappable);
     let res = Elf::load(mem, None, &mut reader, Some(GuestAddress(HIMEM_START)))
         .map_err(BootError::KernelLoad)?;
     tracing::debug!(
@@ -117,8 +121,9 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path, fd: Option<i32>) -> Resul
     Ok(res.kernel_load.0)
 }
 
-/// Puts the initramfs at the top of low memory, mapped rather than copied;
-/// returns `(address, size)`.
+/// Puts the initramfs at the top of low memory, mapped rather than copied
+/// (the guest keeps it: `retain_initrd` in the command line); returns
+/// `(address, size)`.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     mem_size: u64,

@@ -115,6 +115,7 @@ impl MmioTransport {
                 mem: &self.mem,
                 queues: &mut self.queues,
                 irq: &self.irq,
+                queue_evts: &self.queue_evts,
             };
             f(self.device.as_mut(), Some(&mut ctx))
         } else {
@@ -181,6 +182,7 @@ impl MmioTransport {
                 mem: &self.mem,
                 queues: &mut self.queues,
                 irq: &self.irq,
+                queue_evts: &self.queue_evts,
             };
             self.device.activate(self.acked_features, &mut ctx)
         };
@@ -306,6 +308,7 @@ impl EventHandler for MmioTransport {
                     mem: &self.mem,
                     queues: &mut self.queues,
                     irq: &self.irq,
+                    queue_evts: &self.queue_evts,
                 };
                 self.device.queue_event(q, &mut ctx);
             }

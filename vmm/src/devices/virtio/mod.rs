@@ -1,6 +1,7 @@
 //! virtio devices over the virtio-mmio transport (virtio 1.x, modern only).
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
@@ -86,6 +87,9 @@ pub struct QueueCtx<'a> {
     pub queues: &'a mut [Queue],
     /// The device's interrupt line.
     pub irq: &'a IrqTrigger,
+    /// The queue-notify eventfds KVM signals (a vhost-user device hands
+    /// them to its daemon).
+    pub queue_evts: &'a [EventFd],
 }
 
 /// Why activation failed.
@@ -109,6 +113,11 @@ pub trait VirtioDevice: Send + Any {
             "ignoring config write at {offset:#x} ({} bytes)",
             data.len()
         );
+    }
+    /// Whether a backend process reads the queue-notify eventfds itself
+    /// (vhost-user), so the VMM must not watch them.
+    fn queue_events_to_backend(&self) -> bool {
+        false
     }
     /// The driver set DRIVER_OK with `acked_features`.
     fn activate(&mut self, acked_features: u64, ctx: &mut QueueCtx) -> Result<(), ActivateError>;
