@@ -126,4 +126,18 @@ fn hostile_body() {
     });
 }
 
-moat_tests::vm_test!(a_hostile_guest_cannot_hurt_its_vmm, TIMEOUT, hostile_body);
+moat_tests::vm_test!(
+    a_hostile_guest_cannot_hurt_its_vmm,
+    moat_tests::vm::NodeOptions {
+        timeout: TIMEOUT,
+        min_memory_mib: 0,
+        echo_output: false,
+        // A guest that resets under the emulator mid-flood (a triple fault
+        // its kernel never reports: seen in 2 CI runs and in 1 of 4 runs by
+        // hand; agent_microvm saw the same in its 10 MiB output step) gets
+        // one fresh node; a second one fails. Where microVMs boot on
+        // hardware, the test runs once.
+        retry_if: &["guest reset without poweroff notice"],
+    },
+    hostile_body
+);
