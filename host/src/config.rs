@@ -207,6 +207,9 @@ pub struct RuntimeHandler {
     pub initramfs: PathBuf,
     /// The moat-vmm binary (default: `moat-vmm` beside moatd, else on PATH).
     pub vmm: Option<PathBuf>,
+    /// The vhost-user-fs daemon that shares a pod VM's volumes (default
+    /// `/usr/local/bin/virtiofsd`, where install-deps builds it).
+    pub virtiofsd: PathBuf,
     /// vCPUs when the pod gives no CPU limits (default 1).
     pub default_vcpus: u32,
     /// Guest memory in MiB when the pod gives no memory limits (default 256).
@@ -301,6 +304,7 @@ impl Default for RuntimeHandler {
             kernel: "/usr/share/moat/vmlinux".into(),
             initramfs: "/usr/share/moat/initramfs.cpio".into(),
             vmm: None,
+            virtiofsd: "/usr/local/bin/virtiofsd".into(),
             default_vcpus: 1,
             default_memory_mib: 256,
             overhead_memory_mib: 64,

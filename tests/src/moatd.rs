@@ -35,6 +35,16 @@ pub fn tokio_runtime() -> tokio::runtime::Runtime {
 
 /// Pids of running moat-vmm processes (to check for leaks).
 pub fn vmm_pids() -> Vec<u32> {
+    pids_named("moat-vmm")
+}
+
+/// The pids of the node's live virtiofsd processes (pod VMs' volumes).
+pub fn virtiofsd_pids() -> Vec<u32> {
+    pids_named("virtiofsd")
+}
+
+/// The pids of live (not zombie) processes whose comm is `name`.
+fn pids_named(name: &str) -> Vec<u32> {
     moatd::procfs::pids()
         .filter(|pid| {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -42,7 +52,7 @@ pub fn vmm_pids() -> Vec<u32> {
             let zombie = stat
                 .rfind(')')
                 .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
-            comm.trim() == "moat-vmm" && !zombie
+            comm.trim() == name && !zombie
         })
         .collect()
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tonic::{Response, Status};
 
 /// What container specs may refer to outside their rootfs. In a guest:
-/// the pod's shared files and sandbox files. On the host, serving a native
+/// the pod's shared files, sandbox files and volumes (virtio-fs). On the host, serving a native
 /// pod, moatd names host paths itself (volumes, devices), as it would to
 /// any OCI runtime.
 pub(super) fn policy(state: &State) -> PlanPolicy {
@@ -33,6 +33,7 @@ pub(super) fn policy(state: &State) -> PlanPolicy {
         bind_source_dirs: vec![
             state.config.shared_dir(),
             state.config.run_dir.join("sandbox"),
+            PathBuf::from(moat_proto::VOLUMES_DIR),
         ],
         namespace_dirs: vec![state.config.ns_dir()],
     }

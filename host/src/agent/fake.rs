@@ -464,6 +464,7 @@ pub fn ready_pod(dir: &std::path::Path) -> SandboxRecord {
             pid: me,
             start_ticks: crate::procfs::Stat::of(me).unwrap().start_ticks,
         }),
+        fs_daemon: None,
         vcpus: 1,
         memory_mib: 128,
         exit_reason: None,

@@ -1,8 +1,9 @@
 //! CreateContainer: attaches the image's block image to a free virtio-blk
 //! slot of the pod's VM (containers of one pod that use the same image
 //! share its slot) and each of its block volumes to one of their own,
-//! copies the mounts in and has the agent create the container from the
-//! OCI spec, with the volumes as device nodes.
+//! binds the mounts into the pod's volume share (live over virtio-fs) and
+//! has the agent create the container from the OCI spec, with the block
+//! volumes as device nodes.
 
 use super::devices;
 use super::manager::{agent_err, Containers};
@@ -117,9 +118,13 @@ impl Containers {
             .collect::<Result<Vec<u32>, _>>()?;
         let localhost_seccomp = read_localhost_seccomp(&config)?;
         let mut agent = self.agent(sb).await?;
-        let shared = match native {
-            true => mounts::host_binds(&config.mounts)?,
-            false => mounts::share(&mut agent, &config.mounts).await?,
+        let id = crate::ids::new_id().map_err(ContainerError::caused("reading /dev/urandom"))?;
+        let (shared, binds) = match native {
+            true => (mounts::host_binds(&config.mounts)?, None),
+            false => {
+                let (shared, binds) = mounts::share_live(&sb.vm_paths, &id, &config.mounts)?;
+                (shared, Some(binds))
+            }
         };
         let mut oci = spec::build(&SpecInput {
             native,
@@ -149,7 +154,6 @@ impl Containers {
         if attach || !device_slots.is_empty() {
             crash_point::here(crash_point::CREATE_CONTAINER_ATTACHED);
         }
-        let id = crate::ids::new_id().map_err(ContainerError::caused("reading /dev/urandom"))?;
         let created = tokio::time::timeout(
             AGENT_CALL,
             agent.create_container(moat_proto::agent::CreateContainerRequest {
@@ -225,6 +229,9 @@ impl Containers {
             pid,
         };
         self.put(&rec)?;
+        if let Some(b) = binds {
+            b.keep();
+        }
         tracing::info!(%id, pod = %sb.id, name = %name, slot, ms = started.elapsed().as_millis() as u64, "container created");
         self.inner
             .events

@@ -1,160 +1,21 @@
-//! CRI mounts of host paths, brought into the pod VM by copying.
-//!
-//! A pod VM shares no filesystem with the host, so each host file or
-//! directory a container mounts (kubelet's /etc/hosts, the termination log,
-//! configmaps, secrets, service-account tokens, emptyDirs) is copied into
-//! the agent's shared directory at CreateContainer, and the container
-//! bind-mounts the copy. The copy of one host path is shared by every
-//! container of the pod that mounts it, so an emptyDir works between them.
-//! Writes inside the guest do not reach the host, and host changes after
-//! CreateContainer do not reach the guest.
+//! CRI mounts of host paths. A native pod's container binds the host path
+//! itself ([`host_binds`]). A pod VM's container gets it live over
+//! virtio-fs ([`share_live`]): the host path is bind-mounted into the pod's
+//! volume share, which the pod's virtiofsd serves to the guest (see
+//! [`crate::vm::volumes`]), and the container binds it from there. Writes
+//! in the guest are the host's, and changes on the host reach the guest.
+//! The binds of one container are its own; two containers mounting the
+//! same host path (an emptyDir) both see the host directory.
 
 use super::spec::SharedMount;
 use crate::container::ContainerError;
-use moat_proto::agent::agent_client::AgentClient;
-use moat_proto::agent::CopyFileRequest;
 use moat_proto::cri::Mount;
-use sha2::Digest;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
-use tonic::transport::Channel;
-
-/// Most bytes copied for one mount.
-pub const MAX_MOUNT_BYTES: u64 = 64 << 20;
-/// Most files and directories copied for one mount.
-pub const MAX_MOUNT_ENTRIES: usize = 4096;
-/// Largest single file (the agent's CopyFile limit).
-pub const MAX_FILE_BYTES: u64 = 8 << 20;
 
 fn invalid(i: usize, field: &str, why: impl std::fmt::Display) -> ContainerError {
     ContainerError::Invalid(format!("config.mounts[{i}].{field}: {why}"))
 }
 
-/// The guest directory (relative to the shared dir) holding a host path's copy.
-fn guest_rel(host_path: &str) -> String {
-    let digest = sha2::Sha256::digest(host_path.as_bytes());
-    format!("volumes/{}", &hex::encode(digest)[..16])
-}
-
-/// One thing to create in the guest.
-#[derive(Debug, PartialEq, Eq)]
-enum Entry {
-    Dir {
-        rel: String,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    },
-    File {
-        rel: String,
-        data: Vec<u8>,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    },
-}
-
-/// What to copy for one host path, checked against the limits. Symlinks are
-/// followed (configmap and secret volumes are symlink farms); kubelet's
-/// `..data`-style bookkeeping names are skipped.
-fn collect(i: usize, host: &Path, rel: &str) -> Result<Vec<Entry>, ContainerError> {
-    let meta = std::fs::metadata(host)
-        .map_err(|e| invalid(i, "host_path", format!("{}: {e}", host.display())))?;
-    let mut out = Vec::new();
-    let mut bytes = 0u64;
-    let mut push_file = |out: &mut Vec<Entry>,
-                         path: &Path,
-                         rel: String,
-                         m: &std::fs::Metadata|
-     -> Result<(), ContainerError> {
-        if m.len() > MAX_FILE_BYTES {
-            return Err(invalid(
-                i,
-                "host_path",
-                format!(
-                    "{} is larger than {MAX_FILE_BYTES} bytes, too large to copy into the pod VM",
-                    path.display()
-                ),
-            ));
-        }
-        bytes += m.len();
-        if bytes > MAX_MOUNT_BYTES {
-            return Err(invalid(
-                i,
-                "host_path",
-                format!("more than {MAX_MOUNT_BYTES} bytes to copy into the pod VM"),
-            ));
-        }
-        // Read through the descriptor with the limit: the file may have
-        // been swapped for a FIFO or a device since it was listed.
-        let data = crate::files::read_regular(path, MAX_FILE_BYTES)
-            .map_err(|e| invalid(i, "host_path", format!("{}: {e}", path.display())))?;
-        out.push(Entry::File {
-            rel,
-            data,
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
-        });
-        Ok(())
-    };
-    if meta.is_file() {
-        push_file(&mut out, host, rel.to_string(), &meta)?;
-        return Ok(out);
-    }
-    if !meta.is_dir() {
-        return Err(invalid(
-            i,
-            "host_path",
-            format!("{} is neither a file nor a directory", host.display()),
-        ));
-    }
-    let mut stack = vec![(host.to_path_buf(), rel.to_string(), meta, 0usize)];
-    while let Some((dir, rel, m, depth)) = stack.pop() {
-        out.push(Entry::Dir {
-            rel: rel.clone(),
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
-        });
-        if out.len() > MAX_MOUNT_ENTRIES || depth > 32 {
-            return Err(invalid(
-                i,
-                "host_path",
-                format!(
-                    "{} has too many entries to copy into the pod VM",
-                    host.display()
-                ),
-            ));
-        }
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(|e| invalid(i, "host_path", format!("{}: {e}", dir.display())))?
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .collect();
-        names.sort();
-        for name in names {
-            let Some(s) = name.to_str() else { continue };
-            if s.starts_with("..") {
-                continue;
-            }
-            let path = dir.join(&name);
-            let Ok(m) = std::fs::metadata(&path) else {
-                continue; // a dangling symlink
-            };
-            let child = format!("{rel}/{s}");
-            if m.is_dir() {
-                stack.push((path, child, m, depth + 1));
-            } else if m.is_file() {
-                push_file(&mut out, &path, child, &m)?;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Copies every mount's host path into the guest and returns the bind
-/// mounts for the spec. A missing host path is created as a directory, as
-/// containerd does.
 /// Checks a CRI mount's paths: both absolute, the host path without `.`
 /// or `..` parts; image volumes are refused.
 fn check(i: usize, m: &Mount) -> Result<(), ContainerError> {
@@ -184,19 +45,25 @@ fn check(i: usize, m: &Mount) -> Result<(), ContainerError> {
     Ok(())
 }
 
+/// Mount `i`'s host path, checked, and created as a directory when it is
+/// missing, as runc-based runtimes do.
+fn host_path(i: usize, m: &Mount) -> Result<&Path, ContainerError> {
+    check(i, m)?;
+    let host = Path::new(&m.host_path);
+    if !host.exists() {
+        std::fs::create_dir_all(host)
+            .map_err(|e| invalid(i, "host_path", format!("creating it: {e}")))?;
+    }
+    Ok(host)
+}
+
 /// A native pod's mounts: the host paths themselves, bind-mounted live
-/// with the propagation each asks for (a missing host path is created as
-/// a directory, as runc-based runtimes do).
+/// with the propagation each asks for.
 pub fn host_binds(mounts: &[Mount]) -> Result<Vec<SharedMount>, ContainerError> {
     use moat_proto::cri::MountPropagation;
     let mut out = Vec::new();
     for (i, m) in mounts.iter().enumerate() {
-        check(i, m)?;
-        let host = Path::new(&m.host_path);
-        if !host.exists() {
-            std::fs::create_dir_all(host)
-                .map_err(|e| invalid(i, "host_path", format!("creating it: {e}")))?;
-        }
+        let host = host_path(i, m)?;
         let (shared, slave) = mount_propagation(host);
         let propagation = match MountPropagation::try_from(m.propagation) {
             Ok(MountPropagation::PropagationPrivate) => "rprivate",
@@ -243,6 +110,97 @@ pub fn host_binds(mounts: &[Mount]) -> Result<Vec<SharedMount>, ContainerError> 
     Ok(out)
 }
 
+/// The binds [`share_live`] made for one container: undone when dropped
+/// unless [`LiveBinds::keep`] was called (a create that fails after them
+/// leaves nothing).
+pub struct LiveBinds<'a> {
+    paths: &'a crate::vm::VmPaths,
+    id: String,
+    keep: bool,
+}
+
+impl LiveBinds<'_> {
+    /// The container was created: its binds stay until it is removed.
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for LiveBinds<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            crate::vm::volumes::unbind_container(self.paths, &self.id);
+        }
+    }
+}
+
+/// A pod VM's mounts: each host path bind-mounted into the pod's volume
+/// share (served live to the guest by its virtiofsd) as a volume of
+/// container `id`'s own, read-only when the mount says so. A missing host
+/// path is created as a directory, as containerd does. Propagation:
+/// PRIVATE as asked; HOST_TO_CONTAINER where the host path is on a shared
+/// or slave mount (what is mounted under it later reaches the guest through
+/// the daemon); BIDIRECTIONAL is refused, as a mount made in the guest
+/// cannot reach the host.
+pub fn share_live<'a>(
+    paths: &'a crate::vm::VmPaths,
+    id: &str,
+    mounts: &[Mount],
+) -> Result<(Vec<SharedMount>, LiveBinds<'a>), ContainerError> {
+    use moat_proto::cri::MountPropagation;
+    let binds = LiveBinds {
+        paths,
+        id: id.to_string(),
+        keep: false,
+    };
+    let mut out = Vec::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let host = host_path(i, m)?;
+        let propagation = match MountPropagation::try_from(m.propagation) {
+            Ok(MountPropagation::PropagationPrivate) => "rprivate",
+            Ok(MountPropagation::PropagationHostToContainer) => {
+                let (shared, slave) = mount_propagation(host);
+                if !(shared || slave) {
+                    return Err(invalid(
+                        i,
+                        "propagation",
+                        format!(
+                            "HOST_TO_CONTAINER needs {} on a shared or slave mount; it is on a private one",
+                            m.host_path
+                        ),
+                    ));
+                }
+                "rslave"
+            }
+            Ok(MountPropagation::PropagationBidirectional) => {
+                return Err(invalid(
+                    i,
+                    "propagation",
+                    "BIDIRECTIONAL: a mount made inside a pod VM cannot reach the host; \
+                     run the pod natively (a RuntimeClass of the oci kind) for that",
+                ))
+            }
+            Err(_) => {
+                return Err(invalid(
+                    i,
+                    "propagation",
+                    format!("unknown mode {}", m.propagation),
+                ))
+            }
+        };
+        let name = crate::vm::volumes::volume_name(id, i);
+        let guest_path = crate::vm::volumes::bind(paths, &name, host, m.readonly)
+            .map_err(|e| invalid(i, "host_path", format!("{e:#}")))?;
+        out.push(SharedMount {
+            container_path: m.container_path.clone(),
+            guest_path,
+            readonly: m.readonly,
+            propagation,
+        });
+    }
+    Ok((out, binds))
+}
+
 /// Whether the mount holding `path` is shared and whether it is a slave,
 /// from this process's mountinfo (`shared:N`, `master:N`).
 fn mount_propagation(path: &Path) -> (bool, bool) {
@@ -270,133 +228,40 @@ fn mount_propagation(path: &Path) -> (bool, bool) {
     best.map_or((false, false), |(_, s, m)| (s, m))
 }
 
-pub async fn share(
-    agent: &mut AgentClient<Channel>,
-    mounts: &[Mount],
-) -> Result<Vec<SharedMount>, ContainerError> {
-    let mut out = Vec::new();
-    for (i, m) in mounts.iter().enumerate() {
-        check(i, m)?;
-        let host = Path::new(&m.host_path);
-        if !host.exists() {
-            std::fs::create_dir_all(host)
-                .map_err(|e| invalid(i, "host_path", format!("creating it: {e}")))?;
-        }
-        let rel = guest_rel(&m.host_path);
-        let host2 = host.to_path_buf();
-        let rel2 = rel.clone();
-        let entries = tokio::task::spawn_blocking(move || collect(i, &host2, &rel2))
-            .await
-            .map_err(|e| ContainerError::Failed(format!("copy task: {e}")))??;
-        for e in entries {
-            let req = match e {
-                Entry::Dir {
-                    rel,
-                    mode,
-                    uid,
-                    gid,
-                } => CopyFileRequest {
-                    path: rel,
-                    data: Vec::new(),
-                    mode,
-                    uid,
-                    gid,
-                    make_parents: true,
-                    directory: true,
-                },
-                Entry::File {
-                    rel,
-                    data,
-                    mode,
-                    uid,
-                    gid,
-                } => CopyFileRequest {
-                    path: rel,
-                    data,
-                    mode,
-                    uid,
-                    gid,
-                    make_parents: true,
-                    directory: false,
-                },
-            };
-            agent.copy_file(req).await.map_err(|s| {
-                ContainerError::Failed(format!(
-                    "copying mount {} into the guest: {}",
-                    m.host_path,
-                    s.message()
-                ))
-            })?;
-        }
-        out.push(SharedMount {
-            container_path: m.container_path.clone(),
-            guest_path: format!("{}/{rel}", moat_proto::SHARED_DIR),
-            propagation: "rprivate",
-            readonly: m.readonly,
-        });
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moat_proto::cri::MountPropagation;
+
+    fn mount(host: &str, propagation: MountPropagation) -> Mount {
+        Mount {
+            container_path: "/data".into(),
+            host_path: host.into(),
+            propagation: propagation as i32,
+            ..Default::default()
+        }
+    }
 
     #[test]
-    fn directories_are_walked_following_symlinks_and_skipping_bookkeeping() {
+    fn a_vm_refuses_bidirectional_and_bad_paths_before_binding() {
         let t = tempfile::tempdir().unwrap();
-        let d = t.path().join("cm");
-        std::fs::create_dir_all(d.join("..2024_01/sub")).unwrap();
-        std::fs::write(d.join("..2024_01/key"), b"value").unwrap();
-        std::fs::write(d.join("..2024_01/sub/deep"), b"x").unwrap();
-        std::os::unix::fs::symlink("..2024_01", d.join("..data")).unwrap();
-        std::os::unix::fs::symlink("..data/key", d.join("key")).unwrap();
-        std::os::unix::fs::symlink("..data/sub", d.join("sub")).unwrap();
-        std::os::unix::fs::symlink("/nonexistent", d.join("dangling")).unwrap();
-        let entries = collect(0, &d, "volumes/x").unwrap();
-        let names: Vec<String> = entries
-            .iter()
-            .map(|e| match e {
-                Entry::Dir { rel, .. } => format!("d {rel}"),
-                Entry::File { rel, data, .. } => {
-                    format!("f {rel} {}", String::from_utf8_lossy(data))
-                }
-            })
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "d volumes/x",
-                "f volumes/x/key value",
-                "d volumes/x/sub",
-                "f volumes/x/sub/deep x"
-            ]
+        let paths = crate::vm::VmPaths {
+            dir: t.path().join("vm"),
+        };
+        let host = t.path().display().to_string();
+        let bidi = mount(&host, MountPropagation::PropagationBidirectional);
+        let e = share_live(&paths, "c", &[bidi]).err().unwrap().to_string();
+        assert!(
+            e.contains("config.mounts[0].propagation: BIDIRECTIONAL"),
+            "{e}"
         );
-    }
-
-    #[test]
-    fn a_file_is_one_entry_and_limits_hold() {
-        let t = tempfile::tempdir().unwrap();
-        let f = t.path().join("hosts");
-        std::fs::write(&f, b"127.0.0.1 localhost\n").unwrap();
-        assert_eq!(collect(0, &f, "volumes/h").unwrap().len(), 1);
-        let big = t.path().join("big");
-        std::fs::File::create(&big)
+        let dotdot = mount("/tmp/../etc", MountPropagation::PropagationPrivate);
+        let e = share_live(&paths, "c", &[dotdot])
+            .err()
             .unwrap()
-            .set_len(MAX_FILE_BYTES + 1)
-            .unwrap();
-        let e = collect(3, &big, "volumes/b").unwrap_err().to_string();
-        assert!(e.contains("config.mounts[3].host_path"), "{e}");
-        let e = collect(1, &t.path().join("missing"), "v")
-            .unwrap_err()
             .to_string();
-        assert!(e.contains("config.mounts[1]"), "{e}");
-    }
-
-    #[test]
-    fn guest_dirs_are_per_host_path() {
-        assert_eq!(guest_rel("/a"), guest_rel("/a"));
-        assert_ne!(guest_rel("/a"), guest_rel("/b"));
-        assert!(guest_rel("/a").starts_with("volumes/"));
+        assert!(e.contains("config.mounts[0].host_path"), "{e}");
+        // Nothing was bound.
+        assert!(!paths.volumes().exists());
     }
 }

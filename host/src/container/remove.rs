@@ -72,6 +72,11 @@ impl Containers {
                 crash_point::here(crash_point::REMOVE_CONTAINER_DETACHED);
             }
         }
+        // Its volumes leave the pod's share (the guest's container, which
+        // bound them, is gone).
+        if let Some(sb) = sb.filter(|s| s.kind == HandlerKind::Microvm) {
+            crate::vm::volumes::unbind_container(&sb.vm_paths, &rec.id);
+        }
         set_log(&self.inner, &rec.id, None);
         if let Ok(mut s) = self.inner.cpu_samples.lock() {
             s.remove(&rec.id);

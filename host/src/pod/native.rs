@@ -203,8 +203,17 @@ pub async fn remove_cgroup_tree(root: &Path, rel: &Path) -> std::io::Result<()> 
 /// overlay and scratch mounts of a crashed agent, its namespace files),
 /// deepest first, lazily.
 pub fn unmount_under(dir: &Path) {
+    for p in mounts_under(dir) {
+        if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!("unmounting {}: {e}", p.display());
+        }
+    }
+}
+
+/// The mount points strictly under `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
+        return Vec::new();
     };
     let mut points: Vec<std::path::PathBuf> = text
         .lines()
@@ -215,11 +224,7 @@ pub fn unmount_under(dir: &Path) {
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     points.dedup();
-    for p in points {
-        if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
-            tracing::warn!("unmounting {}: {e}", p.display());
-        }
-    }
+    points
 }
 
 /// A mountinfo path with its octal escapes (`\040` for a space) decoded.

@@ -44,6 +44,9 @@ pub struct SandboxRecord {
     /// The pod's own process while it runs: the VMM, or a native pod's
     /// agent.
     pub vm: Option<VmHandle>,
+    /// A pod VM's virtiofsd while it runs (see [`crate::vm::volumes`]).
+    #[serde(default)]
+    pub fs_daemon: Option<VmHandle>,
     /// The VMM's cgroup, relative to the hierarchy's root (`None` where
     /// moatd has no cgroup v2 hierarchy to write); see [`crate::vm::cgroup`].
     #[serde(default)]

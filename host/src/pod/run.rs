@@ -221,6 +221,7 @@ impl Pods {
                 dir: self.config.run_dir.join(&id[..16]),
             },
             vm: None,
+            fs_daemon: None,
             vmm_cgroup,
             vmm_uid: None,
             vcpus,
@@ -388,6 +389,17 @@ impl Pods {
             vmm: handler.vmm_binary(),
             vm,
         };
+        // The pod's volumes: its share and the virtiofsd serving it, whose
+        // socket the VMM gets connected.
+        crate::vm::volumes::prepare(&rec.vm_paths).map_err(caused("the pod's volume share"))?;
+        let (daemon, mut fs_child, fs_stream) =
+            crate::vm::volumes::spawn_daemon(&handler.virtiofsd, &rec.vm_paths)
+                .map_err(caused("starting the pod's virtiofsd"))?;
+        rec.fs_daemon = Some(daemon);
+        self.store.put(SANDBOXES, &rec.id, rec)?;
+        tokio::spawn(async move {
+            let _ = fs_child.wait().await;
+        });
         let procs = match &rec.vmm_cgroup {
             Some(rel) => Some(
                 cgroup::create(
@@ -405,9 +417,12 @@ impl Pods {
             netns.as_ref(),
             tap_file.as_ref(),
             procs.as_ref(),
+            Some(&fs_stream),
         )
         .map_err(caused("starting the VM"))?;
-        drop((procs, tap_file));
+        // The VMM holds the daemon's one connection now: the daemon ends
+        // when the VMM does.
+        drop((procs, tap_file, fs_stream));
         // A crash before the record holds the pid: recovery finds the VMM
         // by its config path (`vm::launch::running_vmms`).
         crash_point::here(crash_point::RUN_POD_VMM);

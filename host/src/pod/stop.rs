@@ -78,11 +78,28 @@ impl Pods {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        if native {
-            // What a crashed agent left mounted: images, overlays, scratch,
-            // namespace files.
-            super::native::unmount_under(&rec.vm_paths.dir);
+        if !native {
+            // The virtiofsd ends with its VMM's connection; one that does
+            // not (or that a crash left unrecorded) is killed.
+            let recorded = rec.fs_daemon.take();
+            for d in recorded
+                .into_iter()
+                .chain(crate::vm::volumes::running_daemons(&rec.vm_paths))
+            {
+                for _ in 0..100 {
+                    if !d.is_alive() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                d.kill();
+            }
+            let _ = std::fs::remove_file(rec.vm_paths.fs_socket());
         }
+        // What is still mounted in the pod's directory: a pod VM's volume
+        // share and its binds; what a crashed native agent left (images,
+        // overlays, scratch, namespace files).
+        super::native::unmount_under(&rec.vm_paths.dir);
         if let Some(rel) = &rec.vmm_cgroup {
             let root = std::path::Path::new(crate::vm::cgroup::CGROUP_ROOT);
             let removed = if native {
@@ -153,6 +170,14 @@ impl Pods {
         };
         self.stop(&rec.id).await?;
         let guard = self.locks.lock(&rec.id).await;
+        // Never delete through a mount: a volume bound in the pod's
+        // directory is the user's data.
+        if let Some(p) = super::native::mounts_under(&rec.vm_paths.dir).first() {
+            return Err(failed(format!(
+                "{} is still mounted; the pod's directory is kept",
+                p.display()
+            )));
+        }
         if let Err(e) = std::fs::remove_dir_all(&rec.vm_paths.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 return Err(failed(format!(

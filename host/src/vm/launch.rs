@@ -113,6 +113,9 @@ pub const VMM_KVM_FD: i32 = 4;
 pub const VMM_KERNEL_FD: i32 = 5;
 /// The fd number a VMM finds its initramfs at (`fds.initrd`).
 pub const VMM_INITRD_FD: i32 = 6;
+/// The fd number a VMM finds its stream to the pod's virtiofsd at
+/// (`fds.fs_socket`).
+pub const VMM_FS_FD: i32 = 7;
 
 /// Most tasks a jailed VMM's uid may have (its threads: the event loop and
 /// one per vCPU, at most 64).
@@ -138,6 +141,7 @@ pub fn launch(
     netns: Option<&NetNs>,
     tap: Option<&std::fs::File>,
     cgroup_procs: Option<&std::fs::File>,
+    fs: Option<&std::os::unix::net::UnixStream>,
 ) -> anyhow::Result<(VmHandle, tokio::process::Child)> {
     use anyhow::Context;
     std::fs::create_dir_all(&paths.dir)
@@ -156,6 +160,18 @@ pub fn launch(
         cid: 3,
     });
     cfg.api_sock = Some(relative(paths.api()));
+    if fs.is_some() {
+        cfg.fs = Some(moat_vmm::config::FsConfig {
+            tag: super::volumes::TAG.into(),
+            socket: relative(paths.fs_socket()),
+        });
+        let key = format!(
+            "{}={}",
+            moat_proto::CMDLINE_VOLUMES_KEY,
+            super::volumes::TAG
+        );
+        cfg.cmdline_extra = format!("{} {key}", cfg.cmdline_extra).trim().to_string();
+    }
     if let Some(j) = &cfg.jail {
         use std::os::unix::fs::PermissionsExt;
         // The jailed VMM owns its directory (it creates its control socket
@@ -187,7 +203,7 @@ pub fn launch(
         kvm: Some(VMM_KVM_FD),
         kernel: Some(VMM_KERNEL_FD),
         initrd: initrd.is_some().then_some(VMM_INITRD_FD),
-        fs_socket: None,
+        fs_socket: fs.is_some().then_some(VMM_FS_FD),
     };
     std::fs::write(paths.config(), serde_json::to_vec_pretty(&cfg)?).context("writing vm.json")?;
     let log = std::fs::File::create(paths.vmm_log()).context("creating vmm.log")?;
@@ -223,6 +239,9 @@ pub fn launch(
     setup.fds.push((kernel.into(), VMM_KERNEL_FD));
     if let Some(f) = initrd {
         setup.fds.push((f.into(), VMM_INITRD_FD));
+    }
+    if let Some(s) = fs {
+        setup.fds.push((s.try_clone()?.into(), VMM_FS_FD));
     }
     setup.jail = cfg.jail.as_ref().map(|j| (j.uid, j.gid));
     // No core dumps (they would hold guest memory) and a bound on open

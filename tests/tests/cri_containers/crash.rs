@@ -77,6 +77,7 @@ pub fn body() {
         let logs = m.dir.path().join("pods");
         pull(&m).await;
         let vmms_before = vmm_pids();
+        let daemons_before = moat_tests::moatd::virtiofsd_pids();
 
         // RunPodSandbox.
         for (i, at) in [
@@ -99,6 +100,12 @@ pub fn body() {
             let pods = list_pods(&mut rt).await;
             assert!(pods.is_empty(), "{at}: a pod is listed: {pods:?}");
             assert_eq!(vmm_pids(), vmms_before, "{at}: a VMM leaked\n{}", m.log());
+            assert_eq!(
+                moat_tests::moatd::virtiofsd_pids(),
+                daemons_before,
+                "{at}: a virtiofsd leaked\n{}",
+                m.log()
+            );
             assert_eq!(
                 Moatd::entries(&m.run_dir())
                     .into_iter()

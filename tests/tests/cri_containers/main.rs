@@ -4,7 +4,8 @@
 //! start → status → exec → logs → stop → remove), the container RPCs and
 //! their error cases, a moatd restart with a container running, moatd
 //! killed at each step of RunPodSandbox, CreateContainer and
-//! RemoveContainer, raw block volumes (CRI `devices`), and 20 pods with
+//! RemoveContainer, raw block volumes (CRI `devices`), volumes shared live
+//! over virtio-fs, and 20 pods with
 //! containers created and removed in a row without leaks.
 //!
 //! Needs `make artifacts` and release builds of moatd and moat-vmm.
@@ -21,6 +22,7 @@ mod crash;
 mod kubelet_sequence;
 mod restart;
 mod twenty_pods;
+mod volumes;
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
 
@@ -100,6 +102,12 @@ moat_tests::vm_test!(
     raw_block_volumes_are_written_through,
     TIMEOUT,
     block_volumes::body
+);
+
+moat_tests::vm_test!(
+    volumes_are_shared_live_with_the_pod_vm,
+    TIMEOUT,
+    volumes::body
 );
 
 moat_tests::vm_test!(

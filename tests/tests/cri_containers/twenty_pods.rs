@@ -1,11 +1,12 @@
 //! Twenty pods with a container each, created and removed in a row: no fd,
-//! mount, run-dir entry, netns, IPAM lease, VMM or VMM cgroup may be left
-//! behind.
+//! mount, run-dir entry, netns, IPAM lease, VMM, virtiofsd or VMM cgroup
+//! may be left behind.
 
 use super::*;
 
 /// What a leak check compares: moatd's open fds, the node's mounts, and
-/// moatd's run dir, netns dir, IPAM leases and the VMM processes.
+/// moatd's run dir, netns dir, IPAM leases, the VMM and virtiofsd
+/// processes.
 #[derive(Debug, PartialEq)]
 struct Footprint {
     fds: usize,
@@ -14,6 +15,7 @@ struct Footprint {
     netns: Vec<String>,
     leases: Vec<String>,
     vmms: usize,
+    daemons: usize,
     vmm_cgroups: Vec<String>,
 }
 
@@ -38,6 +40,7 @@ fn footprint(m: &Moatd) -> Footprint {
         netns: Moatd::entries(&m.run_dir().join("netns")),
         leases,
         vmms: vmm_pids().len(),
+        daemons: moat_tests::moatd::virtiofsd_pids().len(),
         vmm_cgroups: moat_tests::moatd::vmm_cgroups(),
     }
 }
