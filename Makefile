@@ -7,7 +7,7 @@ AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT_BIN    := target/$(AGENT_TARGET)/guest/moat-agent
 export MOAT_BUILD_DIR := $(CURDIR)/$(BUILD)
 
-.PHONY: all deps pyenv kernel build agent initramfs images artifacts lint test demo bench-boot bench-streaming bench-pods node-stress fuzz clean
+.PHONY: all deps pyenv kernel build agent initramfs images artifacts lint test demo bench-boot bench-streaming bench-pods bench-volumes node-stress fuzz clean
 
 all: artifacts
 
@@ -86,6 +86,12 @@ bench-streaming: deps artifacts
 ## prints a table.
 bench-pods: deps artifacts
 	scripts/bench-pods.sh
+
+## Volume benchmark: guest tmpfs, a virtio-fs volume, a virtio-blk volume
+## and the host directly (throughput, small files), and how soon a
+## configmap update shows in the guest; prints a table.
+bench-volumes: deps artifacts
+	scripts/bench-volumes.sh
 
 ## The test node's failure rate: NODES nodes in a row, each running the boot
 ## benchmark's rounds and PODS pods at once through moatd; prints a table.

@@ -19,6 +19,7 @@ pub mod stdio;
 pub mod storage;
 pub mod volumes;
 pub mod vsock;
+pub mod watched;
 
 /// Serialises unit tests that fork or reap, so a reaping test never steals
 /// another test's child.

@@ -50,6 +50,7 @@ fn main() {
         tracing::warn!("PR_SET_CHILD_SUBREAPER: {e}");
     }
     let cmdline = cmdline::KernelCmdline::read();
+    let mut watch_volumes = false;
     if let (true, Some(tag)) = (is_pid1, cmdline.volumes_tag()) {
         // Without it only the pod's volumes fail; the agent serves on.
         let dir = std::path::Path::new(moat_proto::VOLUMES_DIR);
@@ -57,6 +58,7 @@ fn main() {
             Ok(()) => tracing::info!(tag, dir = %dir.display(), "volumes mounted"),
             Err(e) => tracing::error!("volumes: {e:#}"),
         }
+        watch_volumes = true;
     }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -88,7 +90,7 @@ fn main() {
             .unwrap_or_else(|| PathBuf::from("pod")),
         oci_runtime: std::env::var_os("MOAT_AGENT_OCI_RUNTIME").map(PathBuf::from),
     };
-    let result = run(config, listen_unix);
+    let result = run(config, listen_unix, watch_volumes);
     if let Err(e) = &result {
         tracing::error!("agent stopped: {e:#}");
     }
@@ -112,13 +114,25 @@ fn init_logging() {
         .init();
 }
 
-fn run(config: state::Config, listen_unix: Option<PathBuf>) -> anyhow::Result<()> {
+/// Serves the agent; with `watch_volumes`, keeps the mirrors of
+/// configmap-shaped volumes in step (`moat_agent::watched`).
+fn run(
+    config: state::Config,
+    listen_unix: Option<PathBuf>,
+    watch_volumes: bool,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
         tokio::spawn(reaper::global().run());
+        if watch_volumes {
+            tokio::spawn(moat_agent::watched::keep_in_step(
+                PathBuf::from(moat_proto::VOLUMES_DIR),
+                config.watched_dir(),
+            ));
+        }
         match listen_unix {
             Some(path) => server::serve_unix(&path, config).await,
             None => server::serve_vsock(moat_proto::AGENT_VSOCK_PORT, config).await,

@@ -45,6 +45,10 @@ impl Config {
     pub fn shared_dir(&self) -> PathBuf {
         self.run_dir.join("shared")
     }
+    /// Where configmap-shaped volumes are mirrored (`crate::watched`).
+    pub fn watched_dir(&self) -> PathBuf {
+        self.run_dir.join("watched")
+    }
     /// The OCI runtime that makes containers, when the agent serves a
     /// native pod on the host.
     pub fn runtime(&self) -> Option<crate::container::oci_runtime::OciRuntime> {

@@ -2,7 +2,9 @@
 # project's busybox image and a moatd on its own socket, CNI through Debian's
 # bridge and host-local plugins, everything under one work directory.
 #
-#   local_moatd_start WORKDIR BRIDGE SUBNET   sets $moatd (pid) and $C (moatctl)
+#   local_moatd_start WORKDIR BRIDGE SUBNET   sets $moatd (pid) and $C (moatctl);
+#                                             $MICROVM_EXTRA: more lines for the
+#                                             microvm handler's table
 #   local_moatd_stop WORKDIR BRIDGE
 local_moatd_start() {
   _w=$1 _bridge=$2 _subnet=$3
@@ -23,6 +25,7 @@ agent_timeout_secs = 120
 kernel = "$PWD/build/vmlinux"
 initramfs = "$PWD/build/initramfs.cpio"
 vmm = "$PWD/target/release/moat-vmm"
+${MICROVM_EXTRA:-}
 T
   target/release/moatd --config "$_w/moatd.toml" > "$_w/moatd.log" 2>&1 &
   moatd=$!

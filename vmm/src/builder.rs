@@ -250,7 +250,8 @@ impl Parts {
             ),
             None => Fs::new(&f.tag, &f.socket, reg),
         }
-        .map_err(dev_err)?;
+        .map_err(dev_err)?
+        .ending_vm_through(self.exit.clone());
         self.push("fs".into(), Box::new(dev), None);
         Ok(())
     }

@@ -10,6 +10,7 @@
 //! | 5 | a requested graceful shutdown timed out and the VM was killed |
 //! | 6 | terminated by SIGTERM or SIGINT |
 //! | 7 | a thread made a syscall outside its seccomp filter |
+//! | 8 | a device's backend went away (the pod's virtio-fs daemon) |
 
 /// Why the VMM exits; each variant maps to one process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,9 @@ pub enum ExitCode {
     Signal = 6,
     /// A thread made a syscall its seccomp filter does not allow.
     BadSyscall = 7,
+    /// A device's backend went away (the pod's virtio-fs daemon): the
+    /// guest's requests to it could never complete.
+    BackendGone = 8,
 }
 
 impl ExitCode {
@@ -49,6 +53,7 @@ impl ExitCode {
             5 => Self::ShutdownTimeout,
             6 => Self::Signal,
             7 => Self::BadSyscall,
+            8 => Self::BackendGone,
             _ => return None,
         })
     }
@@ -64,12 +69,13 @@ impl ExitCode {
             Self::ShutdownTimeout => "shutdown timed out, VM killed",
             Self::Signal => "terminated by signal",
             Self::BadSyscall => "a syscall outside the VMM's seccomp filter",
+            Self::BackendGone => "a device's backend (the virtio-fs daemon) went away",
         }
     }
 }
 
 /// Text for `--help` listing all exit codes.
-pub const EXIT_CODES_HELP: &str = "Exit codes:\n  0  guest powered off cleanly\n  1  internal VMM error\n  2  bad configuration\n  3  guest reset without poweroff notice (reboot, kernel panic, triple fault)\n  4  KVM error (no /dev/kvm, PVM host, internal error, failed entry)\n  5  graceful shutdown timed out, VM killed\n  6  terminated by SIGTERM/SIGINT\n  7  a syscall outside the seccomp filter";
+pub const EXIT_CODES_HELP: &str = "Exit codes:\n  0  guest powered off cleanly\n  1  internal VMM error\n  2  bad configuration\n  3  guest reset without poweroff notice (reboot, kernel panic, triple fault)\n  4  KVM error (no /dev/kvm, PVM host, internal error, failed entry)\n  5  graceful shutdown timed out, VM killed\n  6  terminated by SIGTERM/SIGINT\n  7  a syscall outside the seccomp filter\n  8  a device's backend (the virtio-fs daemon) went away";
 
 #[cfg(test)]
 mod tests {
@@ -77,12 +83,12 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for c in 0..=7 {
+        for c in 0..=8 {
             let e = ExitCode::from_code(c).unwrap();
             assert_eq!(e.code(), c);
             assert!(!e.describe().is_empty());
         }
-        assert_eq!(ExitCode::from_code(8), None);
+        assert_eq!(ExitCode::from_code(9), None);
     }
 }
 

@@ -19,7 +19,8 @@ use std::time::Duration;
 use tonic::{Response, Status};
 
 /// What container specs may refer to outside their rootfs. In a guest:
-/// the pod's shared files, sandbox files and volumes (virtio-fs). On the host, serving a native
+/// the pod's shared files, sandbox files, volumes (virtio-fs) and their
+/// mirrors (`crate::watched`). On the host, serving a native
 /// pod, moatd names host paths itself (volumes, devices), as it would to
 /// any OCI runtime.
 pub(super) fn policy(state: &State) -> PlanPolicy {
@@ -34,6 +35,7 @@ pub(super) fn policy(state: &State) -> PlanPolicy {
             state.config.shared_dir(),
             state.config.run_dir.join("sandbox"),
             PathBuf::from(moat_proto::VOLUMES_DIR),
+            state.config.watched_dir(),
         ],
         namespace_dirs: vec![state.config.ns_dir()],
     }
@@ -154,9 +156,6 @@ pub(super) async fn create(
     super::container_devices::add(&mut spec, &req.devices, timeout).await?;
     let id = req.container_id.clone();
     let dir = state.config.container_dir(&id);
-    let plan = spec::container_plan(&spec, &dir.join("rootfs"), &policy(state)).map_err(invalid)?;
-    let mut plan = plan;
-    plan.process = spec::with_seccomp(plan.process, &spec).map_err(invalid)?;
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
     if let Some(r) = &resources {
         crate::cgroups::files::resource_files(r).map_err(invalid)?;
@@ -178,6 +177,23 @@ pub(super) async fn create(
         state,
         id: id.clone(),
     };
+    // In a pod VM, configmap-shaped volumes are served from mirrors that
+    // inotify sees change.
+    let mirrored = if state.config.oci_runtime.is_none() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        let m = crate::watched::mirror_mounts(
+            &mut mounts,
+            std::path::Path::new(moat_proto::VOLUMES_DIR),
+            &state.config.watched_dir(),
+        );
+        spec.set_mounts(Some(mounts));
+        Some(m)
+    } else {
+        None
+    };
+    let mut plan =
+        spec::container_plan(&spec, &dir.join("rootfs"), &policy(state)).map_err(invalid)?;
+    plan.process = spec::with_seccomp(plan.process, &spec).map_err(invalid)?;
 
     std::fs::create_dir_all(&dir)
         .map_err(|e| Status::internal(format!("creating {}: {e}", dir.display())))?;
@@ -305,6 +321,9 @@ pub(super) async fn create(
         exec_defaults,
     });
     state.containers.lock().await.insert(id.clone(), container);
+    if let Some(m) = mirrored {
+        m.keep();
+    }
     tracing::info!(container = %id, pid, "container created");
     Ok(Response::new(CreateContainerResponse { pid: pid as u32 }))
 }
@@ -441,6 +460,7 @@ pub(super) async fn remove_by_id(state: &State, id: &str, timeout_ms: u32) -> Re
         .remove(Duration::from_secs(5))
         .map_err(|e| Status::internal(format!("removing cgroup: {e}")))?;
     let _ = std::fs::remove_dir_all(&c.dir);
+    crate::watched::forget(&state.config.watched_dir(), id);
     state.containers.lock().await.remove(id);
     tracing::info!(container = %id, "container removed");
     Ok(())

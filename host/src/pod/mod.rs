@@ -12,7 +12,7 @@
 pub mod locks;
 pub mod manager;
 pub mod names;
-mod native;
+pub(crate) mod native;
 pub mod port_forward;
 pub mod record;
 mod run;

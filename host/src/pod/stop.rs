@@ -94,11 +94,12 @@ impl Pods {
                 }
                 d.kill();
             }
-            let _ = std::fs::remove_file(rec.vm_paths.fs_socket());
+            if let Err(p) = crate::vm::volumes::remove_share(&rec.vm_paths) {
+                tracing::warn!(id = %rec.id, "{} is still mounted", p.display());
+            }
         }
-        // What is still mounted in the pod's directory: a pod VM's volume
-        // share and its binds; what a crashed native agent left (images,
-        // overlays, scratch, namespace files).
+        // What is still mounted in the pod's directory: what a crashed
+        // native agent left (images, overlays, scratch, namespace files).
         super::native::unmount_under(&rec.vm_paths.dir);
         if let Some(rel) = &rec.vmm_cgroup {
             let root = std::path::Path::new(crate::vm::cgroup::CGROUP_ROOT);
@@ -171,19 +172,18 @@ impl Pods {
         self.stop(&rec.id).await?;
         let guard = self.locks.lock(&rec.id).await;
         // Never delete through a mount: a volume bound in the pod's
-        // directory is the user's data.
-        if let Some(p) = super::native::mounts_under(&rec.vm_paths.dir).first() {
-            return Err(failed(format!(
-                "{} is still mounted; the pod's directory is kept",
-                p.display()
-            )));
-        }
-        if let Err(e) = std::fs::remove_dir_all(&rec.vm_paths.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
+        // directories is the user's data.
+        for dir in [rec.vm_paths.dir.clone(), rec.vm_paths.fs_dir()] {
+            if let Some(p) = super::native::mounts_under(&dir).first() {
                 return Err(failed(format!(
-                    "removing {}: {e}",
-                    rec.vm_paths.dir.display()
+                    "{} is still mounted; the pod's directory is kept",
+                    p.display()
                 )));
+            }
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(failed(format!("removing {}: {e}", dir.display())));
+                }
             }
         }
         self.store.delete(SANDBOXES, &rec.id)?;

@@ -1,7 +1,9 @@
 //! A pod VM's volumes, shared live with the guest over virtio-fs.
 //!
-//! Each pod VM has a share: `volumes/` in its VM directory, bind-mounted
-//! onto itself as a shared mount, served to the guest by the pod's own
+//! Each pod VM has a share: `volumes/` in its volume directory (beside its
+//! VM directory, `<vm dir>.fs`, so that the VMM, whose root is its VM
+//! directory, never sees the share, the daemon's socket or its log),
+//! bind-mounted as a shared mount, served to the guest by the pod's own
 //! virtiofsd (started before the VMM, in its own session so it outlives a
 //! moatd restart, and ending when the VMM, its one client, goes). At
 //! CreateContainer each CRI mount's host path is bind-mounted into the share
@@ -34,27 +36,53 @@ pub const TAG: &str = "moat-volumes";
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
 /// Most files the daemon may hold open (each open file and each inode the
 /// guest looks up holds one).
-const DAEMON_MAX_FILES: u32 = 65536;
+const DAEMON_MAX_FILES: u64 = 65536;
 
 impl VmPaths {
+    /// The pod's volume directory: the share and its daemon's files, beside
+    /// the VM directory.
+    pub fn fs_dir(&self) -> PathBuf {
+        let mut name = self.dir.file_name().unwrap_or_default().to_os_string();
+        name.push(".fs");
+        self.dir.with_file_name(name)
+    }
     /// The share the pod's virtiofsd serves: a read-only bind of
     /// [`VmPaths::volume_points`], with each volume bound under it.
     pub fn volumes(&self) -> PathBuf {
-        self.dir.join("volumes")
+        self.fs_dir().join("volumes")
     }
     /// The directory under the share, where moatd makes the volumes' mount
     /// points (the share itself is read-only).
     pub fn volume_points(&self) -> PathBuf {
-        self.dir.join("volumes.d")
+        self.fs_dir().join("volumes.d")
     }
     /// The virtiofsd's vhost-user socket.
     pub fn fs_socket(&self) -> PathBuf {
-        self.dir.join("fs.sock")
+        self.fs_dir().join("fs.sock")
     }
     /// The virtiofsd's log.
     pub fn fs_log(&self) -> PathBuf {
-        self.dir.join("virtiofsd.log")
+        self.fs_dir().join("virtiofsd.log")
     }
+}
+
+/// Removes the pod's volume directory once nothing is mounted in it (its
+/// daemon gone): every bind unmounted first. What stays mounted keeps the
+/// directory, and is returned: deleting through a mount would delete the
+/// user's data.
+pub fn remove_share(paths: &VmPaths) -> Result<(), PathBuf> {
+    let dir = paths.fs_dir();
+    crate::pod::native::unmount_under(&dir);
+    if let Some(p) = crate::pod::native::mounts_under(&dir).into_iter().next() {
+        return Err(p);
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("removing {}: {e}", dir.display());
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Makes the share: [`VmPaths::volume_points`] bound onto
@@ -118,7 +146,7 @@ pub fn spawn_daemon(
         // volume already keeps one from opening a host device).
         .arg("--modcaps=-mknod")
         .arg("--rlimit-nofile")
-        .arg(DAEMON_MAX_FILES.to_string())
+        .arg(max_files().to_string())
         .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -158,6 +186,26 @@ pub fn spawn_daemon(
         }
     };
     Ok((handle, child, stream))
+}
+
+/// The daemon's open-file limit: [`DAEMON_MAX_FILES`]; moatd's own hard
+/// limit where that is lower and moatd lacks CAP_SYS_RESOURCE to raise it
+/// (a containerised moatd may: the daemon would refuse to start).
+fn max_files() -> u64 {
+    use nix::sys::resource::{getrlimit, Resource};
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let can_raise = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0);
+    let hard = getrlimit(Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(_, hard)| hard);
+    if can_raise {
+        DAEMON_MAX_FILES
+    } else {
+        DAEMON_MAX_FILES.min(hard)
+    }
 }
 
 /// The live virtiofsd processes serving the share at `paths`: how a daemon

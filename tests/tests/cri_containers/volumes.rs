@@ -1,12 +1,14 @@
 //! Volumes shared live with a pod VM over virtio-fs: data written and
 //! fsynced in the guest is the host's, byte for byte, after the pod is gone
 //! and for a second pod; a volume of 10,000 files and 256 MiB lists; a
-//! configmap's `..data` swap shows in the guest within 5 s; read-only
+//! configmap's `..data` swap and a token's rotation show in the guest within
+//! 5 s, through mirrors the agent keeps (which inotify sees); read-only
 //! mounts refuse writes, also to the guest's root, which makes no device
 //! node in a volume either; an emptyDir is shared by two containers; a
 //! single file mounts; symlinks and `..` stay inside the guest; BIDIRECTIONAL is
 //! refused; a moatd restart keeps the volumes working; removing the pod
-//! leaves no daemon, socket or mount.
+//! leaves no daemon, socket or mount; a pod whose daemon dies ends, saying
+//! why.
 
 use super::*;
 
@@ -31,26 +33,35 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
+/// Where kubelet mounts a pod's service-account token (a projected volume).
+const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
 /// kubelet's layout of a configmap volume: the data in a timestamped
 /// directory, `..data` pointing at it, each key a link through `..data`.
-fn configmap(dir: &Path, generation: &str, value: &str) {
+fn configmap(dir: &Path, generation: &str, key: &str, value: &str) {
     let data = dir.join(format!("..{generation}"));
     std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("key"), value).unwrap();
+    std::fs::write(data.join(key), value).unwrap();
     let tmp = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(format!("..{generation}"), &tmp).unwrap();
     // The swap: one rename, as kubelet's atomic writer does.
     std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    if !dir.join("key").exists() {
-        std::os::unix::fs::symlink("..data/key", dir.join("key")).unwrap();
+    if !dir.join(key).exists() {
+        std::os::unix::fs::symlink(format!("..data/{key}"), dir.join(key)).unwrap();
     }
 }
 
-/// The virtiofsd processes serving a share under `vm_dir` (its sandbox
+/// A pod VM's volume directory (the share and its daemon's files), beside
+/// its VM directory, out of the VMM's sight.
+fn fs_dir(vm_dir: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.fs", vm_dir.display()))
+}
+
+/// The virtiofsd processes serving a share for `vm_dir` (its sandbox
 /// makes it two: the parent and the child in its namespaces).
 fn daemons(vm_dir: &Path) -> usize {
-    let socket = vm_dir.join("fs.sock").display().to_string();
+    let socket = fs_dir(vm_dir).join("fs.sock").display().to_string();
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -84,12 +95,14 @@ pub fn body() {
         let host = m.dir.path().join("host");
         let pvc = host.join("pvc");
         let cm = host.join("configmap");
+        let token = host.join("token");
         let big = host.join("big");
         let empty = host.join("empty");
-        for d in [&pvc, &cm, &big, &empty] {
+        for d in [&pvc, &cm, &token, &big, &empty] {
             std::fs::create_dir_all(d).unwrap();
         }
-        configmap(&cm, "2026_12_03_1", "v1");
+        configmap(&cm, "2026_12_03_1", "key", "v1");
+        configmap(&token, "2026_12_03_1", "token", "token-1");
         for i in 0..10_000 {
             std::fs::write(big.join(format!("f{i:05}")), i.to_string()).unwrap();
         }
@@ -126,6 +139,7 @@ pub fn body() {
             mount(&big, "/big", true),
             mount(&hosts, "/etc/hosts", true),
             mount(&empty, "/shared", false),
+            mount(&token, TOKEN_DIR, true),
         ];
         let a = create(&mut rt, &pod, a).await.unwrap();
         start(&mut rt, &a).await;
@@ -134,7 +148,7 @@ pub fn body() {
         let b = create(&mut rt, &pod, b).await.unwrap();
         start(&mut rt, &b).await;
         let s = status(&mut rt, &a).await;
-        assert_eq!(s.mounts.len(), 5);
+        assert_eq!(s.mounts.len(), 6);
         assert!(s
             .mounts
             .iter()
@@ -164,12 +178,32 @@ pub fn body() {
             "268435456\nmarker9999"
         );
 
-        // A configmap's swap shows within 5 s.
+        // A configmap and a projected token, read-only in kubelet's layout,
+        // are served from mirrors in guest memory (not the virtio-fs mount a
+        // writable volume is), which the agent keeps in step: their swaps
+        // show within 5 s, made in the guest, where inotify sees them.
+        let fs_types = exec_ok(
+            &mut rt,
+            &a,
+            &format!("stat -f -c %t /config {TOKEN_DIR} /data"),
+        )
+        .await;
+        let fs_types: Vec<&str> = fs_types.lines().collect();
+        assert_eq!(fs_types.len(), 3, "{fs_types:?}");
+        assert_eq!(fs_types[0], fs_types[1], "{fs_types:?}");
+        assert_ne!(
+            fs_types[0], fs_types[2],
+            "the configmap is not mirrored: {fs_types:?}"
+        );
         assert_eq!(exec_ok(&mut rt, &a, "cat /config/key").await, "v1");
-        configmap(&cm, "2026_12_03_2", "v2");
+        let read_token = format!("cat {TOKEN_DIR}/token");
+        assert_eq!(exec_ok(&mut rt, &a, &read_token).await, "token-1");
+        configmap(&cm, "2026_12_03_2", "key", "v2");
+        configmap(&token, "2026_12_03_2", "token", "token-2");
         let t0 = Instant::now();
         loop {
-            if exec_ok(&mut rt, &a, "cat /config/key").await == "v2" {
+            let cm_now = exec_ok(&mut rt, &a, "cat /config/key").await;
+            if cm_now == "v2" && exec_ok(&mut rt, &a, &read_token).await == "token-2" {
                 break;
             }
             assert!(
@@ -179,8 +213,12 @@ pub fn body() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         println!(
-            "configmap update visible after {} ms",
+            "configmap update and token rotation visible after {} ms",
             t0.elapsed().as_millis()
+        );
+        assert_eq!(
+            exec_ok(&mut rt, &a, "readlink /config/..data").await,
+            "..2026_12_03_2"
         );
 
         // Read-only refuses writes; the host file is untouched.
@@ -220,12 +258,12 @@ pub fn body() {
         // guest's own read-only flag removed, a read-only volume and a
         // read-only file still refuse writes (the daemon's copy of the
         // mount is read-only), and no device node is made in a writable
-        // volume.
+        // volume. (A mirrored configmap is the guest's own copy.)
         let mut root = container_config(&m, "root", "sleep 1000");
         security_context(&mut root).privileged = true;
         root.mounts = vec![
             mount(&pvc, "/data", false),
-            mount(&cm, "/config", true),
+            mount(&big, "/ro", true),
             mount(&hosts, "/etc/hosts", true),
         ];
         let root = create(&mut rt, &pod, root).await.unwrap();
@@ -233,11 +271,11 @@ pub fn body() {
         exec_ok(
             &mut rt,
             &root,
-            "mount -o remount,rw,bind /config && mount -o remount,rw,bind /etc/hosts",
+            "mount -o remount,rw,bind /ro && mount -o remount,rw,bind /etc/hosts",
         )
         .await;
         for (what, cmd) in [
-            ("a read-only volume", "touch /config/planted"),
+            ("a read-only volume", "touch /ro/planted"),
             ("a read-only file", "echo y >> /etc/hosts"),
             (
                 "a device node",
@@ -247,7 +285,7 @@ pub fn body() {
             let (code, out) = exec_sh(&mut rt, &root, cmd).await;
             assert_ne!(code, 0, "the guest's root wrote {what}: {out}");
         }
-        assert!(!cm.join("planted").exists());
+        assert!(!big.join("planted").exists());
         assert!(!pvc.join("disk").exists());
         assert_eq!(
             std::fs::read_to_string(&hosts).unwrap(),
@@ -276,15 +314,13 @@ pub fn body() {
         })
         .await
         .unwrap();
-        assert_eq!(mounts_under(&vm_dir.join("volumes")).len(), 1 + 5);
+        assert_eq!(mounts_under(&fs_dir(&vm_dir).join("volumes")).len(), 1 + 6);
         remove_pod(&mut rt, &pod).await;
         assert_eq!(daemons(&vm_dir), 0);
-        assert!(
-            mounts_under(&vm_dir).is_empty(),
-            "{:?}",
-            mounts_under(&vm_dir)
-        );
-        assert!(!vm_dir.exists());
+        for dir in [vm_dir.clone(), fs_dir(&vm_dir)] {
+            assert!(mounts_under(&dir).is_empty(), "{:?}", mounts_under(&dir));
+            assert!(!dir.exists(), "{} is left", dir.display());
+        }
         assert_eq!(sha256(&pvc.join("blob")), want);
 
         // A second pod mounting the same path sees it.
@@ -296,6 +332,40 @@ pub fn body() {
         let again = exec_ok(&mut rt, &c, "sha256sum /data/blob; cat /data/later").await;
         assert!(again.starts_with(&want), "{again}");
         assert!(again.ends_with("after-restart"), "{again}");
+
+        // The daemon dies: the pod VM ends (its guest's requests could never
+        // complete), the pod is NotReady and says why, and goes cleanly.
+        let vm_dir2 = PathBuf::from(pod_info(&mut rt, &pod2).await["vmDir"].as_str().unwrap());
+        let socket = fs_dir(&vm_dir2).join("fs.sock").display().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline)
+                .split('\0')
+                .any(|a| a == socket)
+            {
+                let _ = std::process::Command::new("kill")
+                    .arg("-9")
+                    .arg(e.file_name())
+                    .status();
+            }
+        }
+        let t0 = Instant::now();
+        loop {
+            let st = pod_status(&mut rt, &pod2, true).await;
+            let state = st.status.map(|s| s.state).unwrap_or_default();
+            if state == PodSandboxState::SandboxNotready as i32 {
+                let info = pod_info(&mut rt, &pod2).await;
+                let why = info["exitReason"].as_str().unwrap_or_default().to_string();
+                assert!(why.contains("virtio-fs daemon"), "{info}");
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the pod VM outlived its virtiofsd"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         remove_pod(&mut rt, &pod2).await;
+        assert!(!vm_dir2.exists() && !fs_dir(&vm_dir2).exists());
     });
 }

@@ -182,9 +182,16 @@ pub struct CreateArgs {
     /// Label key=value (repeatable).
     #[arg(long = "label")]
     pub labels: Vec<String>,
-    /// Host path mounted as HOST:CONTAINER[:ro] (copied into the VM).
+    /// Host path mounted as HOST:CONTAINER[:ro] (shared live with a pod VM).
     #[arg(long = "mount")]
     pub mounts: Vec<String>,
+    /// Host device (or, for a pod VM, a file as a raw block volume) as
+    /// HOST:CONTAINER[:PERMISSIONS] (permissions r, w, m; default rwm).
+    #[arg(long = "device")]
+    pub devices: Vec<String>,
+    /// Run the container privileged.
+    #[arg(long)]
+    pub privileged: bool,
     /// Memory limit in MiB.
     #[arg(long)]
     pub memory_mib: Option<i64>,

@@ -19,6 +19,8 @@ pub async fn create(
         envs,
         labels,
         mounts,
+        devices,
+        privileged,
         memory_mib,
         tty,
         command,
@@ -59,6 +61,24 @@ pub async fn create(
             })
         })
         .collect::<anyhow::Result<_>>()?;
+    let devices = devices
+        .iter()
+        .map(|d| {
+            let parts: Vec<&str> = d.split(':').collect();
+            match parts.as_slice() {
+                [h, c] => Ok((h, c, "rwm")),
+                [h, c, p] => Ok((h, c, *p)),
+                _ => Err(anyhow::anyhow!(
+                    "--device {d:?}: expected HOST:CONTAINER[:PERMISSIONS]"
+                )),
+            }
+            .map(|(h, c, p)| Device {
+                host_path: h.to_string(),
+                container_path: c.to_string(),
+                permissions: p.to_string(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
     let config = ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: name.clone(),
@@ -71,6 +91,7 @@ pub async fn create(
         command,
         envs,
         mounts,
+        devices,
         labels: pairs(&labels, "label")?,
         log_path: format!("{name}/0.log"),
         tty,
@@ -79,7 +100,10 @@ pub async fn create(
                 memory_limit_in_bytes: m << 20,
                 ..Default::default()
             }),
-            security_context: None,
+            security_context: privileged.then(|| LinuxContainerSecurityContext {
+                privileged: true,
+                ..Default::default()
+            }),
         }),
         ..Default::default()
     };

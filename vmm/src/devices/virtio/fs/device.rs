@@ -4,6 +4,7 @@ use std::any::Any;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
@@ -17,6 +18,7 @@ use crate::devices::virtio::{
     read_config_bytes, ActivateError, QueueCtx, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::event_loop::EpollRegistrar;
+use crate::exit::{ExitCode, ExitRequest};
 
 /// virtio device ID of a file system device.
 pub const TYPE_FS: u32 = 26;
@@ -86,6 +88,8 @@ pub struct Fs {
     started: Vec<usize>,
     reg: EpollRegistrar,
     stats: FsStats,
+    /// Where the daemon's going is reported, when it ends the VM.
+    exit: Option<Arc<ExitRequest>>,
 }
 
 impl Fs {
@@ -147,7 +151,17 @@ impl Fs {
             started: Vec::new(),
             reg,
             stats: FsStats::default(),
+            exit: None,
         })
+    }
+
+    /// Ends the VM through `exit` when the daemon goes away, as Kata ends
+    /// a sandbox whose virtiofsd died: the guest's requests in flight, and
+    /// every later one, would wait for ever (a new daemon could not take
+    /// over the open files and inodes the guest holds).
+    pub fn ending_vm_through(mut self, exit: Arc<ExitRequest>) -> Self {
+        self.exit = Some(exit);
+        self
     }
 
     /// Hands the daemon the memory table and each ready queue.
@@ -248,6 +262,12 @@ impl VirtioDevice for Fs {
             }
             self.stats.daemon_gone = true;
             let _ = self.reg.remove(self.frontend.as_raw_fd());
+            if let Some(exit) = &self.exit {
+                exit.request(
+                    ExitCode::BackendGone,
+                    format!("the virtio-fs daemon at {} went away", self.path),
+                );
+            }
             return;
         }
         let Some(call) = sub
