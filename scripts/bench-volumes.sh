@@ -65,7 +65,7 @@ ctr=$($C create "$pod" 127.0.0.1:5000/moat/busybox:latest --name c --privileged 
   --mount "$W/vol:/vol" --mount "$W/cm:/cm:ro" --device "$W/disk.img:/dev/xvdb:rwm" -- sleep 3600)
 $C start "$ctr" >/dev/null
 X() { $C exec --sync "$ctr" -- sh -c "$1"; }
-X 'mkdir -p /tmpfs /blk && mount -t tmpfs -o size=400m tmpfs /tmpfs && mke2fs -q /dev/xvdb && mount /dev/xvdb /blk'
+X 'mkdir -p /tmpfs /blk && mount -t tmpfs -o size=400m tmpfs /tmpfs && mke2fs -q /dev/xvdb >/dev/null && mount /dev/xvdb /blk'
 
 echo
 echo "| where ($MB MiB, $FILES files) | seq write MiB/s | seq read MiB/s | create files/s | stat files/s | unlink files/s |"
