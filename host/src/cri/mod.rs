@@ -143,6 +143,28 @@ impl Daemon {
     }
 }
 
+/// A listening socket at `socket`, replacing a stale one. It is bound and
+/// made 0660 under a temporary name and renamed into place only once it
+/// listens: a client that sees the path (kubelet polls for it) is never
+/// refused for connecting between bind and listen.
+fn listen_at(socket: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut name = socket.as_os_str().to_owned();
+    name.push(format!(".{}.new", std::process::id()));
+    let fresh = std::path::PathBuf::from(name);
+    let _ = std::fs::remove_file(&fresh);
+    let listener = std::os::unix::net::UnixListener::bind(&fresh)
+        .with_context(|| format!("binding {}", fresh.display()))?;
+    let placed = std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o660))
+        .and_then(|()| std::fs::rename(&fresh, socket));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&fresh);
+        return Err(e).with_context(|| format!("placing {}", socket.display()));
+    }
+    listener.set_nonblocking(true)?;
+    Ok(tokio::net::UnixListener::from_std(listener)?)
+}
+
 /// Serves CRI on the configured socket until SIGINT/SIGTERM. Pod VMs keep
 /// running when moatd stops; the next moatd finds them again.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -151,18 +173,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    match std::fs::remove_file(&socket) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("removing stale {}", socket.display()))
-        }
-        _ => {}
-    }
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .with_context(|| format!("binding {}", socket.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
-    }
+    let listener = listen_at(&socket)?;
     tracing::info!(socket = %socket.display(), "serving CRI");
     // Every connection goes through the authority shim: h2 would reset the
     // streams of clients that send the socket path as `:authority`.

@@ -150,11 +150,6 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-# Huge pages for the pod VMs' guest memory (a memfd the VMM advises), as the
-# anonymous memory it was before had them under THP `always`: fewer nested
-# page faults under the emulated CPU, where guests under heavy I/O have
-# reset at random.
-echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null
 say() { echo "moat-node: $*" > /dev/console; }
 for m in $(cat /modules/order); do
   insmod /modules/$m.ko $(cat /modules/$m.options 2>/dev/null) 2>/dev/null || say "insmod $m failed"

@@ -66,8 +66,15 @@ fn assert_cut_off(e: &tonic::Status, at: &str) {
 async fn after_crash(m: &mut Moatd, point: &str) -> Rt {
     m.wait_crashed()
         .unwrap_or_else(|e| panic!("crash point {point}: {e}"));
-    m.restart(false).expect("restart after the crash");
-    m.runtime().await.unwrap()
+    m.restart(false)
+        .unwrap_or_else(|e| panic!("crash point {point}: restarting: {e}"));
+    match m.runtime().await {
+        Ok(rt) => rt,
+        Err(e) => panic!(
+            "crash point {point}: moatd after the crash: {e}; log:\n{}",
+            m.log()
+        ),
+    }
 }
 
 /// The scenario.

@@ -47,29 +47,8 @@ pub fn create_guest_memory(size_mib: u64) -> Result<GuestMemoryMmap, MemoryError
         ));
         offset += size;
     }
-    let mem = GuestMemoryMmap::from_ranges_with_files(&ranges)
-        .map_err(|err| MemoryError::Map { size_mib, err })?;
-    for region in mem.iter() {
-        advise_huge_pages(region.as_ptr(), region.len() as usize);
-    }
-    Ok(mem)
-}
-
-/// Asks for transparent huge pages under guest memory, as Cloud Hypervisor
-/// does by default and as anonymous memory gets them where THP is
-/// `always`: KVM then maps the guest with 2 MiB pages, with fewer nested
-/// page faults and TLB misses. Where the host's shmem THP setting is
-/// `never` (the kernel's default) pages stay 4 KiB; the advice is best
-/// effort and its failure is not an error.
-fn advise_huge_pages(ptr: *mut u8, len: usize) {
-    // SAFETY: the range is one whole mapping owned by guest memory; the
-    // advice changes how it is backed, never its contents.
-    if unsafe { libc::madvise(ptr.cast(), len, libc::MADV_HUGEPAGE) } != 0 {
-        tracing::debug!(
-            "no huge pages for guest memory: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    GuestMemoryMmap::from_ranges_with_files(&ranges)
+        .map_err(|err| MemoryError::Map { size_mib, err })
 }
 
 /// A memfd of `len` bytes that can neither shrink nor grow.
