@@ -60,44 +60,6 @@ pub fn validate_id(field: &'static str, id: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// Checks a relative path that will be joined under an agent directory: not
-/// absolute, no `..`, no NUL, not empty, at most 4096 bytes. Returns it
-/// normalised (no `.` components, no repeated slashes).
-pub fn clean_relative(field: &'static str, path: &str) -> Result<PathBuf, PathError> {
-    if path.is_empty() {
-        return Err(PathError::Empty { field });
-    }
-    if path.len() > 4096 || path.contains('\0') {
-        return Err(PathError::Invalid {
-            field,
-            reason: "longer than 4096 bytes or contains NUL".into(),
-        });
-    }
-    let mut out = PathBuf::new();
-    for c in Path::new(path).components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                return Err(PathError::Invalid {
-                    field,
-                    reason: "must not contain '..'".into(),
-                })
-            }
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(PathError::Invalid {
-                    field,
-                    reason: "must be relative".into(),
-                })
-            }
-        }
-    }
-    if out.as_os_str().is_empty() {
-        return Err(PathError::Empty { field });
-    }
-    Ok(out)
-}
-
 /// Checks an absolute path inside a container (a mount destination, a masked
 /// path, a cwd): absolute, no NUL, at most 4096 bytes. `..` is allowed here
 /// because [`secure_join`] clamps it at the root.
@@ -188,20 +150,6 @@ mod tests {
             assert!(e.to_string().starts_with("exec_id: "), "{e}");
         }
         assert!(validate_id("x", &"a".repeat(129)).is_err());
-    }
-
-    #[test]
-    fn relative_paths() {
-        assert_eq!(
-            clean_relative("path", "a/./b//c").unwrap(),
-            PathBuf::from("a/b/c")
-        );
-        assert!(clean_relative("path", "/etc/passwd").is_err());
-        assert!(clean_relative("path", "a/../../b").is_err());
-        assert!(clean_relative("path", ".").is_err());
-        assert!(clean_relative("path", "a\0b").is_err());
-        let e = clean_relative("path", "..").unwrap_err();
-        assert!(e.to_string().contains("path: "));
     }
 
     #[test]

@@ -41,10 +41,6 @@ impl Config {
     pub fn pod_cgroup(&self) -> PathBuf {
         self.pod_cgroup.clone()
     }
-    /// Where files given to the pod live (`/run/moat/shared` in the guest).
-    pub fn shared_dir(&self) -> PathBuf {
-        self.run_dir.join("shared")
-    }
     /// Where configmap-shaped volumes are mirrored (`crate::watched`).
     pub fn watched_dir(&self) -> PathBuf {
         self.run_dir.join("watched")

@@ -26,10 +26,6 @@ pub const GUEST_EXIT_PORT: u16 = 0x0510;
 /// Value written to [`GUEST_EXIT_PORT`]: the guest is powering off cleanly.
 pub const GUEST_EXIT_POWEROFF: u8 = 0x00;
 
-/// Directory of the guest where `CopyFile` puts files (configmaps, secrets,
-/// service-account tokens); containers bind-mount them from here.
-pub const SHARED_DIR: &str = "/run/moat/shared";
-
 /// Directory of the guest holding the pod's shared namespaces, one file per
 /// type (`ipc`, `uts`, `pid`); a container joins one by naming its path in
 /// the OCI spec's `linux.namespaces[].path`.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tonic::{Response, Status};
 
 /// What container specs may refer to outside their rootfs. In a guest:
-/// the pod's shared files, sandbox files, volumes (virtio-fs) and their
+/// the pod's sandbox files, volumes (virtio-fs) and their
 /// mirrors (`crate::watched`). On the host, serving a native
 /// pod, moatd names host paths itself (volumes, devices), as it would to
 /// any OCI runtime.
@@ -32,7 +32,6 @@ pub(super) fn policy(state: &State) -> PlanPolicy {
     }
     PlanPolicy {
         bind_source_dirs: vec![
-            state.config.shared_dir(),
             state.config.run_dir.join("sandbox"),
             PathBuf::from(moat_proto::VOLUMES_DIR),
             state.config.watched_dir(),

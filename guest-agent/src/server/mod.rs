@@ -3,7 +3,6 @@
 
 mod container;
 mod container_devices;
-mod files;
 mod guest;
 mod io;
 mod port_forward;
@@ -43,7 +42,7 @@ impl AgentService {
     }
 }
 
-/// Largest request the host may send (CopyFile data, specs): 16 MiB.
+/// Largest request the host may send (specs, stdin data): 16 MiB.
 pub const MAX_REQUEST: usize = 16 << 20;
 
 /// Serves the agent API on vsock `port` until the listener fails.
@@ -111,9 +110,6 @@ impl Agent for AgentService {
         _r: Request<DestroySandboxRequest>,
     ) -> R<DestroySandboxResponse> {
         sandbox::destroy(&self.state).await
-    }
-    async fn copy_file(&self, r: Request<CopyFileRequest>) -> R<CopyFileResponse> {
-        files::copy_file(&self.state, r.into_inner()).await
     }
     async fn create_container(
         &self,

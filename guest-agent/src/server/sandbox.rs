@@ -20,7 +20,7 @@ fn internal(ctx: &str, e: impl std::fmt::Display) -> Status {
 }
 
 /// Writes `data` to `path` atomically (temporary file + rename).
-pub(super) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("/"));
@@ -86,8 +86,6 @@ pub(super) async fn create(state: &State, req: CreateSandboxRequest) -> R<Create
     }
     let dir = state.config.run_dir.join("sandbox");
     std::fs::create_dir_all(&dir).map_err(|e| internal("creating sandbox dir", e))?;
-    std::fs::create_dir_all(state.config.shared_dir())
-        .map_err(|e| internal("creating shared dir", e))?;
     // On the host the agent's own UTS namespace is the node's: there the
     // holder's namespace alone gets the pod's hostname.
     if !req.hostname.is_empty() && state.config.oci_runtime.is_none() {

@@ -87,22 +87,11 @@ async fn step_sandbox(c: &mut AgentClient<Channel>) -> (CreateSandboxResponse, S
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
-    let copied = c
-        .copy_file(CopyFileRequest {
-            path: "cm/app/greeting".into(),
-            data: b"hello from a configmap\n".to_vec(),
-            mode: 0o640,
-            uid: 0,
-            gid: 0,
-            make_parents: true,
-            directory: false,
-        })
-        .await
-        .expect("copy file")
-        .into_inner();
-    let cm_dir = Path::new(&copied.guest_path)
+    // The pod's own files (hostname, hosts, resolv.conf), bound read-only
+    // into c1 as a directory volume would be.
+    let cm_dir = Path::new(&sb.hostname_path)
         .parent()
-        .unwrap()
+        .expect("the sandbox files' directory")
         .display()
         .to_string();
     (sb, cm_dir)
@@ -117,7 +106,7 @@ async fn step_c1(
 ) {
     let ipc_ns = sb.namespace_paths.get("ipc").expect("ipc ns path").clone();
     // c1: checks identity, isolation, limits from inside; runs to exit.
-    let script = "echo pid=$$; hostname; cat /etc/resolv.conf; cat /cm/greeting; \
+    let script = "echo pid=$$; hostname; cat /etc/resolv.conf; cat /cm/hostname; echo; (echo x > /cm/hostname) 2>/dev/null && echo RO-WRITTEN; \
         mount -t tmpfs none /mnt 2>/dev/null && echo MOUNT-ALLOWED || echo MOUNT-DENIED; \
         mkdir /newdir 2>&1; echo mkdir-status=$?; \
         cat /sys/fs/cgroup/memory.max 2>/dev/null; cat /proc/self/status | grep CapEff; \
@@ -179,7 +168,7 @@ async fn step_c1(
         "c1host\n",
         "nameserver 10.96.0.10",
         "options ndots:5",
-        "hello from a configmap",
+        "\npod-one\n",
         "MOUNT-DENIED",
         "mkdir-status=1",
         "67108864",
@@ -193,6 +182,10 @@ async fn step_c1(
     assert!(
         out.contains("'/newdir': Operation not permitted"),
         "mkdir not denied by seccomp with EPERM: {out}"
+    );
+    assert!(
+        !out.contains("RO-WRITTEN"),
+        "c1 wrote a read-only bind:\n{out}"
     );
     assert!(err.is_empty(), "{err}");
     // The container joined the pod's IPC namespace (the bind-mounted ns
@@ -493,15 +486,6 @@ async fn step_bad_requests(c: &mut AgentClient<Channel>, images: &Images) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = c
-        .copy_file(CopyFileRequest {
-            path: "../../etc/passwd".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().starts_with("path"), "{e:?}");
     let e = create(
         c,
         "badexe",

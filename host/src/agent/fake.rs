@@ -195,7 +195,6 @@ impl Agent for FakeAgent {
         guest_stats(GuestStatsRequest) -> GuestStatsResponse;
         create_sandbox(CreateSandboxRequest) -> CreateSandboxResponse;
         destroy_sandbox(DestroySandboxRequest) -> DestroySandboxResponse;
-        copy_file(CopyFileRequest) -> CopyFileResponse;
         list_containers(ListContainersRequest) -> ListContainersResponse;
         list_processes(ListProcessesRequest) -> ListProcessesResponse;
         write_stdin(WriteStdinRequest) -> WriteStdinResponse;

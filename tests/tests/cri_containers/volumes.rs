@@ -259,12 +259,15 @@ pub fn body() {
         // read-only file still refuse writes (the daemon's copy of the
         // mount is read-only), and no device node is made in a writable
         // volume. (A mirrored configmap is the guest's own copy.)
+        let probe = host.join("handle-probe");
+        std::fs::copy(env!("MOAT_HANDLE_PROBE"), &probe).unwrap();
         let mut root = container_config(&m, "root", "sleep 1000");
         security_context(&mut root).privileged = true;
         root.mounts = vec![
             mount(&pvc, "/data", false),
             mount(&big, "/ro", true),
             mount(&hosts, "/etc/hosts", true),
+            mount(&probe, "/handle-probe", true),
         ];
         let root = create(&mut rt, &pod, root).await.unwrap();
         start(&mut rt, &root).await;
@@ -285,6 +288,16 @@ pub fn body() {
             let (code, out) = exec_sh(&mut rt, &root, cmd).await;
             assert_ne!(code, 0, "the guest's root wrote {what}: {out}");
         }
+        // Nor does open by handle: with CAP_DAC_READ_SEARCH, the volume's
+        // own handle opens, and no forged FUSE node id reaches a file
+        // outside the pod's volumes.
+        let out = exec_ok(&mut rt, &root, "/handle-probe /data node-secret").await;
+        println!("open by handle in the guest:\n{out}");
+        assert!(
+            out.contains("own handle (type 129, 12 bytes): opened"),
+            "{out}"
+        );
+        assert!(out.contains("; 0 reached the secret"), "{out}");
         assert!(!big.join("planted").exists());
         assert!(!pvc.join("disk").exists());
         assert_eq!(
