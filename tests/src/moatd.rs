@@ -160,8 +160,9 @@ pub fn assert_vmm_confined(pid: u32) {
     );
 }
 
-/// The VMM cgroups (`moat-vmm-*`) in the cgroup v2 hierarchy, up to five
-/// levels down: none may outlive its pod.
+/// The cgroups of pod VMs' VMMs and virtiofsds (`moat-vmm-*`, `moat-fs-*`)
+/// in the cgroup v2 hierarchy, up to five levels down: none may outlive
+/// its pod.
 pub fn vmm_cgroups() -> Vec<String> {
     fn walk(dir: &std::path::Path, depth: usize, found: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -172,7 +173,8 @@ pub fn vmm_cgroups() -> Vec<String> {
             if !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            if e.file_name().to_string_lossy().starts_with("moat-vmm-") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("moat-vmm-") || name.starts_with("moat-fs-") {
                 found.push(path.display().to_string());
             } else if depth > 0 {
                 walk(&path, depth - 1, found);
@@ -185,12 +187,12 @@ pub fn vmm_cgroups() -> Vec<String> {
     found
 }
 
-/// Checks that VMM `pid` runs in cgroup `want` (a path in the cgroup v2
-/// hierarchy) with a memory limit it is within and a task limit, and
-/// returns the cgroup's directory.
-pub fn assert_vmm_cgroup(pid: u32, want: &str) -> std::path::PathBuf {
+/// Checks that process `pid` (a VMM, a virtiofsd) runs in cgroup `want`
+/// (a path in the cgroup v2 hierarchy) with a memory limit it is within
+/// and a task limit, and returns the cgroup's directory.
+pub fn assert_cgroup(pid: u32, want: &str) -> std::path::PathBuf {
     let line = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert_eq!(line.trim(), format!("0::{want}"), "the VMM's cgroup");
+    assert_eq!(line.trim(), format!("0::{want}"), "the cgroup of {pid}");
     let dir = std::path::Path::new("/sys/fs/cgroup").join(want.trim_start_matches('/'));
     let read = |f: &str| {
         std::fs::read_to_string(dir.join(f))
@@ -208,7 +210,7 @@ pub fn assert_vmm_cgroup(pid: u32, want: &str) -> std::path::PathBuf {
     );
     let pids: u64 = read("pids.max").parse().expect("a pids.max");
     assert!(pids < 100, "pids.max {pids}");
-    println!("VMM cgroup {want}: memory.current {current} of memory.max {max}, pids.max {pids}");
+    println!("cgroup {want}: memory.current {current} of memory.max {max}, pids.max {pids}");
     dir
 }
 

@@ -14,7 +14,7 @@ use crate::network::capability_args::capability_args;
 use crate::network::cni::Attachment;
 use crate::network::{tap, NetNs, POD_IFNAME};
 use crate::store::SANDBOXES;
-use crate::vm::cgroup::{self, VmmLimits};
+use crate::vm::cgroup::{self, Limits};
 use crate::vm::launch::{launch, wait_for_agent};
 use crate::vm::{VmPaths, VmSpec};
 use moat_proto::cri::{NamespaceMode, PodSandboxConfig, PodSandboxMetadata};
@@ -392,9 +392,21 @@ impl Pods {
         // The pod's volumes: its share and the virtiofsd serving it, whose
         // socket the VMM gets connected.
         crate::vm::volumes::prepare(&rec.vm_paths).map_err(caused("the pod's volume share"))?;
+        let fs_procs = match &rec.vmm_cgroup {
+            Some(rel) => Some(
+                cgroup::create(
+                    Path::new(cgroup::CGROUP_ROOT),
+                    &cgroup::fs_daemon_path(rel),
+                    Limits::FS_DAEMON,
+                )
+                .map_err(caused("the virtiofsd's cgroup"))?,
+            ),
+            None => None,
+        };
         let (daemon, mut fs_child, fs_stream) =
-            crate::vm::volumes::spawn_daemon(&handler.virtiofsd, &rec.vm_paths)
+            crate::vm::volumes::spawn_daemon(&handler.virtiofsd, &rec.vm_paths, fs_procs.as_ref())
                 .map_err(caused("starting the pod's virtiofsd"))?;
+        drop(fs_procs);
         rec.fs_daemon = Some(daemon);
         self.store.put(SANDBOXES, &rec.id, rec)?;
         tokio::spawn(async move {
@@ -405,7 +417,7 @@ impl Pods {
                 cgroup::create(
                     Path::new(cgroup::CGROUP_ROOT),
                     rel,
-                    VmmLimits::for_vm(rec.memory_mib, rec.vcpus),
+                    Limits::for_vm(rec.memory_mib, rec.vcpus),
                 )
                 .map_err(caused("the VMM's cgroup"))?,
             ),

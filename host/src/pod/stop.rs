@@ -115,6 +115,12 @@ impl Pods {
             if let Err(e) = removed {
                 tracing::warn!(id = %rec.id, "removing the pod's cgroup: {e}");
             }
+            if !native {
+                let rel = crate::vm::cgroup::fs_daemon_path(rel);
+                if let Err(e) = crate::vm::cgroup::remove(root, &rel).await {
+                    tracing::warn!(id = %rec.id, "removing the virtiofsd's cgroup: {e}");
+                }
+            }
         }
         if let Some(path) = rec.netns.clone() {
             let ns = NetNs::at(path);

@@ -13,7 +13,8 @@
 //!
 //! The VMM joins its cgroup before it execs (it writes its own pid to
 //! `cgroup.procs` between fork and exec), so all of its memory, guest RAM
-//! included, is charged there from the start.
+//! included, is charged there from the start. The pod's virtiofsd joins a
+//! cgroup of its own beside it the same way ([`fs_daemon_path`]).
 
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
@@ -132,16 +133,27 @@ fn expand_slice(slice: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// Limits of one VMM's cgroup.
+/// Limits of one cgroup moatd makes for a pod VM's processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VmmLimits {
+pub struct Limits {
     /// `memory.max` in bytes.
     pub memory_max: u64,
     /// `pids.max`.
     pub pids_max: u64,
 }
 
-impl VmmLimits {
+impl Limits {
+    /// The limits of a pod's virtiofsd: what a guest can make it hold is
+    /// bounded (its inodes by its open-file limit, their kernel memory and
+    /// the page cache of what it reads and writes by `memory.max`, which
+    /// reclaims the cache before it kills), and a daemon that still goes
+    /// over ends its VM rather than the node's memory. Its tasks: the
+    /// parent, the sandboxed child and its threads.
+    pub const FS_DAEMON: Self = Self {
+        memory_max: 256 << 20,
+        pids_max: 32,
+    };
+
     /// The limits for a VM of `memory_mib` and `cpus`: guest memory plus
     /// [`VMM_OVERHEAD_MIB`] and a sixteenth as margin; [`VMM_PIDS_BASE`]
     /// tasks plus one per vCPU.
@@ -154,10 +166,21 @@ impl VmmLimits {
     }
 }
 
+/// The cgroup of the pod's virtiofsd: beside the VMM's (`rel`), named
+/// `moat-fs-…` where the VMM's is `moat-vmm-…`, so the daemon counts
+/// against the pod's parent but not against the guest's memory.
+pub fn fs_daemon_path(rel: &Path) -> PathBuf {
+    let leaf = rel
+        .file_name()
+        .map(|n| n.to_string_lossy().replacen("moat-vmm-", "moat-fs-", 1))
+        .unwrap_or_else(|| "moat-fs".into());
+    rel.with_file_name(leaf)
+}
+
 /// Creates the cgroup `rel` under `root` with `limits`, turning on the
 /// memory and pids controllers down the way, and opens its `cgroup.procs`
 /// for the VMM to join. An existing cgroup (a retried launch) is reused.
-pub fn create(root: &Path, rel: &Path, limits: VmmLimits) -> Result<std::fs::File, CgroupError> {
+pub fn create(root: &Path, rel: &Path, limits: Limits) -> Result<std::fs::File, CgroupError> {
     let path = root.join(rel);
     // Each ancestor, the root included, hands the controllers down.
     let mut dir = root.to_path_buf();
@@ -268,9 +291,24 @@ mod tests {
 
     #[test]
     fn limits_cover_guest_memory_and_vmm_overhead() {
-        let l = VmmLimits::for_vm(256, 2);
+        let l = Limits::for_vm(256, 2);
         assert_eq!(l.memory_max, (256 + 64 + 16) << 20);
         assert_eq!(l.pids_max, 18);
+    }
+
+    #[test]
+    fn the_daemon_cgroup_is_the_vmm_cgroup_sibling() {
+        for (d, parent, want) in [
+            ("cgroupfs", "/kubepods/pod1", "kubepods/pod1/moat-fs-abc"),
+            (
+                "systemd",
+                "kubepods-pod1.slice",
+                "kubepods.slice/kubepods-pod1.slice/moat-fs-abc.scope",
+            ),
+        ] {
+            let vmm = relative_path(d, parent, "abc").unwrap();
+            assert_eq!(fs_daemon_path(&vmm), PathBuf::from(want));
+        }
     }
 
     /// The hierarchy's files, written in a plain directory standing in for
@@ -293,7 +331,7 @@ mod tests {
         for f in ["memory.max", "pids.max", "cgroup.procs"] {
             std::fs::write(leaf.join(f), "").unwrap();
         }
-        create(r, &rel, VmmLimits::for_vm(128, 1)).unwrap();
+        create(r, &rel, Limits::for_vm(128, 1)).unwrap();
         for dir in [r, &r.join("kubepods")] {
             let on = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap();
             assert_eq!(on, "+memory +pids");

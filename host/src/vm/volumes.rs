@@ -127,9 +127,12 @@ fn is_mount_point(path: &Path) -> bool {
 
 /// Starts the pod's virtiofsd on the share and returns it with a stream
 /// connected to its socket (the VMM's, handed over as an inherited fd).
+/// With `cgroup_procs` (a cgroup's `cgroup.procs`, open for writing) the
+/// daemon joins that cgroup before it execs.
 pub fn spawn_daemon(
     binary: &Path,
     paths: &VmPaths,
+    cgroup_procs: Option<&std::fs::File>,
 ) -> anyhow::Result<(VmHandle, tokio::process::Child, UnixStream)> {
     let socket = paths.fs_socket();
     let _ = std::fs::remove_file(&socket);
@@ -151,11 +154,19 @@ pub fn spawn_daemon(
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe; nothing else runs between fork
-    // and exec.
+    let procs = cgroup_procs.map(std::os::fd::AsRawFd::as_raw_fd);
+    // SAFETY: setsid and write are async-signal-safe, and `procs` stays
+    // open in the parent until spawn returns; nothing else runs between
+    // fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if let Some(fd) = procs {
+                // "0" is the writing process itself.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }

@@ -31,7 +31,10 @@ pub fn restart_body() {
             .unwrap();
         let log = std::fs::read_to_string(m.run_dir().join(&id[..16]).join("vmm.log")).unwrap();
         let started = format!("starting: uid {uid}, gid {uid}, capabilities [CAP_SYS_CHROOT]");
-        assert!(log.contains(&started), "{started:?} not in the VMM's log:\n{log}");
+        assert!(
+            log.contains(&started),
+            "{started:?} not in the VMM's log:\n{log}"
+        );
         // Jailed, the VMM still reports its memory (it reads /proc through
         // a file it opened before its root changed).
         let counters = m.vmm_control(&id, r#"{"op":"counters"}"#);
@@ -39,12 +42,31 @@ pub fn restart_body() {
             counters["result"]["memory"]["total_kib"].as_u64() > Some(0),
             "{counters}"
         );
-        let cgroup = moat_tests::moatd::assert_vmm_cgroup(
-            vmms[0],
-            &format!(
-                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podsurvivor.slice/moat-vmm-{id}.scope"
-            ),
-        );
+        let parent =
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podsurvivor.slice";
+        let cgroup =
+            moat_tests::moatd::assert_cgroup(vmms[0], &format!("{parent}/moat-vmm-{id}.scope"));
+        // Its virtiofsd (the parent and its sandboxed child) has a cgroup
+        // of its own beside it, with its own limits.
+        let daemons: Vec<u32> = moat_tests::moatd::virtiofsd_pids()
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&id[..16]))
+            })
+            .collect();
+        assert!(!daemons.is_empty(), "no virtiofsd for the pod");
+        let mut fs_cgroup = std::path::PathBuf::new();
+        for pid in &daemons {
+            fs_cgroup =
+                moat_tests::moatd::assert_cgroup(*pid, &format!("{parent}/moat-fs-{id}.scope"));
+            assert_eq!(
+                std::fs::read_to_string(fs_cgroup.join("memory.max"))
+                    .unwrap()
+                    .trim(),
+                (256u64 << 20).to_string()
+            );
+        }
 
         // moatd crashes; its pod VM keeps running and is found again.
         m.restart(true).expect("restart");
@@ -85,6 +107,15 @@ pub fn restart_body() {
             Moatd::entries(&m.run_dir().join("netns")).is_empty(),
             "netns leaked"
         );
-        assert!(!cgroup.exists(), "the VMM's cgroup {} leaked", cgroup.display());
+        assert!(
+            !cgroup.exists(),
+            "the VMM's cgroup {} leaked",
+            cgroup.display()
+        );
+        assert!(
+            !fs_cgroup.exists(),
+            "the virtiofsd's cgroup {} leaked",
+            fs_cgroup.display()
+        );
     });
 }
